@@ -1,0 +1,221 @@
+"""Frozen encoders and their taps f_pos^i (SPEC.md, "Encoder").
+
+Taps are read with torchvision's ``create_feature_extractor`` at the node that ends each
+block, before its pooling. No architecture is copied by hand: torchvision builds it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from posinfo.errors import PosinfoError
+
+log = logging.getLogger(__name__)
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+NAMES = ("posenet", "vgg16", *RESNETS)
+PADDINGS = ("zeros", "none", "reflect", "replicate", "circular")
+
+# level -> graph node. VGG16: relu1_2 ... relu5_3, each the last op before a max-pool.
+_VGG16_NODES = {1: "features.3", 2: "features.8", 3: "features.15", 4: "features.22", 5: "features.29"}
+# ResNet: layer1..layer4 as in the authors' code; the paper counts five levels, so the
+# stem (ReLU before the max-pool) is offered as f0.
+_RESNET_NODES = {0: "relu", 1: "layer1", 2: "layer2", 3: "layer3", 4: "layer4"}
+_DEFAULT_LEVELS = {"vgg16": [1, 2, 3, 4, 5], **{r: [1, 2, 3, 4] for r in RESNETS}}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Tap:
+    """One feature level: the paper's f_pos^i."""
+
+    name: str
+    node: str
+    channels: int
+    size: tuple[int, int]
+
+
+class Encoder(nn.Module):
+    """Frozen feature extractor: images in [0,1] -> list of tap maps.
+
+    ``body`` is None for PosENet, whose "feature" is the image itself. The encoder is
+    always in eval mode and never has gradients: BatchNorm statistics never move.
+    """
+
+    def __init__(self, name: str, body: nn.Module | None, nodes: dict[str, str], normalize: str):
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.nodes = nodes  # tap name -> graph node
+        if normalize not in ("none", "imagenet"):
+            raise PosinfoError(f"unknown data.normalize '{normalize}': use 'none' or 'imagenet'")
+        self.normalize = normalize
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "Encoder":
+        # A frozen probe: whatever a caller asks, the backbone stays in eval mode.
+        return super().train(False)
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = images
+        if self.normalize == "imagenet":
+            x = (x - self.mean) / self.std
+        if self.body is None:
+            return [x]
+        out = self.body(x)
+        return [out[t] for t in self.nodes]
+
+    def describe(self, image_size: int) -> list[Tap]:
+        """Run one blank image through the encoder to read each tap's channels and size."""
+        device = self.mean.device
+        try:
+            maps = self(torch.zeros(1, 3, image_size, image_size, device=device))
+        except RuntimeError as e:
+            raise PosinfoError(
+                f"data.image_size={image_size} is too small for backbone '{self.name}' "
+                f"({str(e).splitlines()[0][:120]}): use a larger data.image_size"
+            ) from None
+        names = list(self.nodes) if self.body is not None else ["rgb"]
+        nodes = list(self.nodes.values()) if self.body is not None else ["image"]
+        return [
+            Tap(n, node, int(m.shape[1]), (int(m.shape[2]), int(m.shape[3])))
+            for n, node, m in zip(names, nodes, maps)
+        ]
+
+
+def _levels(name: str, taps: list[int] | None) -> list[int]:
+    if name == "posenet":
+        if taps:
+            raise PosinfoError(f"backbone.taps={list(taps)} does not apply to posenet (no encoder): use backbone.taps=null")
+        return []
+    allowed = _VGG16_NODES if name == "vgg16" else _RESNET_NODES
+    if taps is None:
+        return list(_DEFAULT_LEVELS[name])
+    levels = [int(t) for t in taps]
+    bad = [t for t in levels if t not in allowed]
+    if bad or not levels or len(set(levels)) != len(levels):
+        raise PosinfoError(
+            f"backbone.taps={list(taps)} is not valid for {name}: choose distinct levels from {sorted(allowed)}, e.g. backbone.taps=[{max(allowed)}]"
+        )
+    return sorted(levels)
+
+
+def _set_padding(model: nn.Module, name: str, padding: str) -> None:
+    if padding not in PADDINGS:
+        raise PosinfoError(f"unknown backbone.padding '{padding}': choose one of {', '.join(PADDINGS)}")
+    if padding == "zeros":
+        return
+    if padding == "none" and name != "vgg16":
+        raise PosinfoError(
+            f"backbone.padding=none is only defined for vgg16, not {name} (its residual additions need matching sizes): use zeros, reflect, replicate or circular"
+        )
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            if padding == "none":
+                # Table 4: the pretrained weights are kept, only the padding goes.
+                m.padding = (0, 0)
+            elif any(p > 0 for p in m.padding):
+                m.padding_mode = padding
+
+
+def _imagenet_state_dict(name: str) -> dict:
+    weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as e:  # URLError, OSError, hash mismatch: all mean "not available here"
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise PosinfoError(
+            f"cannot load ImageNet weights {weights} for {name} ({reason}): download them once where there is network "
+            f"(python -c \"import torchvision; torchvision.models.{name}(weights='IMAGENET1K_V1')\"), or copy "
+            f"{weights.url.rsplit('/', 1)[-1]} into {hub}, or use backbone.weights=random or backbone.weights=/path/to/state_dict.pt"
+        ) from None
+
+
+def _file_state_dict(path: str) -> dict:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise PosinfoError(
+            f"backbone.weights file '{path}' does not exist: give a path to a state-dict file, or imagenet, or random"
+        )
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise PosinfoError(f"backbone.weights file '{path}' is not a readable PyTorch state dict ({type(e).__name__}): save it with torch.save(model.state_dict(), path)") from None
+    # Common checkpoint wrappers and DataParallel prefixes.
+    for k in ("state_dict", "model", "model_state_dict", "net"):
+        if isinstance(sd, dict) and k in sd and isinstance(sd[k], dict):
+            sd = sd[k]
+    if not isinstance(sd, dict):
+        raise PosinfoError(f"backbone.weights file '{path}' holds a {type(sd).__name__}, not a state dict: save model.state_dict()")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _load(model: nn.Module, sd: dict, used_prefixes: tuple[str, ...], source: str, name: str) -> None:
+    """Load ``sd`` and insist that every weight the taps depend on is present and fits."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k.startswith(used_prefixes) and k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shapes: {show(wrong)}")
+        raise PosinfoError(
+            f"backbone.weights '{source}' does not fit torchvision's {name} ({'; '.join(parts)}): save the state dict of a torchvision {name}"
+        )
+    model.load_state_dict(sd, strict=False)
+
+
+def build_encoder(
+    name: str,
+    weights: str = "imagenet",
+    padding: str = "zeros",
+    taps: list[int] | None = None,
+    normalize: str = "none",
+) -> Encoder:
+    """Build the frozen encoder ``name`` with ``weights`` (imagenet | random | file path)."""
+    if name not in NAMES:
+        raise PosinfoError(f"unknown backbone '{name}': choose one of {', '.join(NAMES)}")
+    levels = _levels(name, taps)
+    if name == "posenet":
+        if padding != "zeros":
+            raise PosinfoError(f"backbone.padding={padding} does not apply to posenet (no encoder): set readout.padding instead")
+        return Encoder(name, None, {}, normalize)
+    if weights in (None, "", "none"):
+        raise PosinfoError(f"backbone.weights is empty for {name}: use imagenet, random or a path to a state-dict file")
+    model = torchvision.models.get_model(name, weights=None)
+    if weights == "imagenet":
+        sd, source = _imagenet_state_dict(name), f"imagenet ({torchvision.models.get_model_weights(name).IMAGENET1K_V1})"
+    elif weights == "random":
+        sd, source = None, "random"
+        log.warning("backbone %s uses random weights (a control, not the paper's ImageNet weights)", name)
+    else:
+        sd, source = _file_state_dict(weights), weights
+    table = _VGG16_NODES if name == "vgg16" else _RESNET_NODES
+    nodes = {f"f{lv}": table[lv] for lv in levels}
+    if sd is not None:
+        used = ("features.",) if name == "vgg16" else ("conv1.", "bn1.", "layer")
+        _load(model, sd, used, source, name)
+    _set_padding(model, name, padding)
+    body = create_feature_extractor(model, return_nodes={node: tap for tap, node in nodes.items()})
+    return Encoder(name, body, nodes, normalize)

@@ -1,0 +1,557 @@
+"""On-disk, memory-mapped, file-locked store of precomputed features.
+
+An entry holds N items, each a C×28×28 array, as one ``.npy`` file (so it is
+self-describing) plus a JSON meta file. The key is a hash of the fields that
+determine the features (backbone, weights identity, padding, taps, image set,
+dtype, ...). Files in the cache directory:
+
+``<key>.npy``
+    the data (``np.lib.format`` header + array)
+``<key>.json``
+    meta: fields, shape, dtype, created time, size. Written last, so its
+    presence is the completeness marker.
+``<key>.lock``
+    the ``filelock`` lock that makes concurrent processes compute an entry once.
+    Lock files are never deleted (deleting a lock file another process may be
+    waiting on breaks mutual exclusion); they are empty.
+``<key>.<pid>-<rand>.tmp.npy`` / ``.tmp.json``
+    an entry being written. Left behind only by a crash; ignored by readers and
+    deleted by the next process that takes the entry's lock.
+
+Command line::
+
+    python -m posinfo.cache [--dir D] ls | rm KEY [KEY ...] | clear
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import filelock
+import numpy as np
+
+from posinfo.errors import PosinfoError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+KEY_LENGTH = 20
+DTYPES = ("float16", "float32")
+# Free disk space left untouched when deciding whether an entry fits.
+DISK_MARGIN_BYTES = 1_000_000_000
+ENV_VAR = "POSINFO_CACHE_DIR"
+
+_DATA_SUFFIX = ".npy"
+_META_SUFFIX = ".json"
+_LOCK_SUFFIX = ".lock"
+_TMP_MARK = ".tmp"
+
+
+@dataclass
+class Entry:
+    """One complete cache entry."""
+
+    key: str
+    path: Path  # the .npy data file
+    meta: dict
+    size_bytes: int
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def default_cache_dir() -> Path:
+    """``$POSINFO_CACHE_DIR`` if set, else ``~/.cache/posinfo``."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "posinfo"
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def make_key(fields: dict) -> str:
+    """The entry key: first ``KEY_LENGTH`` hex digits of the sha256 of the fields
+    (plus the format version) as sorted-key JSON."""
+    if not isinstance(fields, dict):
+        raise PosinfoError(f"cache fields must be a dict, got {type(fields).__name__}")
+    payload = json.dumps(
+        {**fields, "format": FORMAT_VERSION}, sort_keys=True, default=_json_default
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:KEY_LENGTH]
+
+
+def file_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """sha256 hex digest of a file's content, read in chunks."""
+    p = Path(path)
+    h = hashlib.sha256()
+    try:
+        with open(p, "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                h.update(chunk)
+    except OSError as e:
+        raise PosinfoError(f"cannot read {p} to hash it: {e.strerror or e}") from e
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _data_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"{key}{_DATA_SUFFIX}"
+
+
+def _meta_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"{key}{_META_SUFFIX}"
+
+
+def _lock_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"{key}{_LOCK_SUFFIX}"
+
+
+def _is_tmp(p: Path) -> bool:
+    return _TMP_MARK + "." in p.name
+
+
+def _tmp_files(cache_dir: Path, key: str) -> list[Path]:
+    return [p for p in cache_dir.glob(f"{key}.*") if _is_tmp(p)]
+
+
+def _unlink(p: Path) -> None:
+    try:
+        p.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _fmt_size(n: float) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e6:.1f} MB"
+
+
+# --------------------------------------------------------------------------- entries
+
+
+def _read_meta(cache_dir: Path, key: str) -> dict | None:
+    """The meta of a complete entry, or None (missing, unreadable, other format,
+    or no data file)."""
+    mp = _meta_path(cache_dir, key)
+    try:
+        meta = json.loads(mp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        return None
+    if not isinstance(meta.get("shape"), list):
+        return None
+    if not _data_path(cache_dir, key).is_file():
+        return None
+    return meta
+
+
+def _open_complete(
+    cache_dir: Path, key: str, shape: tuple[int, ...], dtype: str, quiet: bool = False
+) -> np.ndarray | None:
+    """Open the entry read-only if complete and of the expected shape/dtype
+    (``quiet``: do not warn about a bad entry, the caller already did)."""
+    warn = (lambda *a: None) if quiet else log.warning
+    meta = _read_meta(cache_dir, key)
+    if meta is None:
+        return None
+    if tuple(meta.get("shape", ())) != shape or meta.get("dtype") != dtype:
+        warn(
+            "feature cache entry %s has shape %s %s, expected %s %s; not using it",
+            key, meta.get("shape"), meta.get("dtype"), list(shape), dtype,
+        )
+        return None
+    try:
+        arr = np.lib.format.open_memmap(_data_path(cache_dir, key), mode="r")
+    except (OSError, ValueError) as e:
+        warn("feature cache entry %s is unreadable (%s); not using it", key, e)
+        return None
+    if arr.shape != shape or arr.dtype != np.dtype(dtype):
+        warn("feature cache entry %s data does not match its meta; not using it", key)
+        return None
+    return arr
+
+
+def _check_args(shape: Sequence[int], dtype: str, max_gb: float) -> tuple[int, ...]:
+    if dtype not in DTYPES:
+        raise PosinfoError(
+            f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r} (set cache.dtype)"
+        )
+    try:
+        shp = tuple(int(s) for s in shape)
+    except (TypeError, ValueError) as e:
+        raise PosinfoError(f"cache shape must be a tuple of ints, got {shape!r}") from e
+    if not shp or any(s < 0 for s in shp) or any(int(s) != s for s in shape):
+        raise PosinfoError(f"cache shape must be non-negative ints, got {tuple(shape)!r}")
+    if not isinstance(max_gb, (int, float)) or math.isnan(max_gb):
+        raise PosinfoError(f"cache max_gb must be a number, got {max_gb!r} (set cache.max_gb)")
+    return shp
+
+
+def get_or_create(
+    cache_dir: Path,
+    fields: dict,
+    shape: tuple[int, ...],
+    dtype: str,
+    fill: Callable[[np.ndarray], None],
+    max_gb: float,
+) -> np.ndarray | None:
+    """Return a read-only ``np.memmap`` of ``shape`` for the entry keyed by
+    ``fields``, computing it with ``fill(arr)`` (which writes every item of the
+    writable array in place) if it is not on disk yet.
+
+    Returns None (after one warning line) when the entry would be larger than
+    ``max_gb`` GB or than the free disk space less a margin: the caller then
+    computes the features without the cache.
+
+    Concurrent callers (threads or processes, same host or a shared file system
+    with working locks) compute an entry once: the others wait on the entry's
+    lock and then open the finished entry. An exception in ``fill`` (or a crash)
+    leaves no complete entry; the next call recomputes it.
+    """
+    shape = _check_args(shape, dtype, max_gb)
+    cache_dir = Path(cache_dir).expanduser()
+    key = make_key(fields)
+
+    arr = _open_complete(cache_dir, key, shape, dtype)
+    if arr is not None:
+        log.info("feature cache hit %s (%s, %s)", key, _fmt_size(arr.nbytes), cache_dir)
+        return arr
+
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    limit = max_gb * 1e9
+    if size > limit:
+        log.warning(
+            "feature cache: entry %s needs %s > cache.max_gb limit %s; running uncached",
+            key, _fmt_size(size), _fmt_size(limit),
+        )
+        return None
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PosinfoError(
+            f"cannot create feature cache dir {cache_dir}: {e.strerror or e} "
+            f"(set cache.dir or ${ENV_VAR}, or cache.enabled=false)"
+        ) from e
+    free = shutil.disk_usage(cache_dir).free
+    if size > free - DISK_MARGIN_BYTES:
+        log.warning(
+            "feature cache: entry %s needs %s > free disk %s (less a %s margin) in %s; "
+            "running uncached",
+            key, _fmt_size(size), _fmt_size(free), _fmt_size(DISK_MARGIN_BYTES), cache_dir,
+        )
+        return None
+
+    lock = filelock.FileLock(str(_lock_path(cache_dir, key)))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        log.info("feature cache entry %s is being computed by another process; waiting", key)
+        lock.acquire()
+    try:
+        arr = _open_complete(cache_dir, key, shape, dtype, quiet=True)
+        if arr is not None:
+            log.info(
+                "feature cache hit %s (%s, computed by another process)",
+                key, _fmt_size(arr.nbytes),
+            )
+            return arr
+        _create(cache_dir, key, fields, shape, dtype, fill, size)
+    finally:
+        lock.release()
+
+    arr = _open_complete(cache_dir, key, shape, dtype)
+    if arr is None:  # pragma: no cover - only if someone deletes it meanwhile
+        raise PosinfoError(f"feature cache entry {key} vanished right after it was written")
+    return arr
+
+
+def _create(
+    cache_dir: Path,
+    key: str,
+    fields: dict,
+    shape: tuple[int, ...],
+    dtype: str,
+    fill: Callable[[np.ndarray], None],
+    size: int,
+) -> None:
+    """Write the entry; called with the entry's lock held."""
+    # Holding the lock, any temp file of this key is a crashed writer's leftover.
+    leftovers = _tmp_files(cache_dir, key)
+    for p in leftovers:
+        _unlink(p)
+    if leftovers:
+        log.info("feature cache: removed %d leftover temp file(s) of %s", len(leftovers), key)
+    # A stale meta (data missing / mismatched) must not survive the rewrite window.
+    _unlink(_meta_path(cache_dir, key))
+
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}{_TMP_MARK}"
+    tmp_data = cache_dir / f"{key}.{tag}{_DATA_SUFFIX}"
+    tmp_meta = cache_dir / f"{key}.{tag}{_META_SUFFIX}"
+    log.info(
+        "feature cache miss %s: computing %d items (%s) into %s",
+        key, shape[0], _fmt_size(size), cache_dir,
+    )
+    t0 = time.perf_counter()
+    try:
+        arr = np.lib.format.open_memmap(tmp_data, mode="w+", dtype=np.dtype(dtype), shape=shape)
+        fill(arr)
+        arr.flush()
+        del arr
+        with open(tmp_data, "rb") as f:
+            os.fsync(f.fileno())
+        meta = {
+            "key": key,
+            "format": FORMAT_VERSION,
+            "fields": fields,
+            "shape": list(shape),
+            "dtype": dtype,
+            "size_bytes": tmp_data.stat().st_size,
+            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "fill_seconds": round(time.perf_counter() - t0, 3),
+        }
+        with open(tmp_meta, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_data, _data_path(cache_dir, key))
+        os.replace(tmp_meta, _meta_path(cache_dir, key))  # last: marks it complete
+    except BaseException:
+        _unlink(tmp_data)
+        _unlink(tmp_meta)
+        raise
+    log.info(
+        "feature cache: wrote %s (%s) in %.1f s", key, _fmt_size(meta["size_bytes"]),
+        meta["fill_seconds"],
+    )
+
+
+# --------------------------------------------------------------------------- management
+
+
+def list_entries(cache_dir: Path) -> list[Entry]:
+    """Complete entries in ``cache_dir``, oldest first (temp files are skipped)."""
+    cache_dir = Path(cache_dir).expanduser()
+    if not cache_dir.is_dir():
+        return []
+    out: list[Entry] = []
+    for mp in cache_dir.glob(f"*{_META_SUFFIX}"):
+        if _is_tmp(mp):
+            continue
+        key = mp.name[: -len(_META_SUFFIX)]
+        meta = _read_meta(cache_dir, key)
+        if meta is None:
+            continue
+        dp = _data_path(cache_dir, key)
+        try:
+            size = dp.stat().st_size
+        except OSError:
+            continue
+        out.append(Entry(key=key, path=dp, meta=meta, size_bytes=size))
+    out.sort(key=lambda e: (str(e.meta.get("created", "")), e.key))
+    return out
+
+
+def _delete_entry(cache_dir: Path, entry: Entry) -> None:
+    with filelock.FileLock(str(_lock_path(cache_dir, entry.key))):
+        _unlink(_meta_path(cache_dir, entry.key))  # first: no longer looks complete
+        _unlink(entry.path)
+
+
+def _match(cache_dir: Path, entries: list[Entry], key_prefix: str) -> Entry:
+    """The one entry whose key starts with ``key_prefix``."""
+    prefix = (key_prefix or "").strip()
+    if not prefix:
+        raise PosinfoError("give a cache key (or a prefix of one) to remove; see `ls`")
+    matches = [e for e in entries if e.key.startswith(prefix)]
+    if not matches:
+        raise PosinfoError(
+            f"no feature cache entry in {cache_dir} has a key starting with {prefix!r}; "
+            "see `python -m posinfo.cache ls`"
+        )
+    if len(matches) > 1:
+        keys = ", ".join(e.key for e in matches)
+        raise PosinfoError(
+            f"cache key prefix {prefix!r} is ambiguous ({len(matches)} entries: {keys}); "
+            "give more characters"
+        )
+    return matches[0]
+
+
+def remove(cache_dir: Path, key_prefix: str) -> list[Entry]:
+    """Remove the one entry whose key starts with ``key_prefix``; return it in a list."""
+    cache_dir = Path(cache_dir).expanduser()
+    entry = _match(cache_dir, list_entries(cache_dir), key_prefix)
+    _delete_entry(cache_dir, entry)
+    return [entry]
+
+
+def clear(cache_dir: Path) -> int:
+    """Remove every entry (and crashed writers' temp files); return the number of
+    entries removed. Lock files are kept (see the module docstring)."""
+    cache_dir = Path(cache_dir).expanduser()
+    entries = list_entries(cache_dir)
+    for e in entries:
+        _delete_entry(cache_dir, e)
+    if cache_dir.is_dir():
+        # Temp files of keys whose lock is free belong to crashed writers.
+        for p in [p for p in cache_dir.iterdir() if _is_tmp(p)]:
+            key = p.name.split(".", 1)[0]
+            lock = filelock.FileLock(str(_lock_path(cache_dir, key)))
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                continue
+            try:
+                _unlink(p)
+            finally:
+                lock.release()
+    return len(entries)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _short(value: Any, width: int = 24) -> str:
+    """A short, readable rendering of a field value for the `ls` table."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        for k in ("kind", "name", "source", "id", "path"):
+            if k in value and not isinstance(value[k], (dict, list)):
+                s = str(value[k])
+                break
+        else:
+            s = json.dumps(value, sort_keys=True, default=_json_default)
+    elif isinstance(value, (list, tuple)):
+        s = ",".join(str(v) for v in value) if len(value) <= 4 else f"[{len(value)} items]"
+    else:
+        s = str(value)
+    s = " ".join(s.split())
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def _weights_str(value: Any) -> str:
+    """Weights identity: a name, a path, or a dict with a name and a digest."""
+    if isinstance(value, dict):
+        name = next((str(value[k]) for k in ("name", "source", "path", "file") if k in value), "")
+        digest = next((str(value[k]) for k in ("digest", "sha256", "hash") if k in value), "")
+        if name and digest:
+            return _short(f"{Path(name).name}@{digest[:8]}", 36)
+        if name or digest:
+            return _short(Path(name).name if name else digest[:12])
+    return _short(value)
+
+
+def _data_str(value: Any) -> str:
+    if isinstance(value, dict):
+        for k in ("kind", "name", "type", "source"):
+            if k in value and not isinstance(value[k], (dict, list)):
+                return _short(value[k], 16)
+    return _short(value, 16)
+
+
+_COLUMNS = ("key", "size", "created", "backbone", "weights", "padding", "image_size",
+            "normalize", "data", "n_items")
+
+
+def _row(e: Entry) -> list[str]:
+    f = e.meta.get("fields") or {}
+    if not isinstance(f, dict):
+        f = {}
+    shape = e.meta.get("shape") or [None]
+    created = str(e.meta.get("created", "-")).replace("T", " ").rstrip("Z")
+    return [
+        e.key,
+        _fmt_size(e.size_bytes),
+        created,
+        _short(f.get("backbone")),
+        _weights_str(f.get("weights")),
+        _short(f.get("padding"), 12),
+        _short(f.get("image_size"), 12),
+        _short(f.get("normalize"), 12),
+        _data_str(f.get("data")),
+        str(shape[0]) if shape[0] is not None else "-",
+    ]
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m posinfo.cache [--dir D] ls | rm KEY [KEY ...] | clear``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m posinfo.cache", description="List or remove posinfo feature-cache entries."
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=None,
+        help=f"cache directory (default: ${ENV_VAR} or ~/.cache/posinfo)",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("ls", help="list entries")
+    p_rm = sub.add_parser("rm", help="remove entries by key (a unique prefix is enough)")
+    p_rm.add_argument("keys", nargs="+", metavar="KEY")
+    sub.add_parser("clear", help="remove every entry")
+    args = parser.parse_args(argv)
+    cache_dir = (args.dir if args.dir is not None else default_cache_dir()).expanduser()
+
+    try:
+        if args.cmd == "ls":
+            entries = list_entries(cache_dir)
+            if not entries:
+                print(f"no feature cache entries in {cache_dir}")
+                return 0
+            rows = [list(_COLUMNS)] + [_row(e) for e in entries]
+            print(_table(rows))
+            total = sum(e.size_bytes for e in entries)
+            print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {_fmt_size(total)} in {cache_dir}")
+        elif args.cmd == "rm":
+            # Resolve every key first so a typo removes nothing.
+            entries = list_entries(cache_dir)
+            for k in args.keys:
+                _match(cache_dir, entries, k)
+            for k in args.keys:
+                for e in remove(cache_dir, k):
+                    print(f"removed {e.key} ({_fmt_size(e.size_bytes)})")
+        elif args.cmd == "clear":
+            entries = list_entries(cache_dir)
+            total = sum(e.size_bytes for e in entries)
+            n = clear(cache_dir)
+            print(f"removed {n} entries ({_fmt_size(total)}) from {cache_dir}")
+    except PosinfoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

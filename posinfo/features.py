@@ -1,0 +1,123 @@
+"""What the readout consumes: taps resized to feature_size² and concatenated.
+
+Two interchangeable sources feed training and evaluation:
+``CachedFeatures`` reads a memory-mapped array that the frozen encoder filled once per
+(backbone configuration, image set); ``LiveFeatures`` recomputes every batch, as the
+authors' code does (``cache.enabled=false``). Nothing downstream knows which it got.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from posinfo.backbones import Encoder
+
+log = logging.getLogger(__name__)
+
+
+def resize_concat(maps: list[torch.Tensor], size: int) -> torch.Tensor:
+    """Bilinear resize each tap to size×size and concatenate along channels.
+
+    align_corners=True as in the authors' current code.
+    """
+    return torch.cat(
+        [F.interpolate(m, size=(size, size), mode="bilinear", align_corners=True) for m in maps], dim=1
+    )
+
+
+class FeatureExtractor:
+    """images (B×3×H×W in [0,1]) -> features (B×C×size×size, float32) on ``device``."""
+
+    def __init__(self, encoder: Encoder, size: int, device: torch.device):
+        self.encoder = encoder.to(device)
+        self.size = size
+        self.device = device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            f = resize_concat(self.encoder(x), self.size)
+        # Out of inference mode so the readout may save it for backward.
+        return f.clone()
+
+
+def extraction_batch_size(device: torch.device, channels: int) -> int:
+    """Throughput, not train.batch_size, sets how many images go through the encoder at once."""
+    if device.type == "cuda":
+        return 128
+    return 32 if channels <= 3 else 16
+
+
+def _loader(dataset: Dataset, batches: list[np.ndarray], num_workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=[b.tolist() for b in batches],
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def _chunks(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def fill(
+    out: np.ndarray, dataset: Dataset, extractor: FeatureExtractor, num_workers: int, progress: bool = True
+) -> None:
+    """Run every image of ``dataset`` through the encoder once, writing ``out[i]``."""
+    from tqdm.auto import tqdm
+
+    n = len(dataset)
+    bs = extraction_batch_size(extractor.device, out.shape[1])
+    loader = _loader(dataset, _chunks(np.arange(n), bs), num_workers, extractor.device)
+    i = 0
+    with tqdm(total=n, desc=f"features {extractor.encoder.name}", unit="img", disable=not progress) as bar:
+        for images in loader:
+            f = extractor(images).cpu().numpy()
+            out[i : i + len(f)] = f.astype(out.dtype, copy=False)
+            i += len(f)
+            bar.update(len(f))
+
+
+class FeatureSource(Protocol):
+    n: int
+
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]: ...
+
+
+class CachedFeatures:
+    """Features read from a (memory-mapped) array: one batch in RAM at a time."""
+
+    def __init__(self, array: np.ndarray, device: torch.device):
+        self.array = array
+        self.n = len(array)
+        self.device = device
+
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+        for idx in _chunks(order, batch_size):
+            # Reading a memmap in index order is sequential I/O; a batch is a set, so
+            # its order does not change the loss or BatchNorm statistics.
+            f = torch.from_numpy(np.ascontiguousarray(self.array[np.sort(idx)]))
+            yield f.to(self.device, dtype=torch.float32, non_blocking=True)
+
+
+class LiveFeatures:
+    """Features recomputed by the encoder for every batch (the authors' way)."""
+
+    def __init__(self, dataset: Dataset, extractor: FeatureExtractor, num_workers: int = 0):
+        self.dataset = dataset
+        self.extractor = extractor
+        self.num_workers = num_workers
+        self.n = len(dataset)
+
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+        chunks = [np.sort(c) for c in _chunks(order, batch_size)]
+        for images in _loader(self.dataset, chunks, self.num_workers, self.extractor.device):
+            yield self.extractor(images)

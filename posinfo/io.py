@@ -1,0 +1,54 @@
+"""Atomic outputs: every file appears under its final name complete, or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+RESULT_FILE = "result.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf are not JSON: they become null, so readers never meet a bare NaN token."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+
+
+def read_result(job_dir: str | Path) -> dict | None:
+    """The job's result.json, or None if it is absent or unreadable."""
+    p = Path(job_dir) / RESULT_FILE
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
