@@ -134,6 +134,14 @@ write_conf() {
     mem=$(( real * 95 / 100 ))
 
     mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log" "$DIR/pids"
+    # Job ids must not repeat across cluster instances: submitit's folders are
+    # named after them (hydra: <sweep dir>/.submitit/%j, and this project's sweep
+    # dirs are deterministic), and submitit takes an existing <id>_0_result.pkl
+    # as the new job's result. A fresh state gets a clock-derived first id; a
+    # kept state continues its own sequence.
+    if [ ! -s "$DIR/state/job_state" ] || [ ! -s "$DIR/first_job_id" ]; then
+        echo $(( ($(date +%s) % 60000) * 1000 + 1 )) >"$DIR/first_job_id"
+    fi
     cat >"$DIR/slurm.conf" <<EOF
 $MARK
 # state folder: $DIR ; detected: $probe
@@ -158,6 +166,7 @@ JobCompType=jobcomp/none
 # No accounting: finished jobs stay visible to scontrol/squeue (and so to the
 # sacct stand-in) for a day.
 MinJobAge=86400
+FirstJobId=$(cat "$DIR/first_job_id")
 ReturnToService=2
 # The node may advertise more CPUs than the machine has (see POSINFO_SLURM_CPUS).
 SlurmdParameters=config_overrides
@@ -242,6 +251,17 @@ start_daemon() {
     die "$name did not write its pid file $f within 10 s"
 }
 
+# slurmctld_settles: slurmctld answers (or at least has not died) within 10 s
+slurmctld_settles() {
+    local i
+    for i in $(seq 1 50); do
+        alive slurmctld || return 1
+        timeout 5 scontrol ping 2>/dev/null | grep -q 'is UP' && return 0
+        sleep 0.2
+    done
+    alive slurmctld
+}
+
 # ---------------------------------------------------------------- start
 cmd_start() {
     need_root
@@ -251,6 +271,18 @@ cmd_start() {
     write_env
     start_munged
     start_daemon slurmctld
+    if ! slurmctld_settles; then
+        # most likely an unreadable saved state from an earlier run: keep it
+        # aside and start from a clean one (job ids then restart at 1)
+        local aside
+        aside="$DIR/state.bad.$(date +%s)"
+        log "slurmctld exited at start-up; moving $DIR/state to $aside and retrying"
+        show_logs
+        mv "$DIR/state" "$aside"
+        write_conf
+        start_daemon slurmctld
+        slurmctld_settles || { show_logs; die "slurmctld exited at start-up"; }
+    fi
     start_daemon slurmd
 
     local t0 now state resumed=0
@@ -322,7 +354,7 @@ cmd_status() {
             echo "$n: not running (per $DIR/pids)"; rc=1
         fi
     done
-    if [ -f "$DIR/slurm.conf" ]; then
+    if [ -f "$DIR/slurm.conf" ] && alive slurmctld; then
         export SLURM_CONF="$DIR/slurm.conf"
         timeout 5 sinfo -N -l 2>&1 || rc=1
         timeout 5 squeue 2>&1 || true

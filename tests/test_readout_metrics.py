@@ -1,0 +1,80 @@
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from posinfo.errors import PosinfoError
+from posinfo.metrics import Scorer, is_constant, summarize
+from posinfo.readout import build_readout, output_size
+from posinfo.targets import make
+
+
+def test_readout_shapes_and_layers():
+    r = build_readout(1472, kernel=3, depth=1, padding=0)
+    assert r(torch.rand(2, 1472, 28, 28)).shape == (2, 1, 26, 26)
+    assert [type(m) for m in r] == [nn.Conv2d, nn.BatchNorm2d, nn.Sigmoid]
+    r2 = build_readout(8, kernel=3, depth=3, padding=1)
+    convs = [m for m in r2 if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(8, 8), (8, 8), (8, 1)]
+    assert sum(isinstance(m, nn.ReLU) for m in r2) == 2 and isinstance(r2[-1], nn.Sigmoid)
+    assert r2(torch.rand(2, 8, 28, 28)).shape == (2, 1, 28, 28)
+    assert output_size(28, 7, 1, 0) == 22
+
+
+def test_readout_init_is_xavier_uniform_with_zero_bias():
+    torch.manual_seed(0)
+    r = build_readout(64, kernel=3, depth=1)
+    conv = r[0]
+    fan_in, fan_out = 64 * 9, 1 * 9
+    bound = math.sqrt(6 / (fan_in + fan_out))
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.9 * bound
+    assert torch.all(conv.bias == 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(kernel=0), "readout.kernel=0 is below 1"),
+        (dict(kernel=29), "readout.kernel=29 is larger than the 28×28"),
+        (dict(padding=-1), "readout.padding=-1 is negative"),
+        (dict(depth=0), "readout.depth=0 is below 1"),
+        (dict(kernel=7, depth=6), "shrinks"),
+    ],
+)
+def test_bad_readout_values(kwargs, msg):
+    with pytest.raises(PosinfoError, match=msg):
+        build_readout(3, **{"kernel": 3, "depth": 1, "padding": 0, **kwargs})
+
+
+def test_spc_equals_scipy_spearman_including_ties():
+    rng = np.random.default_rng(0)
+    t = make("gau", 64).numpy()
+    s = Scorer(t)
+    for _ in range(3):
+        p = np.round(t + rng.normal(0, 0.3, t.shape), 1)  # rounding makes many ties
+        assert s.spc(p) == pytest.approx(scipy.stats.spearmanr(p.ravel(), t.ravel()).statistic, abs=1e-12)
+    assert s.mae(t) == 0 and s.mae(np.zeros_like(t)) == pytest.approx(t.mean())
+
+
+def test_upsampled_constant_is_constant_although_scipy_ranks_its_ripples():
+    # PosENet on a black image: one value everywhere, upsampled bilinearly.
+    const = torch.full((1, 1, 26, 26), 0.4815162342)
+    up = F.interpolate(const, size=(224, 224), mode="bilinear", align_corners=False)[0, 0].numpy()
+    # Float ripples, if any, are far below the tolerance; a perturbed map shows what scipy does with them.
+    rip = up + np.random.default_rng(1).normal(0, 1e-7, up.shape).astype(np.float32)
+    t = make("hor", 224).numpy()
+    assert not math.isnan(scipy.stats.spearmanr(rip.ravel(), t.ravel()).statistic)
+    assert is_constant(up) and is_constant(rip)
+    assert math.isnan(Scorer(t).spc(rip))
+    assert not is_constant(rip + 1e-3 * t)
+
+
+def test_summary_ignores_and_counts_nans():
+    s = summarize([0.5, math.nan, 0.7], [0.1, 0.2, 0.3])
+    assert s.spc == pytest.approx(0.6) and s.n_nan == 1 and s.n_images == 3 and s.mae == pytest.approx(0.2)
+    allnan = summarize([math.nan], [0.25])
+    assert allnan.spc is None and allnan.n_nan == 1 and allnan.mae == 0.25
