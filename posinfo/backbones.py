@@ -113,7 +113,7 @@ def _levels(name: str, taps: list[int] | None) -> list[int]:
     return sorted(levels)
 
 
-def _set_padding(model: nn.Module, name: str, padding: str) -> None:
+def _check_padding(name: str, padding: str) -> None:
     if padding not in PADDINGS:
         raise PosinfoError(f"unknown backbone.padding '{padding}': choose one of {', '.join(PADDINGS)}")
     if padding == "zeros":
@@ -122,6 +122,11 @@ def _set_padding(model: nn.Module, name: str, padding: str) -> None:
         raise PosinfoError(
             f"backbone.padding=none is only defined for vgg16, not {name} (its residual additions need matching sizes): use zeros, reflect, replicate or circular"
         )
+
+
+def _set_padding(model: nn.Module, padding: str) -> None:
+    if padding == "zeros":
+        return
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             if padding == "none":
@@ -201,6 +206,7 @@ def build_encoder(
         if padding != "zeros":
             raise PosinfoError(f"backbone.padding={padding} does not apply to posenet (no encoder): set readout.padding instead")
         return Encoder(name, None, {}, normalize)
+    _check_padding(name, padding)  # before any weights are fetched
     if weights in (None, "", "none"):
         raise PosinfoError(f"backbone.weights is empty for {name}: use imagenet, random or a path to a state-dict file")
     model = torchvision.models.get_model(name, weights=None)
@@ -216,6 +222,6 @@ def build_encoder(
     if sd is not None:
         used = ("features.",) if name == "vgg16" else ("conv1.", "bn1.", "layer")
         _load(model, sd, used, source, name)
-    _set_padding(model, name, padding)
+    _set_padding(model, padding)
     body = create_feature_extractor(model, return_nodes={node: tap for tap, node in nodes.items()})
     return Encoder(name, body, nodes, normalize)

@@ -118,13 +118,7 @@ _BLUR_SIGMA = 0.7       # px; a camera's optical blur, anti-aliases the shape ed
 _PAD = 3                # px rendered beyond each side: ceil(4·σ), cropped after blur
 _BATCH0 = 256           # shapes drawn per vectorised batch (doubles as coverage rises)
 _BATCH_MAX = 16384
-_TILE = 8              # px; granularity of the coverage bookkeeping
 
-# Luminance-neutral opponent directions in RGB (Rec.601 luma weights):
-# red-green and yellow-blue; adding them leaves 0.299R+0.587G+0.114B unchanged.
-_LUMA = np.array([0.299, 0.587, 0.114])
-_E_RG = np.array([1.0, -1.0, 0.0]) - np.dot(_LUMA, [1.0, -1.0, 0.0])
-_E_YB = (np.array([1.0, 1.0, -2.0]) - np.dot(_LUMA, [1.0, 1.0, -2.0])) / 2.0
 
 
 def _sample_radii(rng: np.random.Generator, k: int, n_frame: int, rmin: float, rmax: float) -> np.ndarray:
@@ -162,6 +156,33 @@ def _ragged_arange(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return owner, local
 
 
+def _row_extent(v: np.ndarray, c: np.ndarray, s: np.ndarray, a: np.ndarray, b: np.ndarray,
+                rect: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x-interval [ul, ur] (relative to the centre) of a shape on the row at height v.
+
+    The shape is an ellipse (semi-axes a, b) or rectangle (half-sides a, b) rotated
+    by the angle with cosine c and sine s.  An empty row gives ul > ur.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Ellipse: P u² + 2 Q v u + (R v² - 1) <= 0.
+        ia, ib = 1.0 / (a * a), 1.0 / (b * b)
+        p = c * c * ia + s * s * ib
+        q = c * s * (ia - ib) * v
+        disc = q * q - p * ((s * s * ia + c * c * ib) * v * v - 1.0)
+        root = np.sqrt(np.maximum(disc, 0.0))
+        el_l = np.where(disc >= 0, (-q - root) / p, np.inf)
+        el_r = np.where(disc >= 0, (-q + root) / p, -np.inf)
+        # Rectangle: |c u + s v| <= a and |-s u + c v| <= b, two slabs in u.
+        # c or s can be ~0 (axis-aligned): guard so the slab becomes all-or-nothing.
+        cs = np.where(np.abs(c) < 1e-12, 1e-12, c)
+        ss = np.where(np.abs(s) < 1e-12, 1e-12, s)
+        l1, r1 = (-a - s * v) / cs, (a - s * v) / cs
+        l2, r2 = (c * v - b) / ss, (c * v + b) / ss
+        re_l = np.maximum(np.minimum(l1, r1), np.minimum(l2, r2))
+        re_r = np.minimum(np.maximum(l1, r1), np.maximum(l2, r2))
+    return np.where(rect, re_l, el_l), np.where(rect, re_r, el_r)
+
+
 def _render_owner(rng: np.random.Generator, n: int, rmin: float, rmax: float) -> tuple[np.ndarray, dict]:
     """Front-to-back dead-leaves occlusion on an n×n grid.
 
@@ -172,7 +193,6 @@ def _render_owner(rng: np.random.Generator, n: int, rmin: float, rmax: float) ->
     uncovered = n * n
     keep: dict[str, list[np.ndarray]] = {k: [] for k in ("cx", "cy", "r", "ca", "sa", "ax", "bx", "rect")}
     n_kept = 0
-    nt = -(-n // _TILE)
     batch = _BATCH0
     while uncovered > 0:
         k = batch
@@ -197,42 +217,40 @@ def _render_owner(rng: np.random.Generator, n: int, rmin: float, rmax: float) ->
         y0 = np.maximum(np.ceil(cy - hh - 0.5), 0).astype(np.int64)
         y1 = np.minimum(np.floor(cy + hh - 0.5), n - 1).astype(np.int64)
         ok = (x1 >= x0) & (y1 >= y0)
-        # Cull exactly: a shape can only paint uncovered pixels, so enumerate its
-        # candidate pixels only inside the T×T tiles of its box that still hold
-        # an uncovered pixel (tile counts taken at the batch start).
-        free_t = np.zeros((nt * _TILE, nt * _TILE), dtype=np.int32)
-        free_t[:n, :n] = (owner < 0).reshape(n, n)
-        tile_free = free_t.reshape(nt, _TILE, nt, _TILE).sum(axis=(1, 3)) > 0
-        sel = np.flatnonzero(ok)
-        tx0, tx1 = x0[sel] // _TILE, x1[sel] // _TILE
-        ty0, ty1 = y0[sel] // _TILE, y1[sel] // _TILE
-        tw = tx1 - tx0 + 1
-        t_who, t_loc = _ragged_arange(tw * (ty1 - ty0 + 1))
-        tx = tx0[t_who] + t_loc % tw[t_who]
-        ty = ty0[t_who] + t_loc // tw[t_who]
-        live = tile_free[ty, tx]
-        t_who, tx, ty = t_who[live], tx[live], ty[live]
-        s_of_t = sel[t_who]
-        # Pixel range of each (shape, tile) pair: the tile clipped to the shape's box.
-        px0 = np.maximum(tx * _TILE, x0[s_of_t])
-        px1 = np.minimum(tx * _TILE + _TILE - 1, x1[s_of_t])
-        py0 = np.maximum(ty * _TILE, y0[s_of_t])
-        py1 = np.minimum(ty * _TILE + _TILE - 1, y1[s_of_t])
-        kept = np.unique(s_of_t)
-        if s_of_t.size:
-            w = px1 - px0 + 1
-            pair, loc = _ragged_arange(w * (py1 - py0 + 1))
-            px = px0[pair] + loc % w[pair]
-            py = py0[pair] + loc // w[pair]
-            s = s_of_t[pair]
-            u = px + 0.5 - cx[s]
-            v = py + 0.5 - cy[s]
-            a = u * ca[s] + v * sa[s]
-            b = -u * sa[s] + v * ca[s]
-            ra, rb = a / ax[s], b / bx[s]
-            inside = np.where(rect[s], (np.abs(ra) <= 1.0) & (np.abs(rb) <= 1.0), ra * ra + rb * rb <= 1.0)
-            pix = py * n + px
-            m = inside & (owner[pix] < 0)
+        # Cull exactly: a shape can only paint pixels that are still uncovered.
+        # Coverage at the batch start is summarised by a summed-area table
+        # (whole boxes) and row prefix sums (row spans); shapes later in the
+        # same batch are resolved below by depth order.
+        free = (owner < 0).reshape(n, n)
+        row_cum = np.zeros((n, n + 1), dtype=np.int32)
+        np.cumsum(free, axis=1, out=row_cum[:, 1:])
+        sat = np.zeros((n + 1, n + 1), dtype=np.int32)
+        np.cumsum(row_cum[:, 1:], axis=0, out=sat[1:, 1:])
+        x0c, x1c = np.clip(x0, 0, n - 1), np.clip(x1, 0, n - 1)
+        y0c, y1c = np.clip(y0, 0, n - 1), np.clip(y1, 0, n - 1)
+        cnt = sat[y1c + 1, x1c + 1] - sat[y0c, x1c + 1] - sat[y1c + 1, x0c] + sat[y0c, x0c]
+        sel = np.flatnonzero(ok & (cnt > 0))
+        # One (shape, row) pair per row of the box; the shape's extent on that row
+        # is an interval (ellipses and rectangles are convex), found analytically.
+        s, loc = _ragged_arange(y1[sel] - y0[sel] + 1)
+        s = sel[s]
+        py = y0[s] + loc
+        v = py + 0.5 - cy[s]
+        c, si = ca[s], sa[s]
+        if s.size:
+            ul, ur = _row_extent(v, c, si, ax[s], bx[s], rect[s])
+            xl = np.maximum(np.ceil(cx[s] + ul - 0.5), 0).astype(np.int64)
+            xr = np.minimum(np.floor(cx[s] + ur - 0.5), n - 1).astype(np.int64)
+            live = xr >= xl
+            s, py, xl, xr = s[live], py[live], xl[live], xr[live]
+            live = row_cum[py, xr + 1] - row_cum[py, xl] > 0
+            s, py, xl, xr = s[live], py[live], xl[live], xr[live]
+        kept = np.unique(s)
+        if s.size:
+            span, loc = _ragged_arange(xr - xl + 1)
+            pix = py[span] * n + xl[span] + loc
+            s = s[span]
+            m = owner[pix] < 0
             pix, s = pix[m], s[m]
             if pix.size:
                 # Candidates are listed in shape order, which is depth order (front
@@ -253,31 +271,59 @@ def _render_owner(rng: np.random.Generator, n: int, rmin: float, rmax: float) ->
     return owner.reshape(n, n), shapes
 
 
-def _shape_colours(rng: np.random.Generator, k: int) -> np.ndarray:
-    """k base colours (k×3, RGB in [0,1]) from a natural-looking distribution.
+# Scene materials (sRGB in [0,1]) and how often a scene contains each: mostly
+# the muted colours of outdoor and indoor scenes, now and then a vivid one.
+_MATERIALS = np.array([
+    [0.22, 0.32, 0.12], [0.35, 0.45, 0.18], [0.62, 0.55, 0.35],  # foliage, grass, dry grass
+    [0.38, 0.28, 0.18], [0.75, 0.66, 0.50], [0.48, 0.47, 0.44],  # soil, sand, rock
+    [0.07, 0.07, 0.08], [0.55, 0.70, 0.88], [0.80, 0.82, 0.85],  # shadow, sky, overcast sky
+    [0.18, 0.30, 0.38], [0.50, 0.34, 0.20], [0.58, 0.28, 0.20],  # water, wood, brick
+    [0.85, 0.65, 0.55], [0.88, 0.87, 0.83], [0.62, 0.60, 0.56],  # skin, white wall, concrete
+    [0.25, 0.25, 0.27], [0.80, 0.12, 0.10], [0.90, 0.78, 0.15],  # asphalt, red, yellow
+    [0.10, 0.25, 0.70], [0.50, 0.25, 0.60], [0.90, 0.50, 0.10],  # blue, purple, orange
+    [0.05, 0.45, 0.25],                                          # green paint
+])
+_MATERIAL_P = np.array([3, 3, 2, 3, 2, 3, 3, 2, 2, 2, 2, 2, 1.5, 2, 2, 2, 0.7, 0.7, 0.7, 0.5, 0.7, 0.5])
+_MATERIAL_P = _MATERIAL_P / _MATERIAL_P.sum()
+_FIELD_GRID = 64        # cells of the periodic grid that holds the region fields
+_FIELD_CORR = 0.3       # correlation length of the region fields, in units of size
 
-    Each image has a small palette of scene colours (most shapes are variations
-    of a few materials, as in a photo), luminance is broad and skewed dark, and
-    chroma is low and mostly along the yellow-blue (daylight) axis.
+
+def _scene_palette(rng: np.random.Generator) -> np.ndarray:
+    """The 3–6 materials of one scene (m×3 RGB): anchors with brightness and tint jitter."""
+    m = int(rng.integers(3, 7))
+    idx = rng.choice(len(_MATERIALS), size=m, replace=False, p=_MATERIAL_P)
+    pal = _MATERIALS[idx] * np.exp(rng.normal(0.0, 0.3, (m, 1))) + rng.normal(0.0, 0.04, (m, 3))
+    return np.clip(pal, 0.0, 1.0)
+
+
+def _region_labels(rng: np.random.Generator, cx: np.ndarray, cy: np.ndarray, m: int,
+                   lo: float, hi: float, corr: float) -> np.ndarray:
+    """Material of each shape: argmax of m smooth random fields at its centre.
+
+    The fields are stationary Gaussian fields made by FFT on a torus that is
+    larger than the square [lo, hi]² holding every centre by 4 correlation
+    lengths, so their statistics (hence the regions) do not depend on position
+    and the wrap-around couples nothing that reaches the frame.
     """
-    n_pal = int(rng.integers(3, 7))
-    pal_l = rng.beta(1.6, 2.0, n_pal)
-    pal_rg = rng.normal(0.0, 0.07, n_pal)
-    pal_yb = rng.normal(0.02, 0.13, n_pal)
-    # Some palette entries are vivid (flowers, paint, sky), most are muted.
-    vivid = rng.random(n_pal) < 0.25
-    pal_rg[vivid] *= 2.5
-    pal_yb[vivid] *= 2.0
-    which = rng.integers(0, n_pal, k)
-    free = rng.random(k) < 0.3  # the rest of the world: colours off the palette
-    lum = np.where(free, rng.beta(1.6, 2.0, k), pal_l[which] + rng.normal(0.0, 0.06, k))
-    rg = np.where(free, rng.normal(0.0, 0.06, k), pal_rg[which] + rng.normal(0.0, 0.02, k))
-    yb = np.where(free, rng.normal(0.02, 0.10, k), pal_yb[which] + rng.normal(0.0, 0.03, k))
-    # Dark and bright surfaces are less chromatic.
-    lum = np.clip(lum, 0.0, 1.0)
-    sat = np.clip(4.0 * lum * (1.0 - lum), 0.15, 1.0)
-    rgb = lum[:, None] + sat[:, None] * (rg[:, None] * _E_RG + yb[:, None] * _E_YB)
-    return np.clip(rgb, 0.0, 1.0)
+    period = (hi - lo) + 4.0 * corr
+    g = _FIELD_GRID
+    f = np.fft.fftfreq(g, d=period / g)
+    k2 = f[:, None] ** 2 + f[None, :] ** 2
+    amp = np.exp(-k2 * (np.pi * corr) ** 2)  # Gaussian covariance of width ~corr
+    white = rng.standard_normal((m, g, g))
+    fields = np.fft.ifft2(np.fft.fft2(white) * amp).real
+    fields /= fields.std(axis=(1, 2), keepdims=True) + 1e-12
+    fields += rng.normal(0.0, 0.5, (m, 1, 1))  # some materials cover more of the scene
+    # Bilinear lookup on the periodic grid.
+    gx = (cx - lo) / period * g
+    gy = (cy - lo) / period * g
+    ix, iy = np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64)
+    fx, fy = gx - ix, gy - iy
+    ix0, iy0, ix1, iy1 = ix % g, iy % g, (ix + 1) % g, (iy + 1) % g
+    val = (fields[:, iy0, ix0] * (1 - fx) * (1 - fy) + fields[:, iy0, ix1] * fx * (1 - fy)
+           + fields[:, iy1, ix0] * (1 - fx) * fy + fields[:, iy1, ix1] * fx * fy)
+    return np.argmax(val, axis=0)
 
 
 def _render_embedded(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -287,34 +333,44 @@ def _render_embedded(rng: np.random.Generator, size: int) -> np.ndarray:
     owner, sh = _render_owner(rng, n, _R_MIN, rmax)
     k = sh["r"].size
 
-    base = _shape_colours(rng, k)
+    # Colour: each shape is a variation of one of the scene's materials, chosen by
+    # smooth region fields (a meadow here, a wall there); a few shapes are clutter
+    # of any material.  Brightness varies more than hue, as with real surfaces.
+    pal = _scene_palette(rng)
+    margin = _KAPPA * rmax
+    mat = _region_labels(rng, sh["cx"], sh["cy"], len(pal), -margin, n + margin, _FIELD_CORR * size)
+    clutter = rng.random(k) < 0.1
+    mat[clutter] = rng.integers(0, len(pal), int(clutter.sum()))
+    base = pal[mat] * np.exp(rng.normal(0.0, 0.18, (k, 1))) + rng.normal(0.0, 0.025, (k, 3))
     # Shading: a linear luminance ramp across each shape (lighting on a curved or
-    # tilted surface), up to about ±0.12 from the centre to the rim.
+    # tilted surface), typically ±0.05 from the centre to the rim.
     g_amp = rng.exponential(0.05, k)
     g_dir = rng.uniform(0.0, 2.0 * np.pi, k)
-    gx, gy = g_amp * np.cos(g_dir), g_amp * np.sin(g_dir)
+    gxr = g_amp * np.cos(g_dir) / sh["r"]
+    gyr = g_amp * np.sin(g_dir) / sh["r"]
+    g_off = gxr * (sh["cx"] - 0.5) + gyr * (sh["cy"] - 0.5)
     # Texture: per-shape amplitude of a fine luminance grain (many surfaces are
-    # smooth, some rough); a little independent chroma grain as in real sensors.
+    # smooth, some rough).
     tex = np.where(rng.random(k) < 0.5, rng.exponential(0.01, k), rng.exponential(0.05, k))
-    grain = gaussian_filter(rng.standard_normal((n, n)), 0.6, mode="wrap")
-    grain /= grain.std() + 1e-12
-    chroma_grain = rng.normal(0.0, 0.008, (n, n, 3))
+    grain = rng.standard_normal((n, n), dtype=np.float32)
+    grain = gaussian_filter(grain, 0.6, mode="wrap")
+    grain *= 1.0 / (grain.std() + 1e-12)
 
-    yy, xx = np.mgrid[0:n, 0:n]
     o = owner
-    ramp = (gx[o] * (xx + 0.5 - sh["cx"][o]) + gy[o] * (yy + 0.5 - sh["cy"][o])) / sh["r"][o]
-    ramp = np.clip(ramp, -0.25, 0.25)  # elongated shapes: keep the rim from saturating
-    lum_delta = ramp + tex[o] * grain
-    img = base[o] + lum_delta[..., None] + chroma_grain
-
+    xs = np.arange(n, dtype=np.float32)
+    ramp = gxr.astype(np.float32)[o] * xs[None, :] + gyr.astype(np.float32)[o] * xs[:, None] - g_off.astype(np.float32)[o]
+    # Elongated shapes: keep the far rim from saturating.
+    np.clip(ramp, -0.25, 0.25, out=ramp)
+    lum = ramp + tex.astype(np.float32)[o] * grain
     # Per-image exposure and white balance: photos differ in both.
-    img = img * np.exp(rng.normal(0.0, 0.15)) * np.exp(rng.normal(0.0, 0.04, 3))
-    img = np.clip(img, 0.0, 1.0)
+    gain = (np.exp(rng.normal(0.0, 0.15)) * np.exp(rng.normal(0.0, 0.04, 3))).astype(np.float32)
+    img = (base.astype(np.float32)[o] + lum[..., None]) * gain
+    np.clip(img, 0.0, 1.0, out=img)
     img = gaussian_filter(img, sigma=(_BLUR_SIGMA, _BLUR_SIGMA, 0.0), mode="nearest", truncate=_PAD / _BLUR_SIGMA)
     # Crop the padding: every kept pixel's blur support lay inside the rendered
     # frame, so the border mode above never reaches the output.
     img = img[_PAD:_PAD + size, _PAD:_PAD + size]
-    return np.clip(img, 0.0, 1.0).astype(np.float32)
+    return np.clip(img, 0.0, 1.0)
 
 
 def embedded_image(split: str, index: int, size: int = 224, seed: int = 0) -> torch.Tensor:

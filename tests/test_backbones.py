@@ -1,0 +1,117 @@
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from posinfo.backbones import build_encoder
+from posinfo.errors import PosinfoError
+
+
+def test_vgg16_taps_before_pooling():
+    torch.manual_seed(0)
+    enc = build_encoder("vgg16", "random")
+    taps = enc.describe(224)
+    assert [t.node for t in taps] == ["features.3", "features.8", "features.15", "features.22", "features.29"]
+    assert [t.channels for t in taps] == [64, 128, 256, 512, 512] and sum(t.channels for t in taps) == 1472
+    assert [t.size[0] for t in taps] == [224, 112, 56, 28, 14]
+    # each tap is a ReLU output that feeds a max-pool
+    vgg = torchvision.models.vgg16()
+    for t in taps:
+        i = int(t.node.split(".")[1])
+        assert isinstance(vgg.features[i], torch.nn.ReLU) and isinstance(vgg.features[i + 1], torch.nn.MaxPool2d)
+
+
+def test_vgg16_without_padding_shrinks_the_taps():
+    enc = build_encoder("vgg16", "random", padding="none")
+    assert [t.size[0] for t in enc.describe(224)] == [220, 106, 47, 17, 2]
+
+
+@pytest.mark.parametrize("name,channels", [("resnet18", 960), ("resnet34", 960), ("resnet50", 3840), ("resnet101", 3840), ("resnet152", 3840)])
+def test_resnet_taps(name, channels):
+    enc = build_encoder(name, "random")
+    taps = enc.describe(64)
+    assert [t.node for t in taps] == ["layer1", "layer2", "layer3", "layer4"]
+    assert sum(t.channels for t in taps) == channels
+    assert [t.size[0] for t in taps] == [16, 8, 4, 2]
+
+
+def test_resnet_stem_is_an_optional_fifth_level_and_single_taps_work():
+    taps = build_encoder("resnet18", "random", taps=[0, 1, 2, 3, 4]).describe(64)
+    assert [t.name for t in taps] == ["f0", "f1", "f2", "f3", "f4"] and taps[0].channels == 64 and taps[0].size == (32, 32)
+    only5 = build_encoder("vgg16", "random", taps=[5]).describe(64)
+    assert [(t.name, t.channels) for t in only5] == [("f5", 512)]
+
+
+def test_padding_modes_reach_every_padded_conv():
+    enc = build_encoder("resnet18", "random", padding="reflect")
+    convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.padding_mode == "reflect" for c in convs if c.padding[0] > 0)
+    assert sum(c.padding[0] > 0 for c in convs) > 10
+
+
+def test_encoder_is_frozen_and_stays_in_eval_mode():
+    enc = build_encoder("resnet18", "random")
+    enc.train()
+    assert not enc.training and not any(m.training for m in enc.modules())
+    assert not any(p.requires_grad for p in enc.parameters())
+    bn = [m for m in enc.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    before = bn.running_mean.clone()
+    enc(torch.rand(4, 3, 32, 32) * 5)
+    assert torch.equal(before, bn.running_mean)
+
+
+def test_weights_file_roundtrip_and_bad_files(tmp_path):
+    torch.manual_seed(1)
+    ref = torchvision.models.vgg16()
+    good = tmp_path / "vgg.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.features.state_dict(prefix="features.").items()}}, good)
+    enc = build_encoder("vgg16", str(good))
+    w = dict(enc.named_parameters())["body.features.0.weight"]
+    assert torch.equal(w, ref.features[0].weight)
+
+    with pytest.raises(PosinfoError, match="does not exist"):
+        build_encoder("vgg16", str(tmp_path / "nope.pt"))
+    sd = ref.state_dict()
+    del sd["features.28.weight"]
+    sd["decoder.weight"] = torch.zeros(1)
+    bad = tmp_path / "bad.pt"
+    torch.save(sd, bad)
+    with pytest.raises(PosinfoError, match=r"missing keys: features\.28\.weight.*unexpected keys: decoder\.weight"):
+        build_encoder("vgg16", str(bad))
+    r18 = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), r18)
+    with pytest.raises(PosinfoError, match="does not fit torchvision's resnet50"):
+        build_encoder("resnet50", str(r18))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(PosinfoError, match="not a readable PyTorch state dict"):
+        build_encoder("vgg16", str(junk))
+
+
+def test_imagenet_weights_unavailable_fails_loudly(monkeypatch):
+    def offline(*a, **k):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(PosinfoError) as e:
+        build_encoder("vgg16", "imagenet")
+    msg = str(e.value)
+    assert "\n" not in msg and "VGG16_Weights.IMAGENET1K_V1" in msg
+    assert "backbone.weights=random" in msg and "vgg16-397923af.pth" in msg
+
+
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(name="resnet50", padding="none"), "backbone.padding=none is only defined for vgg16"),
+        (dict(name="vgg16", padding="same"), "unknown backbone.padding 'same'"),
+        (dict(name="vgg16", taps=[6]), r"backbone.taps=\[6\] is not valid for vgg16"),
+        (dict(name="resnet18", taps=[5]), r"backbone.taps=\[5\] is not valid for resnet18"),
+        (dict(name="posenet", taps=[1]), "does not apply to posenet"),
+        (dict(name="alexnet"), "unknown backbone 'alexnet'"),
+    ],
+)
+def test_bad_backbone_values(kwargs, msg):
+    with pytest.raises(PosinfoError, match=msg):
+        build_encoder(kwargs.pop("name"), kwargs.pop("weights", "random"), **kwargs)

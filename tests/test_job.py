@@ -1,0 +1,146 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import posinfo.job as job_mod
+from conftest import run_sweep
+from posinfo.job import run
+
+
+def test_posenet_job_writes_the_whole_job_directory(make_cfg, tmp_path):
+    cfg = make_cfg("backbone=posenet", "target=gau")
+    res = run(cfg, tmp_path / "job", choices={"backbone": "posenet", "target": "gau"})
+    saved = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert saved["status"] == "ok" and saved["error"] is None
+    assert saved["choices"]["backbone"] == "posenet" and saved["config"]["target"]["name"] == "gau"
+    assert saved["features"] == [{"name": "rgb", "node": "image", "channels": 3, "size": [64, 64]}]
+    assert saved["readout_in_channels"] == 3
+    assert saved["floor_mae"] == pytest.approx(0.197, abs=0.01)
+    assert set(saved["metrics"]) == {"natural", "black", "white", "noise"}
+    assert saved["metrics"]["natural"]["n_images"] == 4 and saved["metrics"]["black"]["n_images"] == 1
+    # PosENet sees a constant image as a constant: SPC undefined, counted, reported as null
+    for kind in ("black", "white"):
+        assert saved["metrics"][kind]["spc"] is None and saved["metrics"][kind]["n_nan"] == 1
+    per = pd.read_csv(tmp_path / "job" / "per_image.csv")
+    assert list(per.columns) == ["input", "image", "spc", "mae"] and len(per) == 7
+    nat = per[per.input == "natural"]
+    assert nat.mae.mean() == pytest.approx(saved["metrics"]["natural"]["mae"])
+    assert per[per.input == "black"].spc.isna().all()
+    log = [json.loads(line) for line in (tmp_path / "job" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and all(math.isfinite(r["loss"]) for r in log)
+    sd = torch.load(tmp_path / "job" / "readout.pt", weights_only=True)
+    assert sd["0.weight"].shape == (1, 3, 3, 3)
+    npz = np.load(tmp_path / "job" / "predictions.npz")
+    assert npz["target"].shape == (64, 64) and npz["natural_images"].shape == (4, 64, 64, 3)
+    assert npz["natural_pred"].shape == (4, 64, 64) and npz["noise_pred"].shape == (1, 64, 64)
+    assert Image.open(tmp_path / "job" / "predictions.png").size[0] > 200
+    assert res["metrics"] == saved["metrics"]
+
+
+def test_same_command_twice_gives_identical_metrics(make_cfg, tmp_path):
+    a = run(make_cfg("backbone=resnet18", "backbone.weights=random", f"cache.dir={tmp_path}/c1"), tmp_path / "a")
+    b = run(make_cfg("backbone=resnet18", "backbone.weights=random", f"cache.dir={tmp_path}/c2"), tmp_path / "b")
+    assert a["metrics"] == b["metrics"] and a["train_loss"] == b["train_loss"]
+    assert not b["readout_reused"]
+
+
+def test_cached_and_uncached_runs_agree(make_cfg, tmp_path):
+    cached = run(make_cfg("backbone=vgg16", "backbone.weights=random", "input=natural"), tmp_path / "c")
+    live = run(make_cfg("backbone=vgg16", "backbone.weights=random", "input=natural", "cache.enabled=false"), tmp_path / "l")
+    for k in ("spc", "mae"):
+        assert cached["metrics"]["natural"][k] == pytest.approx(live["metrics"]["natural"][k], abs=0.005)
+    assert cached["readout_in_channels"] == 1472
+    assert [f["size"][0] for f in cached["features"]] == [64, 32, 16, 8, 4]
+
+
+def test_backbone_batchnorm_statistics_never_move(make_cfg, tmp_path, monkeypatch):
+    built = []
+    real = job_mod.build_encoder
+
+    def spy(*a, **k):
+        built.append(real(*a, **k))
+        return built[-1]
+
+    monkeypatch.setattr(job_mod, "build_encoder", spy)
+    # uncached: the encoder runs in every training batch, the authors' way
+    cfg = make_cfg("backbone=resnet18", "backbone.weights=random", "cache.enabled=false", "input=natural")
+    torch.manual_seed(0)
+    enc0 = real("resnet18", "random")
+    stats0 = {k: v.clone() for k, v in enc0.state_dict().items()}
+    run(cfg, tmp_path / "job")
+    after = built[0].state_dict()
+    assert any("running_mean" in k for k in after)
+    for k, v in stats0.items():
+        assert torch.equal(v, after[k].cpu()), k
+
+
+def test_job_differing_only_in_input_reuses_the_trained_readout(make_cfg, tmp_path):
+    first = run(make_cfg("backbone=posenet", "input=all"), tmp_path / "a")
+    second = run(make_cfg("backbone=posenet", "input=noise"), tmp_path / "b")
+    assert not first["readout_reused"] and second["readout_reused"]
+    assert second["metrics"]["noise"] == first["metrics"]["noise"]
+    third = run(make_cfg("backbone=posenet", "input=noise", "readout.kernel=1"), tmp_path / "c")
+    assert not third["readout_reused"]
+
+
+def test_posenet_without_padding_has_no_position_information(make_cfg, tmp_path):
+    # The control the paper rests on: no padding, no encoder -> translation equivariant.
+    cfg = make_cfg(
+        "backbone=posenet", "target=hor", "input=natural", "data.num_train=96", "data.num_test=24",
+        "train.epochs=6", "train.batch_size=16",
+    )
+    res = run(cfg, tmp_path / "job")
+    m = res["metrics"]["natural"]
+    assert abs(m["mae"] - res["floor_mae"]) < 0.01 and abs(m["spc"]) < 0.1, m
+
+
+def test_input_file_replaces_the_synthetic_image(make_cfg, tmp_path):
+    img = tmp_path / "gray.png"
+    Image.new("RGB", (40, 30), (128, 128, 128)).save(img)
+    res = run(make_cfg("backbone=posenet", "input=noise", f"input.file={img}"), tmp_path / "job")
+    assert res["metrics"]["noise"]["n_nan"] == 1  # a flat gray file is constant for PosENet
+    npz = np.load(tmp_path / "job" / "predictions.npz")
+    assert np.all(npz["noise_images"] == 128)
+
+
+def test_failed_job_writes_a_failed_result(make_cfg, tmp_path):
+    with pytest.raises(Exception):
+        run(make_cfg("backbone=vgg16", "backbone.weights=/nonexistent/w.pt"), tmp_path / "job")
+    res = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert res["status"] == "failed" and "'/nonexistent/w.pt' does not exist" in res["error"]
+
+
+BAD = [
+    (["readout.kernel=0"], "readout.kernel=0"),
+    (["readout.kernel=29"], "readout.kernel=29"),
+    (["readout.padding=-1"], "readout.padding=-1"),
+    (["readout.depth=0"], "readout.depth=0"),
+    (["backbone=resnet50", "backbone.weights=random", "backbone.padding=none"], "backbone.padding=none"),
+    (["data=folder", "data.train_dir=/no/such/dir", "data.test_dir=/no/such/dir"], "/no/such/dir"),
+    (["backbone=vgg16", "backbone.weights=/no/weights.pt"], "/no/weights.pt"),
+    (["backbone=vgg16", "backbone.weights={bad_weights}"], "missing keys"),
+    (["data=folder", "data.train_dir={empty}", "data.test_dir={empty}"], "empty"),
+]
+if not torch.cuda.is_available():
+    BAD.append((["device=cuda"], "device=cuda"))
+
+
+@pytest.mark.slow
+def test_bad_input_gives_one_line_and_no_traceback(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad_weights = tmp_path / "w.pt"
+    torch.save({"features.0.weight": torch.zeros(1)}, bad_weights)
+    for args, needle in BAD:
+        args = [a.format(empty=empty, bad_weights=bad_weights) for a in args]
+        needle = needle.format(empty=empty)
+        p = run_sweep("backbone=posenet", *args, "data.image_size=32", f"cache.dir={tmp_path}/c", cwd=tmp_path)
+        assert p.returncode != 0, args
+        assert "Traceback" not in p.stderr, (args, p.stderr[-2000:])
+        err = [line for line in p.stderr.splitlines() if line.startswith("posinfo: error:")]
+        assert len(err) == 1 and needle in err[0], (args, p.stderr[-2000:])

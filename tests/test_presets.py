@@ -1,0 +1,185 @@
+"""Every experiment preset declares the paper's grid, and (slow) every preset runs end to end.
+
+The grid is expanded with Hydra's own basic sweeper code, from the preset's
+``hydra.sweeper.params`` plus any command-line overrides, exactly as ``sweep.py -m`` does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+
+from conftest import CONF, ROOT, run_sweep
+
+PRESETS = ["quickstart", "table1", "table2a", "table2b", "table3", "table4", "table6"]
+WEIGHTS = ["saliency_weights=/w/sod.pt", "segmentation_weights=/w/ss.pt"]
+TARGETS3 = ("hor", "gau", "horstp")
+
+
+def _expand(preset: str, cli: tuple[str, ...]) -> list[list[str]]:
+    # As in a multirun, the sweep is composed without the command line's sweep overrides.
+    fixed = [o.input_line for o in OverridesParser.create().parse_overrides(list(cli)) if not o.is_sweep_override()]
+    cfg = compose("config", overrides=[f"experiment={preset}", *fixed], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
+    args = [f"{k}={v}" for k, v in params.items()] + list(cli)
+    (batch,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
+    return batch
+
+
+def expand(preset: str, *cli: str) -> list[list[str]]:
+    """The override list of every job that ``sweep.py -m experiment=<preset> <cli>`` launches."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return _expand(preset, cli)
+
+
+def job_configs(preset: str, *cli: str) -> list[dict]:
+    """The resolved config of every job of the preset's grid."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return [
+            OmegaConf.to_container(compose("config", overrides=[f"experiment={preset}", *job]), resolve=True)
+            for job in _expand(preset, cli)
+        ]
+
+
+def key(c: dict) -> tuple:
+    b, r = c["backbone"], c["readout"]
+    taps = tuple(b["taps"]) if b["taps"] is not None else None
+    return (b["name"], c["target"]["name"], r["kernel"], r["depth"], r["padding"], b["padding"], taps, b["weights"])
+
+
+def grid(backbones, targets, kernels=(3,), depths=(1,), paddings=(0,), bpads=("zeros",), taps=(None,)) -> set:
+    weights = {"posenet": "none"}
+    return {
+        (b, t, k, d, p, bp, tp, weights.get(b, "imagenet"))
+        for b in backbones
+        for t in targets
+        for k in kernels
+        for d in depths
+        for p in paddings
+        for bp in bpads
+        for tp in taps
+    }
+
+
+def test_every_preset_file_is_tested_and_documented():
+    files = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+    assert files == sorted(PRESETS)
+    for name in PRESETS:
+        text = (CONF / "experiment" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_\n"), name
+        assert f"python sweep.py -m experiment={name}" in text, name
+        assert f"experiment_name: {name}" in text, name
+
+
+@pytest.mark.parametrize(
+    "preset, cli, expected, inputs",
+    [
+        ("quickstart", [], grid(["posenet"], ["hor", "gau"], paddings=(0, 1, 2)), ["natural", "black", "white", "noise"]),
+        ("table1", [], grid(["posenet", "vgg16", "resnet152"], ["hor", "ver", "gau", "horstp", "verstp"]),
+         ["natural", "black", "white", "noise"]),
+        ("table2a", [], grid(["posenet", "vgg16"], TARGETS3, depths=(1, 2, 3)), ["natural"]),
+        ("table2b", [], grid(["posenet", "vgg16"], TARGETS3, kernels=(1, 3, 7)), ["natural"]),
+        ("table3", [], grid(["vgg16"], ["hor", "gau"], taps=((1,), (2,), (3,), (4,), (5,), None)), ["natural"]),
+        ("table4", [], grid(["posenet"], TARGETS3, paddings=(0, 1, 2)) | grid(["vgg16"], TARGETS3, bpads=("zeros", "none")),
+         ["natural"]),
+    ],
+)
+def test_preset_grid(preset, cli, expected, inputs):
+    configs = job_configs(preset, *cli)
+    keys = [key(c) for c in configs]
+    assert len(keys) == len(expected) and set(keys) == expected
+    assert all(c["input"]["kinds"] == inputs for c in configs)
+    assert all(c["experiment_name"] == preset for c in configs)
+    assert all(c["data"]["name"] == "embedded" and c["train"]["epochs"] == 15 for c in configs)
+
+
+def test_table6_grid_uses_the_supplied_weights():
+    configs = job_configs("table6", *WEIGHTS)
+    got = sorted((c["pretraining"], c["backbone"]["name"], c["backbone"]["weights"], c["target"]["name"]) for c in configs)
+    assert got == sorted(
+        (p, "vgg16", w, t)
+        for p, w in [("imagenet", "imagenet"), ("saliency", "/w/sod.pt"), ("segmentation", "/w/ss.pt")]
+        for t in TARGETS3
+    )
+    assert all(c["input"]["kinds"] == ["natural", "black", "white", "noise"] for c in configs)
+
+
+@pytest.mark.parametrize("given, missing", [([], "saliency_weights"), (WEIGHTS[:1], "segmentation_weights")])
+def test_table6_without_weight_files_names_the_key_to_set(given, missing):
+    with pytest.raises((MissingMandatoryValue, InterpolationToMissingValueError), match=missing):
+        expand("table6", *given)
+
+
+def test_command_line_overrides_win_over_the_preset():
+    keys = {key(c) for c in job_configs("table2a", "target=gau", "backbone=resnet18")}
+    assert keys == grid(["resnet18"], ["gau"], depths=(1, 2, 3))
+    # stripes in [-1, 1] as the paper's numbers need: a second sweep of the same preset
+    configs = job_configs("table1", "target=horstp,verstp", "target.range=signed")
+    assert len(configs) == 6 and {c["target"]["range"] for c in configs} == {"signed"}
+
+
+def test_table4_job_folders_read_as_the_table(tmp_path):
+    r = run_sweep("-m", "experiment=table4", "dry_run=true", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    dirs = sorted(str(p.parent.parent.relative_to(tmp_path)) for p in tmp_path.rglob(".hydra/config.yaml"))
+    assert len(dirs) == 15
+    assert "+experiment/table4=posenet_pad1,target=gau" in dirs
+    assert "+experiment/table4=vgg16_nopad,target=horstp" in dirs
+
+
+# ---------------------------------------------------------------- end to end (slow)
+
+TINY = ["data.num_train=8", "data.num_test=4", "train.epochs=1", "train.batch_size=4",
+        "data.image_size=32", "backbone.weights=random", "device=cpu"]
+# VGG16 without padding needs >= 196 px to keep f5 (Table 4's taps shrink to 2 px at 224).
+IMAGE_SIZE = {"table4": "data.image_size=224"}
+
+
+def run_preset(preset: str, sweep_dir: Path, *extra: str):
+    """``python sweep.py -m experiment=<preset>`` turned down to seconds, into ``sweep_dir``."""
+    tiny = [o for o in TINY if not (preset in IMAGE_SIZE and o.startswith("data.image_size="))]
+    tiny += [IMAGE_SIZE[preset]] if preset in IMAGE_SIZE else []
+    return run_sweep(
+        "-m", f"experiment={preset}", *tiny, *extra,
+        f"cache.dir={sweep_dir.parent / 'cache'}", f"hydra.sweep.dir={sweep_dir}",
+        cwd=sweep_dir.parent, timeout=600,
+    )
+
+
+needs_job = pytest.mark.skipif(not (ROOT / "posinfo" / "job.py").exists(), reason="posinfo/job.py not written yet")
+
+
+@pytest.mark.slow
+@needs_job
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "table6"] + ["table6"])
+def test_preset_runs_end_to_end_and_analyzes(preset, tmp_path):
+    extra = WEIGHTS if preset == "table6" else []  # backbone.weights=random overrides the files
+    n_jobs = len(expand(preset, *extra))
+    sweep_dir = tmp_path / preset
+    r = run_preset(preset, sweep_dir, *extra)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    results = [json.loads(p.read_text()) for p in sweep_dir.rglob("result.json")]
+    assert len(results) == n_jobs and all(res["status"] == "ok" for res in results)
+
+    from posinfo import report
+
+    written = report.write_report([sweep_dir], tmp_path / "analysis", echo=False)
+    df = report.read_results_csv(written["results.csv"])
+    assert set(df.status) == {"ok"} and df.job_dir.nunique() == n_jobs
+    assert "## " in (tmp_path / "analysis" / "tables.md").read_text()
+
+
+@pytest.mark.slow
+@needs_job
+def test_table6_without_weight_files_fails_at_launch(tmp_path):
+    r = run_preset("table6", tmp_path / "table6")
+    assert r.returncode != 0
+    assert "saliency_weights" in r.stdout + r.stderr
+    assert not list(tmp_path.rglob("result.json"))
