@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 INPUT_KINDS = ("natural", "black", "white", "noise")
 N_FIGURE_IMAGES = 4
+JOB_LOG = "job.log"  # hydra.job.name is "job" (conf/hydra/default.yaml)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -178,7 +179,10 @@ def run(
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         result["status"] = "failed"
         result["error"] = msg if isinstance(e, PosinfoError) else f"{type(e).__name__}: {msg}"
-        log.error("job failed: %s\n%s", result["error"], traceback.format_exc())
+        # One line on the console; the full traceback goes to the job's log file.
+        log.error("job failed: %s (traceback in %s)", result["error"], job_dir / JOB_LOG)
+        with open(job_dir / JOB_LOG, "a") as fh:
+            fh.write(traceback.format_exc())
         raise
     finally:
         if result["status"] != "running":

@@ -48,7 +48,11 @@ cmd_install() {
     fi
     need_root
     export DEBIAN_FRONTEND=noninteractive
-    # The package lists may be missing or stale; try first, update on failure.
+    # No package lists at all: fetch them first. Stale ones (a 404 on
+    # download): the install fails, and we update and retry.
+    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+        apt-get update
+    fi
     if ! apt-get install -y --no-install-recommends "${PACKAGES[@]}"; then
         log "apt-get install failed; running apt-get update and retrying"
         apt-get update
@@ -160,6 +164,8 @@ SelectType=select/cons_tres
 # to RealMemory).
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# schedule batch jobs at submit time (the default defers them up to 3 s)
+SchedulerParameters=batch_sched_delay=0
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none

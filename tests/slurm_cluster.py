@@ -66,7 +66,14 @@ def _which(name: str) -> str | None:
 
 def node_idle() -> bool:
     """True if sinfo shows a node that can take jobs right now."""
-    if _which("sinfo") is None:
+    if _which("sinfo") is None or _which("scontrol") is None:
+        return False
+    try:
+        # answers at once; sinfo would retry an absent controller for ~10 s
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if "is UP" not in ping.stdout:
         return False
     try:
         out = subprocess.run(
