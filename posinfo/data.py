@@ -124,7 +124,6 @@ _BATCH_MAX = 16384
 _MAX_BATCHES = 100     # ~1.5M shapes; a typical 224 px image needs 7 batches
 
 
-
 def _sample_radii(rng: np.random.Generator, k: int, n_frame: int, rmin: float, rmax: float) -> np.ndarray:
     """Draw k radii of the shapes that can touch an n_frame² frame.
 
@@ -323,9 +322,12 @@ def _region_labels(rng: np.random.Generator, cx: np.ndarray, cy: np.ndarray, m: 
     fields = np.fft.ifft2(np.fft.fft2(white) * amp).real
     fields /= fields.std(axis=(1, 2), keepdims=True) + 1e-12
     fields += rng.normal(0.0, 0.5, (m, 1, 1))  # some materials cover more of the scene
-    # Bilinear lookup on the periodic grid.
-    gx = (cx - lo) / period * g
-    gy = (cy - lo) / period * g
+    # Bilinear lookup on the periodic grid.  Interpolation makes the field a bit
+    # smoother between nodes than at them; a random grid phase per image keeps
+    # that from being tied to frame position.
+    phase = rng.uniform(0.0, 1.0, 2)
+    gx = (cx - lo) / period * g + phase[0]
+    gy = (cy - lo) / period * g + phase[1]
     ix, iy = np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64)
     fx, fy = gx - ix, gy - iy
     ix0, iy0, ix1, iy1 = ix % g, iy % g, (ix + 1) % g, (iy + 1) % g

@@ -20,6 +20,7 @@
 # advertises, default max(nproc, 8): jobs here are tiny, and several 1-CPU
 # jobs of a sweep should run at once even on a 2-core machine).
 set -euo pipefail
+case ":$PATH:" in *":/usr/sbin:"*) ;; *) PATH="$PATH:/usr/sbin:/sbin" ;; esac
 
 DIR="${POSINFO_SLURM_DIR:-/tmp/posinfo-slurm}"
 TIMEOUT="${POSINFO_SLURM_TIMEOUT:-60}"
