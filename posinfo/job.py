@@ -122,26 +122,30 @@ def _to_uint8(img: torch.Tensor) -> np.ndarray:
 
 
 def _save_figure(path: Path, target: np.ndarray, panels: list[tuple[str, np.ndarray, np.ndarray]], title: str) -> None:
+    """Top row: the target, then each input image; bottom row: the readout's prediction for it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = len(panels)
-    fig, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows + 0.4), squeeze=False)
-    for r, (label, img, pred) in enumerate(panels):
-        for c, (im, name) in enumerate([(img, label), (target, "target"), (pred, "prediction")]):
-            ax = axes[r, c]
-            kw = {} if im.ndim == 3 else {"cmap": "gray", "vmin": min(0.0, float(target.min())), "vmax": 1.0}
-            ax.imshow(im, **kw)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0 or r == 0:
-                ax.set_title(name, fontsize=8)
+    cols = len(panels) + 1
+    fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols, 3.3), squeeze=False)
+    gray = {"cmap": "gray", "vmin": min(0.0, float(target.min())), "vmax": 1.0}
+    axes[0, 0].imshow(target, **gray)
+    axes[0, 0].set_title("target", fontsize=8)
+    axes[1, 0].axis("off")
+    for c, (label, img, pred) in enumerate(panels, start=1):
+        axes[0, c].imshow(img)
+        axes[0, c].set_title(label, fontsize=8)
+        axes[1, c].imshow(pred, **gray)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[1, 1].set_ylabel("prediction", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -331,7 +335,7 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> None:
         )
         arrays[f"{kind}_images"] = np.stack([_to_uint8(im) for im in images])
         arrays[f"{kind}_pred"] = preds[: len(images)].astype(np.float32)
-        panels += [(kind if kind != "natural" else names[i], arrays[f"{kind}_images"][i], preds[i]) for i in range(len(images))]
+        panels += [(kind if kind != "natural" else names[i].replace("test_", "#"), arrays[f"{kind}_images"][i], preds[i]) for i in range(len(images))]
     timing["eval_s"] = round(time.perf_counter() - t0, 3)
     result["metrics"] = metrics
 
