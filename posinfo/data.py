@@ -76,6 +76,7 @@ def _check_readable(path: Path) -> str | None:
 
 
 def _check_size(size: int) -> int:
+    """Validate an image side length (config value) and return it as int."""
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < _MIN_SIZE:
         raise PosinfoError(
             f"image size {size!r} is invalid: use an integer >= {_MIN_SIZE} (e.g. data.image_size=224)"
@@ -84,6 +85,7 @@ def _check_size(size: int) -> int:
 
 
 def _check_n(n: int | None, what: str) -> int | None:
+    """Validate an image count: a positive int, or None for all."""
     if n is None:
         return None
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:

@@ -1,0 +1,241 @@
+"""Figures from aggregated results, sized for a paper: 3.3 in (one column) or 7 in (full width).
+
+- ``prediction_grid``: the paper's Figure 4, image | target | one prediction per configuration,
+  a row per target, from each job's predictions.npz.
+- ``spc_bars``: SPC per configuration and target, the paper's value marked on each bar.
+- ``spc_vs_level``: SPC against the feature level a single tap reads (Table 3 sweeps).
+
+Each is drawn only when its data exist; each is saved as PNG (300 dpi) and PDF.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from posinfo import report
+
+log = logging.getLogger(__name__)
+
+DPI = 300
+COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
+FULL_WIDTH = 7.0  # inches: the text width
+FONT = 7  # pt: the size of a paper's caption text
+MAX_CONFIGS = 8  # prediction columns in one Figure-4 grid
+
+
+@dataclass
+class Figure:
+    path: Path  # the PNG; the PDF lies beside it
+    size_px: tuple[int, int]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": FONT, "axes.titlesize": FONT, "axes.labelsize": FONT, "legend.fontsize": FONT - 1,
+                         "xtick.labelsize": FONT - 1, "ytick.labelsize": FONT - 1, "pdf.fonttype": 42})
+    return plt
+
+
+def _save(fig, path: Path) -> Figure:
+    from posinfo.io import atomic_path
+
+    w, h = fig.get_size_inches()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for p, fmt in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=DPI)  # no bbox_inches="tight": the size stays exact
+    _plt().close(fig)
+    return Figure(path, (round(w * DPI), round(h * DPI)))
+
+
+def _main_input(g: pd.DataFrame) -> str | None:
+    inputs = g.loc[g.n_ok > 0, "input"].dropna().unique().tolist()
+    if not inputs:
+        return None
+    return "natural" if "natural" in inputs else sorted(inputs, key=report._sort_key)[0]
+
+
+def _ordered(values, key=lambda v: v) -> list:
+    return sorted(pd.unique(pd.Series(list(values))), key=lambda v: report._sort_key(key(v)))
+
+
+def _config_order(g: pd.DataFrame) -> list[str]:
+    first = g.drop_duplicates("config_label")
+    keys = {r.config_label: (report._sort_key(r.backbone), _natural(r.config_label)) for r in first.itertuples()}
+    return sorted(keys, key=lambda c: keys[c])
+
+
+def _natural(s: str) -> list:
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(s)) if t]
+
+
+def _wrap(s: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(str(s), width)) or str(s)
+
+
+def draw_all(cells: pd.DataFrame, out: str | Path) -> list[Figure]:
+    """Every figure the data allow, per experiment, into ``out``."""
+    cells, _ = report.label_cells(cells)
+    out = Path(out)
+    figures = []
+    for name, g in cells.groupby("experiment"):
+        for suffix, draw in (("predictions", prediction_grid), ("spc_bars", spc_bars), ("spc_vs_level", spc_vs_level)):
+            try:
+                fig = draw(g, out / f"{name}_{suffix}.png")
+            except Exception as e:  # one bad figure must not cost the tables
+                log.warning("figure %s_%s not drawn: %s", name, suffix, e)
+                continue
+            if fig is not None:
+                figures.append(fig)
+    return figures
+
+
+def _load_npz(job_dir: str, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    p = Path(job_dir) / "predictions.npz"
+    try:
+        with np.load(p) as z:
+            return z[f"{kind}_images"][0], z["target"], z[f"{kind}_pred"][0]
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def prediction_grid(g: pd.DataFrame, path: Path) -> Figure | None:
+    """Figure 4: per target, the test image, the target and each configuration's prediction."""
+    kind = _main_input(g)
+    if kind is None:
+        return None
+    ok = g[(g.input == kind) & (g.n_ok > 0)]
+    targets = _ordered(ok.target_label, key=lambda t: t.split(" [")[0])
+    configs = _config_order(ok)[:MAX_CONFIGS]
+    panels: dict[tuple[str, str], tuple] = {}
+    for r in ok.itertuples():
+        if r.config_label in configs and r.job_dirs:
+            loaded = _load_npz(r.job_dirs[0], kind)
+            if loaded is not None:
+                panels[(r.target_label, r.config_label)] = loaded
+    if not panels:
+        return None
+    plt = _plt()
+    ncols, nrows = 2 + len(configs), len(targets)
+    width = COLUMN_WIDTH if ncols <= 4 else FULL_WIDTH
+    left, header = 0.18, 0.32  # inches for the row labels and the column titles
+    cell = (width - left - 0.05) / ncols
+    height = nrows * cell + header + 0.05
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=left / width, right=1 - 0.05 / width, bottom=0.05 / height,
+                        top=1 - header / height, wspace=0.04, hspace=0.04)
+    titles = [f"image ({kind})", "target"] + configs
+    for i, t in enumerate(targets):
+        row = [panels.get((t, c)) for c in configs]
+        some = next((p for p in row if p is not None), None)
+        for j in range(ncols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if some is None:
+                continue
+            img, target, _ = some
+            lo = min(0.0, float(target.min()))
+            if j == 0:
+                ax.imshow(img)
+            elif j == 1:
+                ax.imshow(target, cmap="gray", vmin=lo, vmax=1.0)
+            elif row[j - 2] is not None:
+                ax.imshow(row[j - 2][2], cmap="gray", vmin=lo, vmax=1.0)
+            else:
+                ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
+            if i == 0:
+                ax.set_title(_wrap(titles[j], 14), fontsize=FONT - 1, pad=2)
+        axes[i, 0].set_ylabel(t, fontsize=FONT, labelpad=2)
+    return _save(fig, path)
+
+
+def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
+    """SPC per configuration (bars) and target (groups), the paper's value marked on each bar."""
+    kind = _main_input(g)
+    if kind is None:
+        return None
+    ok = g[(g.input == kind) & (g.n_ok > 0) & g.spc.notna()]
+    if ok.empty:
+        return None
+    plt = _plt()
+    targets = _ordered(ok.target_label, key=lambda t: t.split(" [")[0])
+    configs = _config_order(ok)
+    n = len(configs)
+    width = COLUMN_WIDTH if len(targets) * n <= 12 else FULL_WIDTH
+    fig, ax = plt.subplots(figsize=(width, 2.4))
+    fig.subplots_adjust(left=0.6 / width, right=1 - 0.08 / width, bottom=0.3 / 2.4, top=1 - 0.55 / 2.4)
+    bw = 0.8 / n
+    colors = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    paper_drawn = False
+    for j, c in enumerate(configs):
+        sub = ok[ok.config_label == c].set_index("target_label")
+        xs = [i - 0.4 + bw * (j + 0.5) for i, t in enumerate(targets) if t in sub.index]
+        rows = [sub.loc[t] for t in targets if t in sub.index]
+        err = [0 if math.isnan(r.spc_std) else r.spc_std for r in rows]
+        ax.bar(xs, [r.spc for r in rows], bw * 0.9, yerr=err if any(err) else None, color=colors(j % colors.N),
+               label=c, error_kw={"elinewidth": 0.6, "capsize": 1})
+        px = [(x, r.paper_spc) for x, r in zip(xs, rows) if not math.isnan(r.paper_spc)]
+        if px:
+            ax.plot(*zip(*px), ls="none", marker="_", ms=max(3.0, bw * 0.9 * 72 * width / (len(targets) + 1)),
+                    mew=1.2, color="k", label=None if paper_drawn else "paper")
+            paper_drawn = True
+    ax.set_xticks(range(len(targets)), targets)
+    ax.axhline(0, color="k", lw=0.5)
+    lo = min(0.0, float(ok.spc.min()) - 0.05)
+    ax.set_ylim(lo, 1.0)
+    ax.set_ylabel(f"SPC ({kind})")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=min(n + paper_drawn, 4 if width < 4 else 6),
+              frameon=False, handlelength=1.2, columnspacing=0.8)
+    return _save(fig, path)
+
+
+def spc_vs_level(g: pd.DataFrame, path: Path) -> Figure | None:
+    """SPC against the single feature level read (f1..f5), with 'all' at the right (Table 3)."""
+    if "backbone.taps" not in g:
+        return None
+    kind = _main_input(g)
+    ok = g[(g.input == kind) & (g.n_ok > 0) & g.spc.notna()]
+    level = ok["backbone.taps"].astype(str).str.fullmatch(r"\[(\d)\]")
+    single = ok[level]
+    if single["backbone.taps"].nunique() < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.3))
+    fig.subplots_adjust(left=0.45 / COLUMN_WIDTH, right=1 - 0.1 / COLUMN_WIDTH, bottom=0.4 / 2.3, top=1 - 0.45 / 2.3)
+    levels = sorted({int(str(t)[1]) for t in single["backbone.taps"]})
+    x_all = max(levels) + 1
+    colors = plt.get_cmap("tab10")
+    lines = ok.groupby(["backbone", "target_label"], sort=False)
+    for j, ((bb, t), sub) in enumerate(sorted(lines, key=lambda kv: (report._sort_key(kv[0][0]), report._sort_key(kv[0][1])))):
+        xs = [int(str(v)[1]) if re.fullmatch(r"\[\d\]", str(v)) else (x_all if v == "all" else None) for v in sub["backbone.taps"]]
+        pts = sorted((x, r) for x, r in zip(xs, sub.itertuples()) if x is not None)
+        label = t if lines.ngroups == len(ok.target_label.unique()) else f"{bb} {t}"
+        col = colors(j % 10)
+        ax.errorbar([x for x, _ in pts], [r.spc for _, r in pts],
+                    yerr=[0 if math.isnan(r.spc_std) else r.spc_std for _, r in pts],
+                    color=col, marker="o", ms=3, lw=1, capsize=1, label=f"{label} (ours)")
+        paper = [(x, r.paper_spc) for x, r in pts if not math.isnan(r.paper_spc)]
+        if paper:
+            ax.plot(*zip(*paper), color=col, marker="s", mfc="none", ms=3, lw=0.8, ls="--", label=f"{label} (paper)")
+    ticks = levels + ([x_all] if (ok["backbone.taps"] == "all").any() else [])
+    ax.set_xticks(ticks, [f"f{v}" if v != x_all else "all" for v in ticks])
+    ax.set_xlabel("feature level read by the readout")
+    ax.set_ylabel(f"SPC ({kind})")
+    ax.set_ylim(min(0.0, float(ok.spc.min()) - 0.05), 1.0)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, frameon=False, handlelength=1.8, columnspacing=0.8)
+    return _save(fig, path)
