@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import platform
 import time
 import traceback
@@ -50,6 +51,19 @@ def resolve_device(spec: str) -> torch.device:
             raise PosinfoError(f"device={spec} but only {torch.cuda.device_count()} GPU(s) are visible: use device=cuda or cuda:0")
         return dev
     raise PosinfoError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N")
+
+
+def resolve_num_workers(spec: Any, device: torch.device) -> int:
+    """'auto': decode/generate images in workers when a GPU waits for them, inline on a CPU."""
+    if spec in (None, "auto"):
+        return min(8, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
+    try:
+        n = int(spec)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0:
+        raise PosinfoError(f"data.num_workers={spec} is not valid: use auto or a number >= 0")
+    return n
 
 
 def make_dataset(data: DictConfig, split: str):
@@ -233,7 +247,7 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> None:
         "image_size": size,
         "normalize": str(data.normalize),
     }
-    num_workers = int(data.get("num_workers", 0) or 0)
+    num_workers = resolve_num_workers(data.get("num_workers", "auto"), device)
     t0 = time.perf_counter()
     train_ds = make_dataset(data, "train")
     test_ds = make_dataset(data, "test") if "natural" in kinds else None
