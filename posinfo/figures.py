@@ -29,6 +29,7 @@ COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
 FULL_WIDTH = 7.0  # inches: the text width
 FONT = 7  # pt: the size of a paper's caption text
 MAX_CONFIGS = 8  # prediction columns in one Figure-4 grid
+PAPER_LABEL = "paper (Islam et al. 2020)"
 
 
 @dataclass
@@ -51,13 +52,15 @@ def _plt():
 def _save(fig, path: Path) -> Figure:
     from posinfo.io import atomic_path
 
-    w, h = fig.get_size_inches()
+    # Whole pixels: Agg truncates width × dpi, so aim a quarter pixel above each integer.
+    px = tuple(round(v * DPI) for v in fig.get_size_inches())
+    fig.set_size_inches([(n + 0.25) / DPI for n in px])
     path.parent.mkdir(parents=True, exist_ok=True)
     for p, fmt in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
         with atomic_path(p) as tmp:
             fig.savefig(tmp, format=fmt, dpi=DPI)  # no bbox_inches="tight": the size stays exact
     _plt().close(fig)
-    return Figure(path, (round(w * DPI), round(h * DPI)))
+    return Figure(path, px)
 
 
 def _main_input(g: pd.DataFrame) -> str | None:
@@ -175,8 +178,12 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
     configs = _config_order(ok)
     n = len(configs)
     width = COLUMN_WIDTH if len(targets) * n <= 12 else FULL_WIDTH
-    fig, ax = plt.subplots(figsize=(width, 2.4))
-    fig.subplots_adjust(left=0.6 / width, right=1 - 0.08 / width, bottom=0.3 / 2.4, top=1 - 0.55 / 2.4)
+    has_paper = bool(ok.paper_spc.notna().any())
+    ncol = min(n + has_paper, 2 if width < 4 else 5)
+    legend_h = 0.17 * math.ceil((n + has_paper) / ncol)  # inches above the axes
+    height = 2.0 + legend_h
+    fig, ax = plt.subplots(figsize=(width, height))
+    fig.subplots_adjust(left=0.6 / width, right=1 - 0.08 / width, bottom=0.3 / height, top=1 - (legend_h + 0.1) / height)
     bw = 0.8 / n
     colors = plt.get_cmap("tab10" if n <= 10 else "tab20")
     paper_drawn = False
@@ -189,8 +196,8 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
                label=c, error_kw={"elinewidth": 0.6, "capsize": 1})
         px = [(x, r.paper_spc) for x, r in zip(xs, rows) if not math.isnan(r.paper_spc)]
         if px:
-            ax.plot(*zip(*px), ls="none", marker="_", ms=max(3.0, bw * 0.9 * 72 * width / (len(targets) + 1)),
-                    mew=1.2, color="k", label=None if paper_drawn else "paper")
+            # a black tick as wide as the bar
+            ax.plot(*zip(*px), ls="none", marker="_", ms=bw * 0.9 * 72 * (width - 0.7) / len(targets), mew=1.2, color="k")
             paper_drawn = True
     ax.set_xticks(range(len(targets)), targets)
     ax.axhline(0, color="k", lw=0.5)
@@ -198,8 +205,14 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
     ax.set_ylim(lo, 1.0)
     ax.set_ylabel(f"SPC ({kind})")
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=min(n + paper_drawn, 4 if width < 4 else 6),
-              frameon=False, handlelength=1.2, columnspacing=0.8)
+    handles, labels = ax.get_legend_handles_labels()
+    if paper_drawn:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], ls="none", marker="_", ms=8, mew=1.2, color="k"))
+        labels.append(PAPER_LABEL)
+    ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=ncol, frameon=False,
+              handlelength=1.2, columnspacing=0.8, borderaxespad=0.2)
     return _save(fig, path)
 
 
@@ -209,7 +222,7 @@ def spc_vs_level(g: pd.DataFrame, path: Path) -> Figure | None:
         return None
     kind = _main_input(g)
     ok = g[(g.input == kind) & (g.n_ok > 0) & g.spc.notna()]
-    level = ok["backbone.taps"].astype(str).str.fullmatch(r"\[(\d)\]")
+    level = report.as_text(ok["backbone.taps"]).str.fullmatch(r"\[(\d)\]").astype(bool)
     single = ok[level]
     if single["backbone.taps"].nunique() < 2:
         return None
@@ -220,22 +233,32 @@ def spc_vs_level(g: pd.DataFrame, path: Path) -> Figure | None:
     x_all = max(levels) + 1
     colors = plt.get_cmap("tab10")
     lines = ok.groupby(["backbone", "target_label"], sort=False)
-    for j, ((bb, t), sub) in enumerate(sorted(lines, key=lambda kv: (report._sort_key(kv[0][0]), report._sort_key(kv[0][1])))):
+    ordered = sorted(lines, key=lambda kv: (report._sort_key(kv[0][0]), report._sort_key(kv[0][1])))
+    for j, ((bb, t), sub) in enumerate(ordered):
         xs = [int(str(v)[1]) if re.fullmatch(r"\[\d\]", str(v)) else (x_all if v == "all" else None) for v in sub["backbone.taps"]]
-        pts = sorted((x, r) for x, r in zip(xs, sub.itertuples()) if x is not None)
-        label = t if lines.ngroups == len(ok.target_label.unique()) else f"{bb} {t}"
+        pts = sorted(((x, r) for x, r in zip(xs, sub.itertuples()) if x is not None), key=lambda p: p[0])
+        label = t if lines.ngroups == ok.target_label.nunique() else f"{bb} {t}"
         col = colors(j % 10)
-        ax.errorbar([x for x, _ in pts], [r.spc for _, r in pts],
-                    yerr=[0 if math.isnan(r.spc_std) else r.spc_std for _, r in pts],
-                    color=col, marker="o", ms=3, lw=1, capsize=1, label=f"{label} (ours)")
-        paper = [(x, r.paper_spc) for x, r in pts if not math.isnan(r.paper_spc)]
-        if paper:
-            ax.plot(*zip(*paper), color=col, marker="s", mfc="none", ms=3, lw=0.8, ls="--", label=f"{label} (paper)")
+        # single levels joined by a line; 'all' a point of its own, not a sixth level
+        for part, kw in (([p for p in pts if p[0] != x_all], {"label": f"{label} (ours)"}),
+                         ([p for p in pts if p[0] == x_all], {"ls": "none"})):
+            if part:
+                ax.errorbar([x for x, _ in part], [r.spc for _, r in part],
+                            yerr=[0 if math.isnan(r.spc_std) else r.spc_std for _, r in part],
+                            color=col, marker="o", ms=3, lw=1, capsize=1, **kw)
+        for part, kw in (([p for p in pts if p[0] != x_all], {"label": f"{label} (paper)"}),
+                         ([p for p in pts if p[0] == x_all], {})):
+            paper = [(x, r.paper_spc) for x, r in part if not math.isnan(r.paper_spc)]
+            if paper:
+                ax.plot(*zip(*paper), color=col, marker="s", mfc="none", ms=3, lw=0.8, ls="--", **kw)
     ticks = levels + ([x_all] if (ok["backbone.taps"] == "all").any() else [])
     ax.set_xticks(ticks, [f"f{v}" if v != x_all else "all" for v in ticks])
     ax.set_xlabel("feature level read by the readout")
     ax.set_ylabel(f"SPC ({kind})")
     ax.set_ylim(min(0.0, float(ok.spc.min()) - 0.05), 1.0)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, frameon=False, handlelength=1.8, columnspacing=0.8)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: (labels[i].endswith("(paper)"), i))
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower left", bbox_to_anchor=(0, 1.01),
+              ncol=2, frameon=False, handlelength=1.8, columnspacing=0.8)
     return _save(fig, path)

@@ -33,6 +33,7 @@ INPUTS = ("natural", "black", "white", "noise")
 TARGETS = ("hor", "ver", "gau", "horstp", "verstp")
 BACKBONES = ("posenet", "vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 STRIPES = ("horstp", "verstp")
+PADDINGS = ("zeros", "none", "reflect", "replicate", "circular")
 PAPER_TABLES = ("table1", "table2a", "table2b", "table3", "table4", "table6")
 PAPER = "Islam, Jia & Bruce (ICLR 2020)"
 # The paper's protocol (SPEC.md): what a configuration must share to be a reproduction.
@@ -40,7 +41,7 @@ PAPER_TRAIN = {"epochs": 15, "batch_size": 32, "lr": 0.1, "momentum": 0.9, "weig
 PAPER_SIZE = 224
 
 # Config keys that steer how a job runs or label it, never what it measures.
-_IGNORED = ("device", "force", "dry_run", "cache", "experiment_name", "data.num_workers", "input",
+_IGNORED = ("device", "force", "dry_run", "cache", "experiment_name", "data.num_workers", "input.name", "input.kinds",
             "saliency_weights", "segmentation_weights", "pretrained_weights")
 _IDENTITY = {"backbone.name": "backbone", "target.name": "target", "data.name": "data"}
 # Always in results.csv, in this order; any other config key joins when it varies.
@@ -195,7 +196,7 @@ def _tidy(jobs: list[dict]) -> pd.DataFrame:
     flat = [{k: v for k, v in _flatten(j["config"] or {}).items() if not _ignored(k)} for j in jobs]
     keys = sorted({k for f in flat for k in f} - set(_IDENTITY))
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
-    fields = [k for k in FIELDS if k in keys or k != "pretraining"] + [k for k in varying if k not in FIELDS]
+    fields = [k for k in FIELDS if k != "pretraining" or k in keys] + [k for k in varying if k not in FIELDS]
     choice_groups = sorted({g for j in jobs for g in j["choices"]
                             if g not in ("backbone", "target", "data", "input", "experiment", "cache")
                             and not g.startswith("hydra")})
@@ -216,6 +217,9 @@ def _tidy(jobs: list[dict]) -> pd.DataFrame:
         }
         base.update({g: ch.get(g) for g in choice_groups})
         base.update({k: _cell_value(k, f.get(k)) for k in fields})
+        if base["backbone"] == "posenet":
+            # No encoder: its weights, padding and taps do not exist, so never a difference between rows.
+            base.update({"backbone.weights": None, "backbone.padding": None, "backbone.taps": None})
         base.update(_paper_weights(cfg))
         base.update({m: None for m in METRICS})
         base["floor_mae"] = j["floor_mae"]
@@ -284,8 +288,8 @@ def paper_variants(row: dict) -> list[tuple[str, str]]:
 
     k, d, p = num("readout.kernel"), num("readout.depth"), num("readout.padding")
     taps = row.get("backbone.taps")
-    all_taps = taps in ("all", None) or (row.get("backbone") == "vgg16" and taps == "[1,2,3,4,5]")
-    zeros = row.get("backbone.padding") in ("zeros", None)
+    all_taps = _isnan(taps) or taps == "all" or (row.get("backbone") == "vgg16" and taps == "[1,2,3,4,5]")
+    zeros = _isnan(row.get("backbone.padding")) or row.get("backbone.padding") == "zeros"
     w = row.get("_weights_label")
     out: list[tuple[str, str]] = []
     if w in ("imagenet", "random", "none", None):
@@ -315,7 +319,7 @@ def _preferred_tables(group: pd.DataFrame) -> list[str]:
     if len(exp) == 1 and exp[0] in PAPER_TABLES:
         order.append(exp[0])
     for f, t in _FIELD_TABLE.items():
-        if f in group and group[f].astype(str).nunique() > 1 and t not in order:
+        if f in group and _n_values(group[f]) > 1 and t not in order:
             order.append(t)
     return order + [t for t in PAPER_TABLES if t not in order]
 
@@ -329,21 +333,34 @@ def attach_paper(df: pd.DataFrame) -> pd.DataFrame:
         order = _preferred_tables(out.loc[idx])
         for i in idx:
             row = out.loc[i].to_dict()
-            found = {t: v for t, v in paper_variants(row)}
-            for t in order:
-                if t in found and (t, row["target"], row["backbone"], found[t], row["input"]) in paper.index:
-                    hit = paper.loc[(t, row["target"], row["backbone"], found[t], row["input"])]
-                    out.at[i, "paper_table"] = t
-                    out.at[i, "paper_spc"], out.at[i, "paper_mae"] = float(hit["spc"]), float(hit["mae"])
-                    break
+            keys = [(t, row["target"], row["backbone"], v, row["input"]) for t, v in paper_variants(row)]
+            hits = sorted((order.index(k[0]), k) for k in keys if k in paper.index)
+            if hits:
+                key = hits[0][1]
+                out.at[i, "paper_table"] = key[0]
+                out.at[i, "paper_spc"], out.at[i, "paper_mae"] = (float(paper.loc[key, c]) for c in ("spc", "mae"))
     return out
 
 
 # ----------------------------------------------------------------------------- aggregate
 
+def _isnan(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _n_values(s: pd.Series) -> int:
+    """How many distinct values a column takes, not counting missing ones."""
+    return as_text(s)[s.map(lambda v: not _isnan(v))].nunique()
+
+
+def as_text(s: pd.Series) -> pd.Series:
+    """Values as text, missing ones as '' (astype(str) keeps NaN as NaN on pandas 3)."""
+    return s.map(lambda v: "" if _isnan(v) else str(v)).astype(object)
+
+
 def _sort_key(v: Any) -> tuple:
     """Natural order for table rows: the paper's order for names, numbers by value, 'all' last."""
-    for order in (TARGETS, BACKBONES, INPUTS):
+    for order in (TARGETS, BACKBONES, INPUTS, PADDINGS):
         if v in order:
             return (0, order.index(v), "")
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -356,9 +373,13 @@ def _sort_key(v: Any) -> tuple:
         return (1, math.inf, str(v))
 
 
+_AGGREGATES = ("spc_std", "mae_std", "n_ok", "n_failed", "n_missing", "seeds", "job_dirs")
+
+
 def config_fields(df: pd.DataFrame) -> list[str]:
     """Columns of ``df`` that identify a configuration (replicates differ only outside these)."""
-    skip = {"job_dir", "status", "error", "input", "paper_table", "paper_spc", "paper_mae", *METRICS, *REPLICATE_FIELDS}
+    skip = {"job_dir", "status", "error", "input", "paper_table", "paper_spc", "paper_mae", *METRICS, *REPLICATE_FIELDS,
+            *_AGGREGATES}
     return [c for c in df.columns if c not in skip]
 
 
@@ -400,7 +421,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
 @dataclass
 class Row:
     labels: list[str]
-    source: str  # "ours", "paper (T1)", "floor"
+    source: str  # "ours", "paper T1" (or "paper T1/T4"), "floor"
     cells: dict[str, tuple[str, str]]  # column -> (SPC, MAE)
     marks: str = ""
 
@@ -420,10 +441,15 @@ def fmt(x: float | None, std: float | None = None) -> str:
     """The paper's style: three decimals, no leading zero (.742, -.001)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
-    s = f"{x:.3f}".replace("0.", ".", 1)
+    s = re.sub(r"^(-?)0\.", r"\1.", f"{x:.3f}")
     if std is not None and not (isinstance(std, float) and math.isnan(std)):
-        s += f" ± {std:.3f}".replace("0.", ".", 1)
+        s += " ± " + re.sub(r"^0\.", ".", f"{std:.3f}")
     return s
+
+
+def fmt_paper(x: float) -> str:
+    """A paper number as the paper prints it: its undefined SPCs (constant predictions) read .0."""
+    return ".0" if x == 0 else fmt(x)
 
 
 _SHORT = {"readout.kernel": "k", "readout.depth": "depth", "readout.padding": "pad", "backbone.padding": "backbone pad",
@@ -437,9 +463,9 @@ def _display_fields(cells: pd.DataFrame, candidates: list[str]) -> list[str]:
     """Fields that vary, minus any that only restate another (pretraining ↔ backbone.weights)."""
     keep: list[str] = []
     for f in candidates:
-        if f not in cells or cells[f].astype(str).nunique() < 2:
+        if f not in cells or _n_values(cells[f]) < 2:
             continue
-        as_str = cells.astype({f: str, **{g: str for g in keep}})
+        as_str = pd.DataFrame({c: as_text(cells[c]) for c in [f, *keep]})
         redundant = any(
             as_str.groupby(g)[f].nunique().max() == 1 and as_str.groupby(f)[g].nunique().max() == 1 for g in keep
         )
@@ -458,12 +484,12 @@ def label_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]
     cells = cells.copy()
     cells["experiment"] = cells["experiment"].fillna("jobs")
     cells["target_label"] = cells["target"]
-    cells["config_label"] = cells["backbone"].astype(str)
+    cells["config_label"] = as_text(cells["backbone"])
     fields_of: dict[str, list[str]] = {}
     for name, g in cells.groupby("experiment"):
-        if "target.range" in g and g["target.range"].astype(str).nunique() > 1:
+        if "target.range" in g and _n_values(g["target.range"]) > 1:
             stripe = g.target.isin(STRIPES)
-            cells.loc[g.index[stripe], "target_label"] = g.target[stripe] + " [" + g["target.range"][stripe].astype(str) + "]"
+            cells.loc[g.index[stripe], "target_label"] = g.target[stripe] + " [" + as_text(g["target.range"][stripe]) + "]"
         candidates = [f for f in config_fields(g) if f not in _NOT_ROW_FIELDS and not f.startswith("experiment/")]
         fields = _display_fields(g, candidates)
         fields_of[name] = fields
@@ -475,6 +501,16 @@ def label_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]
     return cells, fields_of
 
 
+def _differs(value: Any, paper: Any) -> bool:
+    """Whether a config value differs from the paper's; a missing value is not a difference."""
+    if _isnan(value) or value == "":
+        return False
+    try:
+        return not math.isclose(float(value), float(paper), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return str(value).replace(" ", "") != json.dumps(paper, separators=(",", ":"))
+
+
 def _deviations(c: dict) -> list[str]:
     """How this configuration's protocol differs from the paper's (so it is no reproduction)."""
     out = []
@@ -484,22 +520,17 @@ def _deviations(c: dict) -> list[str]:
         tr, te = str(c.get("data.train_dir")), str(c.get("data.test_dir"))
         if "duts" not in tr.lower() or "pascal" not in te.lower():
             out.append(f"images from {tr} / {te}, not DUTS-TR / PASCAL-S")
-        for k, paper_n in (("data.num_train", 10553), ("data.num_test", 850)):
-            if c.get(k) not in (None, "", paper_n) and not (isinstance(c.get(k), float) and math.isnan(c.get(k))):
-                out.append(f"{k}={int(float(c[k]))} (paper: {paper_n})")
+        for k, n in (("data.num_train", 10553), ("data.num_test", 850)):
+            if _differs(c.get(k), n):
+                out.append(f"{k}={c[k]:g} (paper: {n})" if isinstance(c[k], float) else f"{k}={c[k]} (paper: {n})")
     if c.get("backbone") != "posenet" and c.get("backbone.weights") == "random":
         out.append("random backbone weights (a control), not ImageNet")
-    ep = c.get("train.epochs")
-    if ep is not None and not (isinstance(ep, float) and math.isnan(ep)) and int(float(ep)) != PAPER_TRAIN["epochs"]:
-        out.append(f"train.epochs={int(float(ep))} (paper: 15)")
-    for k, v in PAPER_TRAIN.items():
-        ck = f"train.{k}"
-        if k != "epochs" and ck in c and c[ck] is not None and str(c[ck]) not in (str(v), json.dumps(v, separators=(",", ":"))):
-            out.append(f"{ck}={c[ck]} (paper: {v})")
-    size = c.get("data.image_size")
-    if size is not None and not (isinstance(size, float) and math.isnan(size)) and int(float(size)) != PAPER_SIZE:
-        out.append(f"data.image_size={int(float(size))} (paper: 224)")
-    if c.get("data.normalize") not in (None, "none"):
+    for k, v in [*PAPER_TRAIN.items(), ("image_size", PAPER_SIZE)]:
+        key = f"data.{k}" if k == "image_size" else f"train.{k}"
+        if _differs(c.get(key), v):
+            shown = f"{c[key]:g}" if isinstance(c[key], float) else c[key]
+            out.append(f"{key}={shown} (paper: {v})")
+    if c.get("data.normalize") not in (None, "none", "") and not _isnan(c.get("data.normalize")):
         out.append(f"data.normalize={c['data.normalize']} (the authors normalise nothing)")
     return out
 
@@ -535,7 +566,7 @@ def make_tables(cells: pd.DataFrame, jobs: pd.DataFrame | None = None) -> list[T
     per configuration with a column per swept field, columns target × {SPC, MAE}, and a
     floor row. Paper rows sit under ours wherever the paper has the same configuration.
     """
-    cells, fields_of = label_cells(cells)
+    cells, fields_of = label_cells(cells[cells.backbone.notna() & cells.target.notna()])
     tables = []
     for name in sorted(cells["experiment"].unique(), key=_sort_key):
         g = cells[cells["experiment"] == name]
@@ -546,7 +577,7 @@ def make_tables(cells: pd.DataFrame, jobs: pd.DataFrame | None = None) -> list[T
         t = Table(name, _title(name, set(g.paper_table.dropna())), row_fields, [str(c) for c in columns])
         g = g.assign(**{f"_k{i}": g[f].map(_sort_key) for i, f in enumerate(row_fields)})
         g = g.sort_values([f"_k{i}" for i in range(len(row_fields))], kind="stable")
-        g = g.assign(_row=g[row_fields].astype(str).agg("\x1f".join, axis=1))
+        g = g.assign(_row=["\x1f".join(map(str, vals)) for vals in g[row_fields].itertuples(index=False)])
         blocks = g.groupby("target_label", sort=False) if by_input else [(None, g)]
 
         deviations: dict[str, int] = {}
@@ -554,14 +585,14 @@ def make_tables(cells: pd.DataFrame, jobs: pd.DataFrame | None = None) -> list[T
         for _, block in blocks:
             for _, rg in block.groupby("_row", sort=False):
                 first = rg.iloc[0].to_dict()
-                row = Row([str(first[f]) for f in row_fields], "ours", {str(r[col_key]): _ours_cell(r) for _, r in rg.iterrows()})
+                row = Row(["–" if _isnan(first[f]) else str(first[f]) for f in row_fields], "ours", {str(r[col_key]): _ours_cell(r) for _, r in rg.iterrows()})
                 t.rows.append(row)
                 ours_rows.append((row, [deviations.setdefault(d, len(deviations) + 1) for d in _deviations(first)]))
                 paper = rg[rg.paper_table.notna()]
                 if len(paper):
                     which = "/".join(sorted({"T" + str(x)[5:] for x in paper.paper_table}))
                     t.rows.append(Row([""] * len(row_fields), f"paper {which}",
-                                      {str(r[col_key]): (fmt(r.paper_spc), fmt(r.paper_mae)) for _, r in paper.iterrows()}))
+                                      {str(r[col_key]): (fmt_paper(r.paper_spc), fmt_paper(r.paper_mae)) for _, r in paper.iterrows()}))
             floors = {
                 str(col): ("", "/".join(fmt(v) for v in sorted({round(float(x), 3) for x in fg.floor_mae.dropna()})))
                 for col, fg in block.groupby(col_key) if fg.floor_mae.notna().any()
@@ -602,18 +633,21 @@ def _notes(g: pd.DataFrame, deviations: dict[str, int], ours_rows: list[tuple[Ro
         notes.append(f"ours: mean ± std (ddof 1) over {span} runs per cell"
                      + (f" (train.seed {', '.join(str(s) for s in seeds)})" if seeds else "") + ".")
     if deviations:
+        # What every row shares is said once; only the rest is marked row by row.
         inv = {v: k for k, v in deviations.items()}
-        if all(len(d) == len(deviations) for _, d in ours_rows):
+        shared = set.intersection(*(set(d) for _, d in ours_rows))
+        if shared:
             notes.append("Our protocol differs from the paper's, so no 'ours' row is a reproduction: "
-                         + "; ".join(inv[i] for i in sorted(inv)) + ".")
-        else:
+                         + "; ".join(inv[i] for i in sorted(shared)) + ".")
+        rest = {old: new for new, old in enumerate(sorted(set(inv) - shared), start=1)}
+        if rest:
             for row, devs in ours_rows:
-                row.marks = "".join(f"[{i}]" for i in devs)
-            notes.append("Rows marked [i] differ from the paper's protocol (no reproduction): "
-                         + "; ".join(f"[{i}] {inv[i]}" for i in sorted(inv)) + ".")
+                row.marks = "".join(f"[{rest[i]}]" for i in sorted(devs) if i in rest)
+            notes.append("Rows marked [i] also differ from the paper's protocol: "
+                         + "; ".join(f"[{new}] {inv[old]}" for old, new in rest.items()) + ".")
     stripes = g[g.target.isin(STRIPES) & g.paper_table.notna()]
     if len(stripes):
-        ranges = set(stripes["target.range"].astype(str)) if "target.range" in stripes else {"unit"}
+        ranges = set(as_text(stripes["target.range"])) if "target.range" in stripes else {"unit"}
         if ranges - {"signed"}:
             notes.append(
                 "Stripes (horstp, verstp): the paper's stripe MAEs (.53–.72) are impossible against stripes in [0, 1] "
@@ -630,7 +664,7 @@ _LABELS = {"target_label": "target"}
 
 
 def _header(t: Table) -> tuple[list[str], list[str]]:
-    left = [_LABELS.get(f, f) for f in t.row_fields] + ["numbers"]
+    left = [_LABELS.get(f, f) for f in t.row_fields] + ["source"]
     return left, [f"{c} {m}" for c in t.columns for m in ("SPC", "MAE")]
 
 
@@ -660,6 +694,7 @@ def _tex(s: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
                  ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
         s = s.replace(a, b)
+    s = re.sub(r"(?<![\w.])-(?=\.?\d)", "$-$", s)  # a minus sign, not a hyphen
     return s.replace(" ± ", r"$\pm$").replace("±", r"$\pm$").replace("–", "--").replace("−", "$-$").replace("≈", r"$\approx$").replace("→", r"$\to$").replace("↔", r"$\leftrightarrow$")
 
 
