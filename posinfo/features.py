@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from posinfo.backbones import Encoder
+from posinfo.errors import PosinfoError
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,23 @@ def fill(
     with tqdm(total=n, desc=f"features {extractor.encoder.name}", unit="img", disable=not progress) as bar:
         for images in loader:
             f = extractor(images).cpu().numpy()
+            if out.dtype == np.float16:
+                _check_float16_range(f, extractor.encoder.name)
             out[i : i + len(f)] = f.astype(out.dtype, copy=False)
             i += len(f)
             bar.update(len(f))
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def _check_float16_range(f: np.ndarray, name: str) -> None:
+    # Random-init ResNets in eval mode blow activations up to ~1e8: float16 would store inf.
+    peak = float(np.abs(f).max())
+    if not np.isfinite(peak) or peak > FLOAT16_MAX:
+        raise PosinfoError(
+            f"{name} features reach |x|={peak:.3g}, beyond float16's range (65504): use cache.dtype=float32"
+        )
 
 
 class FeatureSource(Protocol):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from posinfo.errors import PosinfoError
 from posinfo.features import FeatureSource
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ def fit(
         bar.close()
         sched.step()
         if not np.isfinite(total):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {total}): lower train.lr")
+            raise PosinfoError(
+                f"training diverged at epoch {epoch} (loss {total}): lower train.lr, or check the feature scale "
+                "(random-init ResNets in eval mode reach activations of ~1e8)"
+            )
         rec = {"epoch": epoch, "loss": total / count, "lr": lr_now, "seconds": round(time.perf_counter() - t0, 3)}
         history.append(rec)
         log.info("epoch %d/%d  loss %.5f  lr %g  %.1fs", epoch, epochs, rec["loss"], lr_now, rec["seconds"])

@@ -144,3 +144,10 @@ def test_bad_input_gives_one_line_and_no_traceback(tmp_path):
         assert "Traceback" not in p.stderr, (args, p.stderr[-2000:])
         err = [line for line in p.stderr.splitlines() if line.startswith("posinfo: error:")]
         assert len(err) == 1 and needle in err[0], (args, p.stderr[-2000:])
+
+
+def test_features_beyond_float16_fail_with_a_fix(make_cfg, tmp_path):
+    # A random-init ResNet-152 in eval mode: activations ~1e7, far beyond float16, at 64 px.
+    cfg = make_cfg("backbone=resnet152", "backbone.weights=random", "input=natural", "data.num_train=4")
+    with pytest.raises(Exception, match="beyond float16's range.*cache.dtype=float32"):
+        run(cfg, tmp_path / "job")
