@@ -3,12 +3,17 @@
     python sweep.py backbone=posenet target=gau readout.padding=1
     python sweep.py -m backbone=vgg16,resnet152 target=hor,ver,gau
     python sweep.py -m experiment=table1
+    python sweep.py -m experiment=table1 hydra/launcher=joblib hydra.launcher.n_jobs=4
+    python sweep.py -m experiment=table1 hydra/launcher=slurm_gpu      # docs/cluster.md
+
+SIGTERM is turned into an interrupt (like Ctrl-C), so a killed sweep cleans up after
+itself; see posinfo.runner.
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from posinfo.runner import run
+from posinfo.runner import cli, run
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -17,4 +22,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)
