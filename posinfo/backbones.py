@@ -169,8 +169,8 @@ def _file_state_dict(path: str) -> dict:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def _load(model: nn.Module, sd: dict, used_prefixes: tuple[str, ...], source: str, name: str) -> None:
-    """Load ``sd`` and insist that every weight the taps depend on is present and fits."""
+def _check_fits(model: nn.Module, sd: dict, used_prefixes: tuple[str, ...], source: str, name: str) -> None:
+    """Insist that every weight the taps depend on is present in ``sd`` and fits."""
     expected = model.state_dict()
     missing = [k for k in expected if k.startswith(used_prefixes) and k not in sd]
     unexpected = [k for k in sd if k not in expected]
@@ -188,7 +188,24 @@ def _load(model: nn.Module, sd: dict, used_prefixes: tuple[str, ...], source: st
         raise PosinfoError(
             f"backbone.weights '{source}' does not fit torchvision's {name} ({'; '.join(parts)}): save the state dict of a torchvision {name}"
         )
-    model.load_state_dict(sd, strict=False)
+
+
+def _init_random(body: nn.Module) -> None:
+    """torchvision's own initialisation rules for VGG and ResNet, applied to the tapped layers.
+
+    (Conv: Kaiming normal, fan_out, ReLU gain, zero bias; BatchNorm: weight 1, bias 0,
+    fresh running statistics.) Applied in module order after the global seed is set, so a
+    seed gives one backbone.
+    """
+    for m in body.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+            m.reset_running_stats()
 
 
 def build_encoder(
@@ -209,7 +226,10 @@ def build_encoder(
     _check_padding(name, padding)  # before any weights are fetched
     if weights in (None, "", "none"):
         raise PosinfoError(f"backbone.weights is empty for {name}: use imagenet, random or a path to a state-dict file")
-    model = torchvision.models.get_model(name, weights=None)
+    # Built on the meta device: only the layers the taps use ever get memory or weights,
+    # so VGG16's 120M-parameter classifier is never initialised (1 s per job saved).
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, weights=None)
     if weights == "imagenet":
         sd, source = _imagenet_state_dict(name), f"imagenet ({torchvision.models.get_model_weights(name).IMAGENET1K_V1})"
     elif weights == "random":
@@ -221,7 +241,12 @@ def build_encoder(
     nodes = {f"f{lv}": table[lv] for lv in levels}
     if sd is not None:
         used = ("features.",) if name == "vgg16" else ("conv1.", "bn1.", "layer")
-        _load(model, sd, used, source, name)
+        _check_fits(model, sd, used, source, name)
     _set_padding(model, padding)
     body = create_feature_extractor(model, return_nodes={node: tap for tap, node in nodes.items()})
+    body.to_empty(device="cpu")
+    if sd is None:
+        _init_random(body)
+    else:
+        body.load_state_dict({k: sd[k] for k in body.state_dict()}, strict=True)
     return Encoder(name, body, nodes, normalize)

@@ -115,3 +115,23 @@ def test_imagenet_weights_unavailable_fails_loudly(monkeypatch):
 def test_bad_backbone_values(kwargs, msg):
     with pytest.raises(PosinfoError, match=msg):
         build_encoder(kwargs.pop("name"), kwargs.pop("weights", "random"), **kwargs)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet18"])
+def test_random_weights_follow_torchvisions_init_and_the_seed(name):
+    torch.manual_seed(3)
+    a = build_encoder(name, "random")
+    torch.manual_seed(3)
+    b = build_encoder(name, "random")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+        assert va.device.type == "cpu" and torch.isfinite(va.float()).all(), k
+    ref = torchvision.models.get_model(name).state_dict()
+    convs = [k for k, v in a.state_dict().items() if k.startswith("body.") and v.dim() == 4]
+    assert len(convs) >= 13
+    for k in convs:  # same distribution as torchvision's own random init: Kaiming normal, fan_out
+        w, r = a.state_dict()[k], ref[k.removeprefix("body.")]
+        assert w.shape == r.shape and w.std().item() == pytest.approx(r.std().item(), rel=0.15), k
+    bns = [k for k in a.state_dict() if k.endswith("running_var")]
+    assert all(torch.all(a.state_dict()[k] == 1) for k in bns)
+    assert not any(p.is_meta for p in a.parameters())

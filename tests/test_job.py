@@ -124,24 +124,34 @@ BAD = [
     (["data=folder", "data.train_dir=/no/such/dir", "data.test_dir=/no/such/dir"], "/no/such/dir"),
     (["backbone=vgg16", "backbone.weights=/no/weights.pt"], "/no/weights.pt"),
     (["backbone=vgg16", "backbone.weights={bad_weights}"], "missing keys"),
-    (["data=folder", "data.train_dir={empty}", "data.test_dir={empty}"], "empty"),
+    (["data=folder", "data.train_dir={empty}", "data.test_dir={empty}"], "{empty}"),
 ]
 if not torch.cuda.is_available():
     BAD.append((["device=cuda"], "device=cuda"))
 
 
-@pytest.mark.slow
-def test_bad_input_gives_one_line_and_no_traceback(tmp_path):
+@pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_clear_line(args, needle, make_cfg, tmp_path):
+    from posinfo.errors import PosinfoError
+
     empty = tmp_path / "empty"
     empty.mkdir()
     bad_weights = tmp_path / "w.pt"
     torch.save({"features.0.weight": torch.zeros(1)}, bad_weights)
-    for args, needle in BAD:
-        args = [a.format(empty=empty, bad_weights=bad_weights) for a in args]
-        needle = needle.format(empty=empty)
+    fmt = dict(empty=empty, bad_weights=bad_weights)
+    cfg = make_cfg("backbone=posenet", *[a.format(**fmt) for a in args])
+    with pytest.raises(PosinfoError) as e:
+        run(cfg, tmp_path / "job")
+    assert "\n" not in str(e.value) and needle.format(**fmt) in str(e.value)
+    assert json.loads((tmp_path / "job" / "result.json").read_text())["error"] == str(e.value)
+
+
+@pytest.mark.slow
+def test_bad_input_on_the_command_line_exits_with_one_line_and_no_traceback(tmp_path):
+    for args, needle in [(["readout.kernel=29"], "readout.kernel=29"), (["data=folder", "data.train_dir=/no/such/dir", "data.test_dir=/no/such/dir"], "/no/such/dir")]:
         p = run_sweep("backbone=posenet", *args, "data.image_size=32", f"cache.dir={tmp_path}/c", cwd=tmp_path)
         assert p.returncode != 0, args
-        assert "Traceback" not in p.stderr, (args, p.stderr[-2000:])
+        assert "Traceback" not in p.stderr + p.stdout, (args, p.stderr[-2000:])
         err = [line for line in p.stderr.splitlines() if line.startswith("posinfo: error:")]
         assert len(err) == 1 and needle in err[0], (args, p.stderr[-2000:])
 
