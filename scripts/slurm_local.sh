@@ -155,6 +155,8 @@ SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a requeued job is held until the job credential expires (default 120 s); 10 s keeps the requeue test quick
+AuthInfo=cred_expire=10
 CredType=cred/munge
 MpiDefault=none
 SwitchType=switch/none
