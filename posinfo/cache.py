@@ -47,7 +47,7 @@ from posinfo.errors import PosinfoError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: items stored channels-last (N×H×W×C)
 KEY_LENGTH = 20
 DTYPES = ("float16", "float32")
 # Free disk space left untouched when deciding whether an entry fits.

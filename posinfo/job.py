@@ -112,7 +112,7 @@ def _feature_source(name, dataset, extractor, c, key_fields, cache_cfg, num_work
         arr = cache.get_or_create(
             Path(str(cache_cfg.dir)).expanduser(),
             fields,
-            (len(dataset), c, fs, fs),
+            (len(dataset), fs, fs, c),  # channels-last: see features.CachedFeatures
             str(cache_cfg.dtype),
             lambda out: fill(out, dataset, extractor, num_workers, progress),
             float(cache_cfg.max_gb),
