@@ -62,6 +62,12 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _active
         from posinfo import launchers
+        from posinfo.job import missing_values_error
+
+        err = missing_values_error(config)
+        if err is not None:  # before the sweeper resolves its params into a Hydra traceback
+            print(f"posinfo: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
         launchers.install()
         self.since = _now()

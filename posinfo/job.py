@@ -92,6 +92,31 @@ def _weights_identity(backbone: DictConfig, seed: int) -> str:
     return f"file:{cache.file_digest(Path(w).expanduser())}"
 
 
+def missing_values_error(cfg: DictConfig) -> str | None:
+    """One line naming every required value (``???``) left unset, or None."""
+    missing: list[str] = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for k in node.keys():
+            if not prefix and k == "hydra":  # Hydra's own node, with runtime-only values
+                continue
+            if OmegaConf.is_missing(node, k):
+                missing.append(f"{prefix}{k}")
+                continue
+            try:
+                child = node[k]
+            except Exception:  # an interpolation to a missing value: its target is listed
+                continue
+            if isinstance(child, DictConfig):
+                walk(child, f"{prefix}{k}.")
+
+    walk(cfg, "")
+    missing.sort()
+    if not missing:
+        return None
+    return f"missing required value(s) {', '.join(missing)}: set them on the command line, e.g. {missing[0]}=/path/to/..."
+
+
 def _validate_inputs(inp: DictConfig) -> list[str]:
     kinds = list(inp.kinds)
     bad = [k for k in kinds if k not in INPUT_KINDS]
@@ -218,6 +243,9 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> None:
     size, fs = int(data.image_size), int(ro.feature_size)
 
     # Cheap validation first: a bad value fails in milliseconds, not after extraction.
+    missing = missing_values_error(cfg)
+    if missing:
+        raise PosinfoError(missing)
     device = resolve_device(cfg.device)
     result["device"] = str(device)
     kinds = _validate_inputs(cfg.input)

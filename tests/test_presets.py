@@ -14,7 +14,6 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
-from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from conftest import CONF, ROOT, run_sweep
 
@@ -37,6 +36,12 @@ def expand(preset: str, *cli: str) -> list[list[str]]:
     """The override list of every job that ``sweep.py -m experiment=<preset> <cli>`` launches."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return _expand(preset, cli)
+
+
+def compose_preset(preset: str, *cli: str):
+    """The composed (unswept) config of ``experiment=<preset> <cli>``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[f"experiment={preset}", *cli])
 
 
 def job_configs(preset: str, *cli: str) -> list[dict]:
@@ -111,10 +116,15 @@ def test_table6_grid_uses_the_supplied_weights():
     assert all(c["input"]["kinds"] == ["natural", "black", "white", "noise"] for c in configs)
 
 
-@pytest.mark.parametrize("given, missing", [([], "saliency_weights"), (WEIGHTS[:1], "segmentation_weights")])
+@pytest.mark.parametrize("given, missing", [([], "saliency_weights, segmentation_weights"), (WEIGHTS[:1], "segmentation_weights")])
 def test_table6_without_weight_files_names_the_key_to_set(given, missing):
-    with pytest.raises((MissingMandatoryValue, InterpolationToMissingValueError), match=missing):
-        expand("table6", *given)
+    from posinfo.job import missing_values_error
+
+    cfg = compose_preset("table6", *given)
+    assert missing_values_error(cfg) == (
+        f"missing required value(s) {missing}: set them on the command line, e.g. {missing.split(',')[0]}=/path/to/..."
+    )
+    assert missing_values_error(compose_preset("table6", *WEIGHTS)) is None
 
 
 def test_command_line_overrides_win_over_the_preset():
@@ -191,5 +201,6 @@ def test_preset_runs_end_to_end_and_analyzes(preset, tmp_path):
 def test_table6_without_weight_files_fails_at_launch(tmp_path):
     r = run_preset("table6", tmp_path / "table6")
     assert r.returncode != 0
-    assert "saliency_weights" in r.stdout + r.stderr
+    assert "posinfo: error: missing required value(s) saliency_weights, segmentation_weights" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
     assert not list(tmp_path.rglob("result.json"))

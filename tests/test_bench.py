@@ -1,0 +1,55 @@
+"""Smoke test of bench/bench_sweep.py: the one command runs end to end and writes its CSV."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_bench_sweep_runs_and_writes_its_csv(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable, str(ROOT / "bench" / "bench_sweep.py"),
+            "--backbone", "posenet", "--num-train", "8", "--num-test", "4",
+            "--epochs", "1", "--image-size", "32", "--device", "cpu", "--out", str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "cached speedup (uncached / cached)" in proc.stdout
+    assert "metrics (natural SPC and MAE within 0.005): AGREE" in proc.stdout
+    files = list(out.glob("bench_*.csv"))
+    assert len(files) == 1
+    with open(files[0], newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        columns = reader.fieldnames
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from bench_sweep import COLUMNS
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert columns == COLUMNS
+    for col in ("cpu_model", "cpu_cores", "torch", "device", "gpu_name", "wall_s", "peak_rss_mb",
+                "speedup_uncached_over_cached", "cached_over_extraction", "metrics_agree"):
+        assert col in columns
+    assert [r["run"] for r in rows] == ["extraction", "sweep_cached", "sweep_uncached"]
+    by = {r["run"]: r for r in rows}
+    for r in rows:
+        assert float(r["wall_s"]) > 0 and float(r["peak_rss_mb"]) > 50 and r["returncode"] == "0"
+        assert r["backbone"] == "posenet" and r["device"] == "cpu" and int(r["cpu_cores"]) >= 1
+    assert int(by["extraction"]["images"]) == 12 and float(by["extraction"]["images_per_s"]) > 0
+    for name in ("sweep_cached", "sweep_uncached"):
+        assert by[name]["jobs_ok"] == "5" and by[name]["jobs"] == "5"
+    assert by["sweep_cached"]["metrics_agree"] == "True"
+    assert float(by["sweep_cached"]["speedup_uncached_over_cached"]) > 0
+    # The temporary folder (sweeps, caches) is removed; nothing lands in the checkout or cwd.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
