@@ -145,7 +145,8 @@ def _expected_jobs(sweep_dir: Path) -> list[list[str]]:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
-    params = OmegaConf.to_container(cfg.hydra.sweeper.get("params") or {}, resolve=True)
+    node = cfg.hydra.sweeper.get("params")  # None for a grid given only on the command line
+    params = OmegaConf.to_container(node, resolve=True) if node is not None else {}
     args = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in cfg.hydra.overrides.task]
     batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
     return [job for batch in batches for job in batch]

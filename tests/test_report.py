@@ -376,3 +376,13 @@ def test_analyze_cli_writes_everything_and_prints_the_tables(tmp_path, base_conf
     empty.mkdir()
     r = subprocess.run([sys.executable, str(ROOT / "analyze.py"), str(empty)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.startswith("analyze: error: no job directories") and "Traceback" not in r.stderr
+
+
+def test_expected_jobs_of_a_grid_given_only_on_the_command_line(tmp_path):
+    from posinfo import report
+
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    params: null\n  overrides:\n    task: [backbone=posenet, 'target=hor,gau', 'readout.padding=0,1']\n"
+    )
+    jobs = report._expected_jobs(tmp_path)
+    assert len(jobs) == 4 and ["backbone=posenet", "target=gau", "readout.padding=1"] in jobs
