@@ -7,6 +7,7 @@ calls takes plain arguments.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import platform
@@ -323,7 +324,7 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> None:
         readout.load_state_dict(saved["state_dict"])
         history = saved["history"]
         with open(log_path, "w") as fh:
-            fh.writelines(__import__("json").dumps(h) + "\n" for h in history)
+            fh.writelines(json.dumps(h) + "\n" for h in history)
         readout.eval()
         log.info("reusing the readout trained for this configuration (%s)", reuse_path.name)
         result["readout_reused"] = True
