@@ -157,6 +157,11 @@ def _predict_all(readout, source, size: int, batch_size: int) -> np.ndarray:
     return np.concatenate(preds)
 
 
+def _prediction_batch_size(device: torch.device) -> int:
+    """Readout-only inference on features: larger batches than training, small enough for RAM."""
+    return 256 if device.type == "cuda" else 64
+
+
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
     return (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
@@ -351,7 +356,7 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> None:
     arrays: dict[str, np.ndarray] = {"target": target_np}
     for kind in kinds:
         if kind == "natural":
-            preds = _predict_all(readout, test_src, size, extractor_bs(device))
+            preds = _predict_all(readout, test_src, size, _prediction_batch_size(device))
             names = list(test_ds.names)
             images = [test_ds[i] for i in range(min(N_FIGURE_IMAGES, len(test_ds)))]
         else:
@@ -394,6 +399,3 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> None:
     _save_figure(job_dir / "predictions.png", target_np, panels, title)
     timing["total_s"] = round(time.perf_counter() - t_start, 3)
 
-
-def extractor_bs(device: torch.device) -> int:
-    return 256 if device.type == "cuda" else 64

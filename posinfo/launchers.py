@@ -169,7 +169,11 @@ def _patch_submitit() -> None:
         return
     # _submitit_launch is a copy of 1.2's launch: another version keeps its own, dry runs aside
     log.warning("hydra-submitit-launcher %s (not 1.2): a lost Slurm job stops the wait for the others", v)
-    original = cls.launch
+    cls.launch = _dry_runs_listed_locally(cls.launch)
+
+
+def _dry_runs_listed_locally(original: Any) -> Any:
+    """Wrap a launcher's ``launch`` so a dry run goes through the basic launcher: nothing is submitted."""
 
     def launch(self: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
         if _dry_run(self):
@@ -177,7 +181,7 @@ def _patch_submitit() -> None:
         return original(self, job_overrides, initial_job_idx)
 
     setattr(launch, _MARK, True)
-    cls.launch = launch
+    return launch
 
 
 def _patch_joblib() -> None:
@@ -187,15 +191,7 @@ def _patch_joblib() -> None:
         return
     if getattr(JoblibLauncher.launch, _MARK, False):
         return
-    original = JoblibLauncher.launch
-
-    def launch(self: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
-        if _dry_run(self):
-            return _launch_basic(self, job_overrides, initial_job_idx)
-        return original(self, job_overrides, initial_job_idx)
-
-    setattr(launch, _MARK, True)
-    JoblibLauncher.launch = launch
+    JoblibLauncher.launch = _dry_runs_listed_locally(JoblibLauncher.launch)
 
 
 def install() -> None:
