@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from posinfo.errors import PosinfoError
@@ -30,6 +31,69 @@ def validate(in_size: int, kernel: int, depth: int, padding: int) -> None:
         )
 
 
+class _OneMapConv(torch.autograd.Function):
+    """A stride-1 k×k convolution with one output map, as two matrix products over
+    channels-last features; numerically the same convolution as ``F.conv2d``.
+
+    Library convolutions handle C→1 as a matrix–vector product; with C≈1500 input
+    channels (VGG16's taps) that made the readout's step slower than reading its
+    features. Here the forward pass is one GEMM, ``Z = X·W`` with X the (B·H·W)×C
+    features and W the C×k² kernel, followed by k² shifted adds of Z's columns; the
+    weight gradient is another, ``Gᵀ·X``, with G the output gradient placed at the k²
+    shifts. Each reads the features once (bench/README.md has the figures).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding: int):
+        b, c, h, w = x.shape
+        k = weight.shape[-1]
+        xm = x.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view for channels-last input
+        wm = weight.reshape(c, k * k)
+        z = (xm @ wm).view(b, h, w, k, k)
+        if padding:
+            z = nn.functional.pad(z, (0, 0, 0, 0, padding, padding, padding, padding))
+        ho, wo = h + 2 * padding - k + 1, w + 2 * padding - k + 1
+        out = bias.view(1, 1, 1).expand(b, ho, wo).clone()
+        for u in range(k):
+            for v in range(k):
+                out += z[:, u : u + ho, v : v + wo, u, v]
+        ctx.save_for_backward(xm, wm)
+        ctx.shape, ctx.padding = (b, c, h, w, k), padding
+        return out.unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xm, wm = ctx.saved_tensors
+        (b, c, h, w, k), p = ctx.shape, ctx.padding
+        go = grad_out[:, 0]
+        ho, wo = go.shape[-2:]
+        # G[b, y, x, u, v] = grad_out[b, y-u, x-v] in padded coordinates, cropped to the input.
+        g = go.new_zeros(b, h + 2 * p, w + 2 * p, k, k)
+        for u in range(k):
+            for v in range(k):
+                g[:, u : u + ho, v : v + wo, u, v] = go
+        g = g[:, p : p + h, p : p + w].reshape(b * h * w, k * k)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g @ wm.t()).view(b, h, w, c).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            grad_w = (g.t() @ xm).t().reshape(1, c, k, k)
+        if ctx.needs_input_grad[2]:
+            grad_b = go.sum().reshape(1)
+        return grad_x, grad_w, grad_b, None
+
+
+class OneMapConv2d(nn.Conv2d):
+    """``nn.Conv2d(C, 1, k, padding=p)`` (same parameters and state_dict) computed by
+    :class:`_OneMapConv`: the readout's last layer."""
+
+    def __init__(self, in_channels: int, kernel: int, padding: int = 0):
+        super().__init__(in_channels, 1, kernel, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _OneMapConv.apply(x, self.weight, self.bias, self.padding[0])
+
+
 class Readout(nn.Sequential):
     """``depth`` k×k convs. Hidden: conv C→C, BN, ReLU. Last: conv C→1, BN(1), sigmoid."""
 
@@ -37,8 +101,10 @@ class Readout(nn.Sequential):
         layers: list[nn.Module] = []
         for i in range(depth):
             last = i == depth - 1
-            out = 1 if last else in_channels
-            layers += [nn.Conv2d(in_channels, out, kernel, padding=padding), nn.BatchNorm2d(out)]
+            if last:
+                layers += [OneMapConv2d(in_channels, kernel, padding=padding), nn.BatchNorm2d(1)]
+            else:
+                layers += [nn.Conv2d(in_channels, in_channels, kernel, padding=padding), nn.BatchNorm2d(in_channels)]
             layers.append(nn.Sigmoid() if last else nn.ReLU(inplace=True))
         super().__init__(*layers)
         for m in self.modules():

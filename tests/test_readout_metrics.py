@@ -9,20 +9,64 @@ from torch import nn
 
 from posinfo.errors import PosinfoError
 from posinfo.metrics import Scorer, is_constant, summarize
-from posinfo.readout import build_readout, output_size
+from posinfo.readout import OneMapConv2d, build_readout, output_size
 from posinfo.targets import make
 
 
 def test_readout_shapes_and_layers():
     r = build_readout(1472, kernel=3, depth=1, padding=0)
     assert r(torch.rand(2, 1472, 28, 28)).shape == (2, 1, 26, 26)
-    assert [type(m) for m in r] == [nn.Conv2d, nn.BatchNorm2d, nn.Sigmoid]
+    assert [type(m) for m in r] == [OneMapConv2d, nn.BatchNorm2d, nn.Sigmoid]
+    assert isinstance(r[0], nn.Conv2d) and set(r.state_dict()) >= {"0.weight", "0.bias"}  # nn.Conv2d's state_dict
     r2 = build_readout(8, kernel=3, depth=3, padding=1)
     convs = [m for m in r2 if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(8, 8), (8, 8), (8, 1)]
     assert sum(isinstance(m, nn.ReLU) for m in r2) == 2 and isinstance(r2[-1], nn.Sigmoid)
     assert r2(torch.rand(2, 8, 28, 28)).shape == (2, 1, 28, 28)
     assert output_size(28, 7, 1, 0) == 22
+
+
+@pytest.mark.parametrize("kernel,padding", [(1, 0), (3, 0), (3, 1), (7, 0), (7, 3), (3, 4)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_one_map_conv_equals_conv2d_values_and_gradients(kernel, padding, channels_last):
+    """The readout's last layer is a GEMM-based convolution: it must be F.conv2d exactly
+    (float64), in its output and in the gradients of input, weight and bias."""
+    torch.manual_seed(kernel * 10 + padding)
+    conv = OneMapConv2d(6, kernel, padding).double()
+    nn.init.normal_(conv.bias)
+    x = torch.randn(3, 6, 11, 9, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    out = conv(x)
+    ref = F.conv2d(x, conv.weight, conv.bias, padding=padding)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (x, conv.weight, conv.bias), g)
+    want = torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_readout_trains_like_one_built_on_nn_conv2d():
+    """Five SGD steps of the default readout match the same readout with a plain
+    nn.Conv2d as its last layer (float32, same init), step for step."""
+    torch.manual_seed(0)
+    fast = build_readout(32, kernel=3, depth=2, padding=1)
+    slow = build_readout(32, kernel=3, depth=2, padding=1)
+    slow[3] = nn.Conv2d(32, 1, 3, padding=1)
+    slow.load_state_dict(fast.state_dict())
+    tgt = make("hor", 28)[None, None].expand(8, 1, 28, 28)
+    feats = torch.rand(8, 32, 28, 28).contiguous(memory_format=torch.channels_last)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (fast, slow)]
+    for _ in range(5):
+        for m, opt in zip((fast, slow), opts):
+            opt.zero_grad()
+            F.mse_loss(m(feats), tgt).backward()
+            opt.step()
+    for (k, a), b in zip(fast.state_dict().items(), slow.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_readout_init_is_xavier_uniform_with_zero_bias():
