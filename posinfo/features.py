@@ -9,6 +9,7 @@ authors' code does (``cache.enabled=false``). Nothing downstream knows which it 
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Iterator, Protocol
 
 import numpy as np
@@ -102,6 +103,12 @@ def _check_float16_range(f: np.ndarray, name: str) -> None:
 
 
 class FeatureSource(Protocol):
+    """Batches of features (B×C×H×W, float32) in the order given.
+
+    A batch is valid until the next one is asked for (sources may reuse one buffer):
+    use it, or copy it, before advancing.
+    """
+
     n: int
 
     def batches(self, order: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]: ...
@@ -110,22 +117,37 @@ class FeatureSource(Protocol):
 class CachedFeatures:
     """Features read from a (memory-mapped) N×H×W×C array: one batch in RAM at a time.
 
-    Stored channels-last because the readout trains faster on it: the permuted view is
-    an NCHW tensor in channels_last memory format, which the CPU convolution and its
-    weight gradient read 1.7× faster than NCHW (bench/README.md).
+    Stored channels-last because the readout reads it that way: the permuted view is an
+    NCHW tensor in channels_last memory format, whose rows are the (B·H·W)×C matrix of
+    the readout's GEMM (``readout.OneMapConv2d``). On a CPU every batch is converted
+    into one reused float32 buffer, row by row from the map: a fresh batch-sized tensor
+    per step cost more in page faults than the readout's own arithmetic.
     """
 
     def __init__(self, array: np.ndarray, device: torch.device):
         self.array = array
         self.n = len(array)
         self.device = device
+        self._buf: torch.Tensor | None = None  # kept across epochs: no page faults after the first
 
     def batches(self, order: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
         for idx in _chunks(order, batch_size):
             # Reading a memmap in index order is sequential I/O; a batch is a set, so
             # its order does not change the loss or BatchNorm statistics.
-            f = torch.from_numpy(np.ascontiguousarray(self.array[np.sort(idx)]))
-            yield f.to(self.device, dtype=torch.float32, non_blocking=True).permute(0, 3, 1, 2)
+            idx = np.sort(idx)
+            if self.device.type != "cpu":
+                # float16 over the bus, converted on the device.
+                f = torch.from_numpy(np.ascontiguousarray(self.array[idx]))
+                yield f.to(self.device, non_blocking=True).float().permute(0, 3, 1, 2)
+                continue
+            if self._buf is None or len(self._buf) < len(idx):
+                self._buf = torch.empty((len(idx), *self.array.shape[1:]), dtype=torch.float32)
+            out = self._buf[: len(idx)]
+            with warnings.catch_warnings():  # the map is read-only; it is only read here
+                warnings.simplefilter("ignore", UserWarning)
+                for j, i in enumerate(idx):
+                    out[j].copy_(torch.from_numpy(self.array[i]))
+            yield out.permute(0, 3, 1, 2)
 
 
 class LiveFeatures:
