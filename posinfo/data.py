@@ -587,3 +587,33 @@ def synthetic_image(kind: str, size: int = 224, seed: int = 0, file: str | None 
     if kind == "noise":
         return noise_image(size, seed)
     raise PosinfoError(f"synthetic input kind {kind!r} is unknown: use one of {', '.join(SYNTHETIC_KINDS)}")
+
+
+class SyntheticImages(torch.utils.data.Dataset):
+    """The synthetic evaluation inputs of a job as one small image set.
+
+    Their features go through the feature cache like natural images, so the jobs of a
+    sweep run each synthetic input through the encoder once instead of once per job.
+    The identity hashes the pixels themselves: it changes with ``file``'s content, the
+    noise seed or the noise generator, never silently.
+    """
+
+    def __init__(self, kinds: list[str], size: int = 224, seed: int = 0, file: str | None = None) -> None:
+        self.names: list[str] = list(kinds)
+        self.size = _check_size(size)
+        self._images = [synthetic_image(k, self.size, seed=seed, file=file) for k in self.names]
+        self.n = len(self._images)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i) -> torch.Tensor:
+        return self._images[int(i)]
+
+    def identity(self) -> dict:
+        import hashlib
+
+        h = hashlib.sha256()
+        for img in self._images:
+            h.update(img.numpy().tobytes())
+        return {"kind": "synthetic", "inputs": self.names, "size": self.size, "pixels_sha256": h.hexdigest()}

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 import posinfo
 from posinfo import cache, targets
 from posinfo.backbones import build_encoder
-from posinfo.data import EmbeddedImages, FolderImages, synthetic_image
+from posinfo.data import EmbeddedImages, FolderImages, SyntheticImages
 from posinfo.errors import PosinfoError
 from posinfo.features import CachedFeatures, FeatureExtractor, LiveFeatures, fill
 from posinfo.io import RESULT_FILE, atomic_path, write_json
@@ -285,12 +285,19 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> None:
     t0 = time.perf_counter()
     train_ds = make_dataset(data, "train")
     test_ds = make_dataset(data, "test") if "natural" in kinds else None
-    train_src = _feature_source("train", train_ds, extractor, c, key_fields, cfg.cache, num_workers, progress)
-    test_src = (
-        _feature_source("test", test_ds, extractor, c, key_fields, cfg.cache, num_workers, progress)
-        if test_ds is not None
+    synth_kinds = [k for k in kinds if k != "natural"]
+    synth_ds = (
+        SyntheticImages(synth_kinds, size, seed=int(cfg.input.get("noise_seed", 0)), file=cfg.input.get("file"))
+        if synth_kinds
         else None
     )
+
+    def source(name, ds, workers):
+        return None if ds is None else _feature_source(name, ds, extractor, c, key_fields, cfg.cache, workers, progress)
+
+    train_src = source("train", train_ds, num_workers)
+    test_src = source("test", test_ds, num_workers)
+    synth_src = source("synthetic", synth_ds, 0)  # a few images already in memory: no workers
     timing["features_s"] = round(time.perf_counter() - t0, 3)
 
     # f_pem: seeded so the same command gives the same readout.
@@ -354,16 +361,15 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> None:
     metrics: dict[str, dict] = {}
     panels: list[tuple[str, np.ndarray, np.ndarray]] = []
     arrays: dict[str, np.ndarray] = {"target": target_np}
+    synth_preds = _predict_all(readout, synth_src, size, _prediction_batch_size(device)) if synth_src else None
     for kind in kinds:
         if kind == "natural":
             preds = _predict_all(readout, test_src, size, _prediction_batch_size(device))
             names = list(test_ds.names)
             images = [test_ds[i] for i in range(min(N_FIGURE_IMAGES, len(test_ds)))]
         else:
-            img = synthetic_image(kind, size, seed=int(cfg.input.get("noise_seed", 0)), file=cfg.input.get("file"))
-            with torch.no_grad():
-                preds = predict(readout, extractor(img[None]), size)[:, 0].float().cpu().numpy()
-            names, images = [kind], [img]
+            j = synth_kinds.index(kind)
+            preds, names, images = synth_preds[j : j + 1], [kind], [synth_ds[j]]
         spcs, maes = [], []
         for name, p in zip(names, preds):
             s, m = scorer.spc(p), scorer.mae(p)

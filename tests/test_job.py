@@ -58,6 +58,32 @@ def test_cached_and_uncached_runs_agree(make_cfg, tmp_path):
     assert [f["size"][0] for f in cached["features"]] == [64, 32, 16, 8, 4]
 
 
+def test_second_job_of_a_sweep_never_runs_the_encoder(make_cfg, tmp_path, monkeypatch):
+    """Train, test and synthetic features all come from the cache in the second job; a
+    changed noise seed misses for the synthetic inputs only; metrics of every input
+    agree with an uncached run."""
+    calls = []
+    real = job_mod.FeatureExtractor.__call__
+
+    def spy(self, images):
+        calls.append(len(images))
+        return real(self, images)
+
+    monkeypatch.setattr(job_mod.FeatureExtractor, "__call__", spy)
+    common = ("backbone=vgg16", "backbone.weights=random")
+    run(make_cfg(*common, "target=hor"), tmp_path / "a")
+    assert sum(calls) == 16 + 4 + 3
+    calls.clear()
+    b = run(make_cfg(*common, "target=gau"), tmp_path / "b")
+    assert calls == []
+    run(make_cfg(*common, "target=gau", "input.noise_seed=1"), tmp_path / "c")
+    assert calls == [3]
+    live = run(make_cfg(*common, "target=gau", "cache.enabled=false"), tmp_path / "d")
+    for kind in ("natural", "black", "white", "noise"):
+        for k in ("spc", "mae"):
+            assert b["metrics"][kind][k] == pytest.approx(live["metrics"][kind][k], abs=0.005), (kind, k)
+
+
 def test_backbone_batchnorm_statistics_never_move(make_cfg, tmp_path, monkeypatch):
     built = []
     real = job_mod.build_encoder
