@@ -6,9 +6,11 @@ block, before its pooling. No architecture is copied by hand: torchvision builds
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torchvision
@@ -49,9 +51,21 @@ class Encoder(nn.Module):
 
     ``body`` is None for PosENet, whose "feature" is the image itself. The encoder is
     always in eval mode and never has gradients: BatchNorm statistics never move.
+
+    A lazy encoder (``build_encoder(..., lazy=True)``) holds its body on the meta device
+    and gets its weights (``materialize``) only before its first forward pass: a job
+    whose features are all in the cache never loads or initialises them. ``describe``
+    reads tap shapes from a weightless meta copy either way.
     """
 
-    def __init__(self, name: str, body: nn.Module | None, nodes: dict[str, str], normalize: str):
+    def __init__(
+        self,
+        name: str,
+        body: nn.Module | None,
+        nodes: dict[str, str],
+        normalize: str,
+        materialize: Callable[[nn.Module], None] | None = None,
+    ):
         super().__init__()
         self.name = name
         self.body = body
@@ -63,6 +77,22 @@ class Encoder(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.requires_grad_(False)
         self.eval()
+        # Plain attributes, not submodules: neither appears in state_dict() or .to().
+        self._skeleton = _Skeleton(copy.deepcopy(body).to("meta") if body is not None else None)
+        self._pending = materialize
+
+    @property
+    def materialized(self) -> bool:
+        return self._pending is None
+
+    def materialize(self) -> "Encoder":
+        """Load or initialise the weights now (a no-op once done); returns self."""
+        if self._pending is not None:
+            fn, self._pending = self._pending, None
+            fn(self.body)
+            self.requires_grad_(False)
+            self.eval()
+        return self
 
     def train(self, mode: bool = True) -> "Encoder":
         # A frozen probe: whatever a caller asks, the backbone stays in eval mode.
@@ -70,6 +100,8 @@ class Encoder(nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if self._pending is not None:
+            raise RuntimeError("a lazy Encoder runs only after materialize() (and .to(device))")
         x = images
         if self.normalize == "imagenet":
             x = (x - self.mean) / self.std
@@ -79,11 +111,16 @@ class Encoder(nn.Module):
         return [out[t] for t in self.nodes]
 
     def describe(self, image_size: int) -> list[Tap]:
-        """Run one blank image through the encoder to read each tap's channels and size."""
-        device = self.mean.device
+        """Each tap's channels and size, from shapes alone (a meta-device pass: no weights, no arithmetic)."""
+        x = torch.zeros(1, 3, image_size, image_size, device="meta")
         try:
-            maps = self(torch.zeros(1, 3, image_size, image_size, device=device))
-        except RuntimeError as e:
+            if self._skeleton.body is None:
+                maps = [x]
+            else:
+                with torch.no_grad():
+                    out = self._skeleton.body(x)
+                maps = [out[t] for t in self.nodes]
+        except (RuntimeError, ValueError) as e:
             raise PosinfoError(
                 f"data.image_size={image_size} is too small for backbone '{self.name}' "
                 f"({str(e).splitlines()[0][:120]}): use a larger data.image_size"
@@ -94,6 +131,11 @@ class Encoder(nn.Module):
             Tap(n, node, int(m.shape[1]), (int(m.shape[2]), int(m.shape[3])))
             for n, node, m in zip(names, nodes, maps)
         ]
+
+
+@dataclass
+class _Skeleton:
+    body: nn.Module | None  # on the meta device, eval mode
 
 
 def _levels(name: str, taps: list[int] | None) -> list[int]:
@@ -157,7 +199,10 @@ def _file_state_dict(path: str) -> dict:
             f"backbone.weights file '{path}' does not exist: give a path to a state-dict file, or imagenet, or random"
         )
     try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: checking keys and shapes reads no tensor data
+            sd = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (pre-zip) format cannot be mapped
+            sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
         raise PosinfoError(f"backbone.weights file '{path}' is not a readable PyTorch state dict ({type(e).__name__}): save it with torch.save(model.state_dict(), path)") from None
     # Common checkpoint wrappers and DataParallel prefixes.
@@ -214,8 +259,15 @@ def build_encoder(
     padding: str = "zeros",
     taps: list[int] | None = None,
     normalize: str = "none",
+    lazy: bool = False,
 ) -> Encoder:
-    """Build the frozen encoder ``name`` with ``weights`` (imagenet | random | file path)."""
+    """Build the frozen encoder ``name`` with ``weights`` (imagenet | random | file path).
+
+    ``lazy=True`` defers loading (imagenet) or initialising (random) the weights to the
+    encoder's first use (:meth:`Encoder.materialize`); random weights are the same either
+    way, drawn from the global RNG state at the time of this call. A weights file is
+    always checked here (memory-mapped), so a wrong file fails before any work.
+    """
     if name not in NAMES:
         raise PosinfoError(f"unknown backbone '{name}': choose one of {', '.join(NAMES)}")
     levels = _levels(name, taps)
@@ -230,23 +282,35 @@ def build_encoder(
     # so VGG16's 120M-parameter classifier is never initialised (1 s per job saved).
     with torch.device("meta"):
         model = torchvision.models.get_model(name, weights=None)
-    if weights == "imagenet":
-        sd, source = _imagenet_state_dict(name), f"imagenet ({torchvision.models.get_model_weights(name).IMAGENET1K_V1})"
-    elif weights == "random":
-        sd, source = None, "random"
-        log.warning("backbone %s uses random weights (a control, not the paper's ImageNet weights)", name)
-    else:
-        sd, source = _file_state_dict(weights), weights
     table = _VGG16_NODES if name == "vgg16" else _RESNET_NODES
     nodes = {f"f{lv}": table[lv] for lv in levels}
-    if sd is not None:
-        used = ("features.",) if name == "vgg16" else ("conv1.", "bn1.", "layer")
-        _check_fits(model, sd, used, source, name)
+    used = ("features.",) if name == "vgg16" else ("conv1.", "bn1.", "layer")
+    if weights == "imagenet":
+        source = f"imagenet ({torchvision.models.get_model_weights(name).IMAGENET1K_V1})"
+        file_sd = None
+    elif weights == "random":
+        source, file_sd = "random", None
+        log.warning("backbone %s uses random weights (a control, not the paper's ImageNet weights)", name)
+    else:
+        source, file_sd = weights, _file_state_dict(weights)
+        _check_fits(model, file_sd, used, source, name)
     _set_padding(model, padding)
     body = create_feature_extractor(model, return_nodes={node: tap for tap, node in nodes.items()})
-    body.to_empty(device="cpu")
-    if sd is None:
-        _init_random(body)
-    else:
+    rng_state = torch.get_rng_state()  # random weights: the state at build time, lazy or not
+
+    def materialize(body: nn.Module) -> None:
+        if weights == "random":
+            body.to_empty(device="cpu")
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(rng_state)
+                _init_random(body)
+            return
+        sd = file_sd
+        if sd is None:  # imagenet: fetched only now
+            sd = _imagenet_state_dict(name)
+            _check_fits(model, sd, used, source, name)
+        body.to_empty(device="cpu")
         body.load_state_dict({k: sd[k] for k in body.state_dict()}, strict=True)
-    return Encoder(name, body, nodes, normalize)
+
+    encoder = Encoder(name, body, nodes, normalize, materialize)
+    return encoder if lazy else encoder.materialize()

@@ -37,11 +37,15 @@ class FeatureExtractor:
     """images (B×3×H×W in [0,1]) -> features (B×C×size×size, float32) on ``device``."""
 
     def __init__(self, encoder: Encoder, size: int, device: torch.device):
-        self.encoder = encoder.to(device)
+        self.encoder = encoder
         self.size = size
         self.device = device
+        self._on_device = False
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if not self._on_device:  # a lazy encoder gets its weights only when first needed
+            self.encoder.materialize().to(self.device)
+            self._on_device = True
         x = images.to(self.device, non_blocking=True)
         with torch.inference_mode():
             f = resize_concat(self.encoder(x), self.size)

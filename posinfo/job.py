@@ -274,7 +274,8 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> None:
 
     torch.manual_seed(seed)
     np.random.seed(seed)
-    encoder = build_encoder(bb.name, str(bb.weights), str(bb.padding), bb.taps, str(data.normalize))
+    # Lazy: the weights are loaded (or drawn) only if some features are not in the cache.
+    encoder = build_encoder(bb.name, str(bb.weights), str(bb.padding), bb.taps, str(data.normalize), lazy=True)
     extractor = FeatureExtractor(encoder, fs, device)
     taps = encoder.describe(size)
     c = sum(t.channels for t in taps)

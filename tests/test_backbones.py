@@ -93,12 +93,46 @@ def test_imagenet_weights_unavailable_fails_loudly(monkeypatch):
     def offline(*a, **k):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    # torchvision's own download function, as imported by its weights enum (no network use even where there is one)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(PosinfoError) as e:
         build_encoder("vgg16", "imagenet")
     msg = str(e.value)
     assert "\n" not in msg and "VGG16_Weights.IMAGENET1K_V1" in msg
     assert "backbone.weights=random" in msg and "vgg16-397923af.pth" in msg
+
+
+def test_lazy_encoder_gets_its_weights_on_first_use_and_they_equal_eager_ones():
+    torch.manual_seed(3)
+    lazy = build_encoder("resnet18", "random", lazy=True)
+    assert not lazy.materialized and all(p.is_meta for p in lazy.parameters())
+    assert sum(t.channels for t in lazy.describe(64)) == 960 and not lazy.materialized  # shapes need no weights
+    with pytest.raises(RuntimeError, match="materialize"):
+        lazy(torch.rand(1, 3, 32, 32))
+    torch.rand(1000)  # the global RNG moves on before the weights are drawn: they must not change
+    lazy.materialize()
+    torch.manual_seed(3)
+    eager = build_encoder("resnet18", "random")
+    assert eager.materialized
+    for (k, a), b in zip(lazy.state_dict().items(), eager.state_dict().values()):
+        assert torch.equal(a, b), k
+    x = torch.rand(2, 3, 32, 32)
+    assert all(torch.equal(a, b) for a, b in zip(lazy(x), eager(x)))
+
+
+def test_lazy_imagenet_fails_loudly_when_the_weights_are_needed(monkeypatch):
+    calls = []
+
+    def offline(*a, **k):
+        calls.append(1)
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    enc = build_encoder("vgg16", "imagenet", lazy=True)
+    assert calls == [] and enc.describe(64)[0].channels == 64
+    with pytest.raises(PosinfoError, match="cannot load ImageNet weights"):
+        enc.materialize()
+    assert calls == [1]
 
 
 @pytest.mark.parametrize(

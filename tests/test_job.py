@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 import posinfo.job as job_mod
@@ -82,6 +83,25 @@ def test_second_job_of_a_sweep_never_runs_the_encoder(make_cfg, tmp_path, monkey
     for kind in ("natural", "black", "white", "noise"):
         for k in ("spc", "mae"):
             assert b["metrics"][kind][k] == pytest.approx(live["metrics"][kind][k], abs=0.005), (kind, k)
+
+
+def test_job_with_cached_features_never_loads_the_weights(make_cfg, tmp_path, monkeypatch):
+    """ImageNet weights (VGG16: 528 MB) are fetched by the first job only; jobs whose
+    features are all cached never load them."""
+    import posinfo.backbones as bb
+
+    loads = []
+
+    def fake_imagenet(name):
+        loads.append(name)
+        torch.manual_seed(0)
+        return torchvision.models.get_model(name).state_dict()
+
+    monkeypatch.setattr(bb, "_imagenet_state_dict", fake_imagenet)
+    a = run(make_cfg("backbone=vgg16", "backbone.weights=imagenet", "target=hor"), tmp_path / "a")
+    assert loads == ["vgg16"] and a["status"] == "ok"
+    b = run(make_cfg("backbone=vgg16", "backbone.weights=imagenet", "target=ver"), tmp_path / "b")
+    assert loads == ["vgg16"] and b["readout_in_channels"] == 1472 and b["status"] == "ok"
 
 
 def test_backbone_batchnorm_statistics_never_move(make_cfg, tmp_path, monkeypatch):
