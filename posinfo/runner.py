@@ -361,11 +361,10 @@ def _preload() -> None:
         return
     _PRELOADED = True
     with contextlib.suppress(Exception):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot  # noqa: F401
         import pandas  # noqa: F401
+        import PIL.ImageDraw  # noqa: F401
+        import PIL.ImageFont  # noqa: F401
+        import tqdm.auto  # noqa: F401
 
 
 # --------------------------------------------------------------------------- GPUs
