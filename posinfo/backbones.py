@@ -78,7 +78,8 @@ class Encoder(nn.Module):
         self.requires_grad_(False)
         self.eval()
         # Plain attributes, not submodules: neither appears in state_dict() or .to().
-        self._skeleton = _Skeleton(copy.deepcopy(body).to("meta") if body is not None else None)
+        # (eval() again: a copied feature extractor starts in train mode, with its train graph.)
+        self._skeleton = _Skeleton(copy.deepcopy(body).to("meta").eval() if body is not None else None)
         self._pending = materialize
 
     @property

@@ -107,6 +107,7 @@ def test_lazy_encoder_gets_its_weights_on_first_use_and_they_equal_eager_ones():
     lazy = build_encoder("resnet18", "random", lazy=True)
     assert not lazy.materialized and all(p.is_meta for p in lazy.parameters())
     assert sum(t.channels for t in lazy.describe(64)) == 960 and not lazy.materialized  # shapes need no weights
+    assert lazy.describe(32)[-1].size == (1, 1)  # in eval mode: BatchNorm accepts a 1×1 map
     with pytest.raises(RuntimeError, match="materialize"):
         lazy(torch.rand(1, 3, 32, 32))
     torch.rand(1000)  # the global RNG moves on before the weights are drawn: they must not change
