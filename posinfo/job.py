@@ -360,6 +360,7 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> None:
             with atomic_path(reuse_path) as tmp:
                 torch.save({"state_dict": readout.state_dict(), "history": history}, tmp)
     timing["train_s"] = round(time.perf_counter() - t0, 3)
+    del train_src  # its batch buffer: evaluation holds one batch at a time, not two
     result["train_loss"] = history[-1]["loss"]
     with atomic_path(job_dir / "readout.pt") as tmp:
         torch.save(readout.state_dict(), tmp)
