@@ -53,7 +53,7 @@ COLUMNS = [
     "run", "wall_s", "inner_s", "cpu_s", "load_1m", "peak_rss_mb", "images", "images_per_s", "jobs_ok", "jobs",
     "jobs_total_s", "jobs_features_s", "jobs_train_s", "jobs_eval_s", "outside_jobs_s", "returncode",
     "extraction_passes_s", "speedup_uncached_over_cached", "cached_over_extraction",
-    "cached_over_in_sweep_extraction", "uncached_over_extraction",
+    "cached_over_extraction_process", "cached_over_in_sweep_extraction", "uncached_over_extraction",
     "metrics_agree", "max_abs_dspc", "max_abs_dmae",
 ]
 RUNS = ("extraction", "sweep_cached", "sweep_uncached")
@@ -365,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             ratios["cached_over_in_sweep_extraction"] = cached_s / in_sweep
         if ext_s:
             ratios["cached_over_extraction"] = cached_s / ext_s
+            # Like for like: both are whole processes (interpreter, imports, config, backbone).
+            ratios["cached_over_extraction_process"] = cached_s / ex["wall_s"]
             if "sweep_uncached" in results:
                 ratios["uncached_over_extraction"] = results["sweep_uncached"]["wall_s"] / ext_s
         agree = None
@@ -406,9 +408,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cached speedup (uncached / cached):         {v:6.1f}x   target >= {TARGET_SPEEDUP:g}x   "
                   f"{'MET' if v >= TARGET_SPEEDUP else 'MISSED'}")
         if "cached_over_extraction" in ratios:
-            v = ratios["cached_over_extraction"]
-            print(f"cached sweep / extraction alone:            {v:6.2f}x   target <= {TARGET_VS_EXTRACTION:g}x   "
-                  f"{'MET' if v <= TARGET_VS_EXTRACTION else 'MISSED'}")
+            for key, what in (("cached_over_extraction_process", "extraction process (wall/wall)"),
+                              ("cached_over_extraction", "the encoder pass alone")):
+                v = ratios[key]
+                print(f"cached sweep / {what + ':':<29}{v:6.2f}x   target <= {TARGET_VS_EXTRACTION:g}x   "
+                      f"{'MET' if v <= TARGET_VS_EXTRACTION else 'MISSED'}")
+            print("  (the process includes what every run pays once: interpreter, imports, config, backbone build;\n"
+                  "   the pass alone does not, so with few images its ratio is dominated by those fixed costs)")
         if "cached_over_in_sweep_extraction" in ratios:
             print(f"cached sweep / its own extraction (1st job): {ratios['cached_over_in_sweep_extraction']:6.2f}x   "
                   f"(the same pass timed inside the sweep, {in_sweep:.1f} s)")

@@ -53,3 +53,15 @@ def test_bench_sweep_runs_and_writes_its_csv(tmp_path):
     assert float(by["sweep_cached"]["speedup_uncached_over_cached"]) > 0
     # The temporary folder (sweeps, caches) is removed; nothing lands in the checkout or cwd.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_bench_readout_runs_and_the_two_convolutions_agree():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_readout.py"), "--channels", "16", "--batch", "4",
+         "--repeats", "1", "--image-size", "32"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for row in ("load: CachedFeatures (reused buffer)", "step: OneMapConv2d, channels-last", "step: nn.Conv2d, NCHW"):
+        assert row in proc.stdout
+    assert "OneMapConv2d vs nn.Conv2d output: max |difference|" in proc.stdout
