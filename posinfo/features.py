@@ -123,34 +123,40 @@ class CachedFeatures:
 
     Stored channels-last because the readout reads it that way: the permuted view is an
     NCHW tensor in channels_last memory format, whose rows are the (B·H·W)×C matrix of
-    the readout's GEMM (``readout.OneMapConv2d``). On a CPU every batch is converted
-    into one reused float32 buffer, row by row from the map: a fresh batch-sized tensor
-    per step cost more in page faults than the readout's own arithmetic.
+    the readout's GEMM (``readout.OneMapConv2d``). Each batch is copied from the map row
+    by row into one reused buffer: a fresh batch-sized tensor per step cost more in page
+    faults than the readout's own arithmetic. On a CPU the copy converts to float32; on a
+    GPU the rows go into a pinned staging buffer in the stored dtype, cross the bus in it
+    and are converted there (``staging`` forces either way, for tests).
     """
 
-    def __init__(self, array: np.ndarray, device: torch.device):
+    def __init__(self, array: np.ndarray, device: torch.device, staging: bool | None = None):
         self.array = array
         self.n = len(array)
         self.device = device
+        self.staging = device.type != "cpu" if staging is None else staging
         self._buf: torch.Tensor | None = None  # kept across epochs: no page faults after the first
+
+    def _buffer(self, rows: int) -> torch.Tensor:
+        if self._buf is None or len(self._buf) < rows:
+            dtype = torch.from_numpy(self.array[:0]).dtype if self.staging else torch.float32
+            pin = self.staging and self.device.type == "cuda"
+            self._buf = torch.empty((rows, *self.array.shape[1:]), dtype=dtype, pin_memory=pin)
+        return self._buf[:rows]
 
     def batches(self, order: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
         for idx in _chunks(order, batch_size):
             # Reading a memmap in index order is sequential I/O; a batch is a set, so
             # its order does not change the loss or BatchNorm statistics.
             idx = np.sort(idx)
-            if self.device.type != "cpu":
-                # float16 over the bus, converted on the device.
-                f = torch.from_numpy(np.ascontiguousarray(self.array[idx]))
-                yield f.to(self.device, non_blocking=True).float().permute(0, 3, 1, 2)
-                continue
-            if self._buf is None or len(self._buf) < len(idx):
-                self._buf = torch.empty((len(idx), *self.array.shape[1:]), dtype=torch.float32)
-            out = self._buf[: len(idx)]
+            out = self._buffer(len(idx))
             with warnings.catch_warnings():  # the map is read-only; it is only read here
                 warnings.simplefilter("ignore", UserWarning)
                 for j, i in enumerate(idx):
                     out[j].copy_(torch.from_numpy(self.array[i]))
+            if self.staging:
+                # A synchronous copy: the staging buffer is refilled for the next batch.
+                out = out.to(self.device).float()
             yield out.permute(0, 3, 1, 2)
 
 

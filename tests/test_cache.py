@@ -404,3 +404,28 @@ def test_cli_module_entry_point(tmp_path):
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "no feature cache entries" in r.stdout
+
+
+@pytest.mark.parametrize("staging", [False, True])  # True: the GPU path (stored dtype, converted after the copy)
+def test_cached_features_batches_are_the_map_in_float32_one_buffer_reused(tmp_path, staging):
+    import torch
+
+    from posinfo.features import CachedFeatures
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "f.npy"
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(10, 4, 4, 6))
+    arr[:] = rng.standard_normal(arr.shape)
+    arr.flush()
+    mm = np.lib.format.open_memmap(path, mode="r")
+    src = CachedFeatures(mm, torch.device("cpu"), staging=staging)
+    ptrs = set()
+    for epoch in range(2):
+        order = rng.permutation(10)
+        for k, batch in enumerate(src.batches(order, 4)):
+            idx = np.sort(order[4 * k : 4 * k + 4])
+            want = torch.from_numpy(np.asarray(mm[idx], dtype=np.float32)).permute(0, 3, 1, 2)
+            assert batch.dtype == torch.float32 and torch.equal(batch, want)
+            assert batch.is_contiguous(memory_format=torch.channels_last)
+            ptrs.add(src._buf.data_ptr())
+    assert len(ptrs) == 1 and len(src._buf) == 4  # one batch-sized buffer for every batch of every epoch
