@@ -300,18 +300,17 @@ def build_encoder(
     rng_state = torch.get_rng_state()  # random weights: the state at build time, lazy or not
 
     def materialize(body: nn.Module) -> None:
-        if weights == "random":
-            body.to_empty(device="cpu")
-            with torch.random.fork_rng(devices=[]):
-                torch.set_rng_state(rng_state)
-                _init_random(body)
-            return
         sd = file_sd
-        if sd is None:  # imagenet: fetched only now
+        if weights == "imagenet":  # fetched only now
             sd = _imagenet_state_dict(name)
             _check_fits(model, sd, used, source, name)
         body.to_empty(device="cpu")
-        body.load_state_dict({k: sd[k] for k in body.state_dict()}, strict=True)
+        if sd is None:  # random
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(rng_state)
+                _init_random(body)
+        else:
+            body.load_state_dict({k: sd[k] for k in body.state_dict()}, strict=True)
 
     encoder = Encoder(name, body, nodes, normalize, materialize)
     return encoder if lazy else encoder.materialize()

@@ -139,7 +139,7 @@ class CachedFeatures:
 
     def _buffer(self, rows: int) -> torch.Tensor:
         if self._buf is None or len(self._buf) < rows:
-            dtype = torch.from_numpy(self.array[:0]).dtype if self.staging else torch.float32
+            dtype = torch.from_numpy(np.empty(0, self.array.dtype)).dtype if self.staging else torch.float32
             pin = self.staging and self.device.type == "cuda"
             self._buf = torch.empty((rows, *self.array.shape[1:]), dtype=dtype, pin_memory=pin)
         return self._buf[:rows]
