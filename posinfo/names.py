@@ -1,0 +1,85 @@
+"""posinfo's vocabulary, declared once: option names, file names, run-control keys.
+
+Torch-free and Hydra-free, so every room (the job, the sweep machinery, the analysis,
+the config schema, the tests) imports it without cost. Anything that must agree
+between two modules lives here, never in both.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+
+# ----------------------------------------------------------------------------- config options
+
+TARGETS = ("hor", "ver", "gau", "horstp", "verstp")
+STRIPES = ("horstp", "verstp")
+TARGET_RANGES = ("unit", "signed")
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+BACKBONES = ("posenet", "vgg16", *RESNETS)
+PADDINGS = ("zeros", "none", "reflect", "replicate", "circular")
+
+INPUT_KINDS = ("natural", "black", "white", "noise")
+SYNTHETIC_KINDS = ("black", "white", "noise")
+
+DATA_SOURCES = ("embedded", "folder")
+NORMALIZATIONS = ("none", "imagenet")
+CACHE_DTYPES = ("float16", "float32")
+
+# ----------------------------------------------------------------------------- files of a job folder
+
+RESULT_FILE = "result.json"
+JOB_LOG = "job.log"  # Hydra's job log: hydra.job.name is "job" (conf/hydra/default.yaml)
+STATUS_FILE = ".posinfo_status.json"
+TRAIN_LOG = "train_log.jsonl"
+PER_IMAGE_FILE = "per_image.csv"
+READOUT_FILE = "readout.pt"
+PREDICTIONS_PNG = "predictions.png"
+PREDICTIONS_NPZ = "predictions.npz"
+
+# ----------------------------------------------------------------------------- keys that do not change a job
+
+# Config keys (dotted; a key covers everything below it) that steer how a job runs or
+# label it, never what it computes: a change in them never makes a finished job "changed",
+# they are left out of job folder names, and the analysis never tells rows apart by them.
+RUN_CONTROL_KEYS = ("force", "dry_run", "device", "name", "cache", "experiment_name", "data.num_workers")
+# Keys that only name something another key already holds: table6's weight files (the
+# value of backbone.weights, named by `pretraining`) and the input set's label and list.
+LABEL_KEYS = ("saliency_weights", "segmentation_weights", "pretrained_weights", "input.name", "input.kinds")
+# Override keys left out of a job folder's name: the run-control keys as a user types
+# them (Hydra matches exact keys), the weight files named by `pretraining`, and the preset,
+# which the sweep folder's name already says.
+FOLDER_EXCLUDED_KEYS = (
+    "experiment", "name", "force", "dry_run", "device",
+    "cache", "cache.dir", "cache.enabled", "cache.max_gb", "cache.dtype",
+    "data.num_workers", "saliency_weights", "segmentation_weights",
+)
+
+
+def covered_by(key: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether dotted ``key`` is one of ``prefixes`` or lies below one of them."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+# ----------------------------------------------------------------------------- environment and places
+
+CACHE_DIR_ENV = "POSINFO_CACHE_DIR"
+SWEEP_ID_ENV = "POSINFO_SWEEP_ID"  # set by the sweep summary callback; inherited by workers and Slurm jobs
+ISOLATE_ENV = "POSINFO_ISOLATE"
+GPU_LOCK_DIR_ENV = "POSINFO_GPU_LOCK_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$POSINFO_CACHE_DIR``, else ``~/.cache/posinfo`` (the config's ``cache.dir`` default)."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "posinfo"
+
+
+def utc_now() -> str:
+    """The one timestamp format of posinfo's files: ISO 8601, UTC, milliseconds.
+
+    Strings of this format sort in time order (the sweep summary compares them).
+    """
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
