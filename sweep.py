@@ -6,14 +6,17 @@
     python sweep.py -m experiment=table1 hydra/launcher=joblib hydra.launcher.n_jobs=4
     python sweep.py -m experiment=table1 hydra/launcher=slurm_gpu      # docs/cluster.md
 
-SIGTERM is turned into an interrupt (like Ctrl-C), so a killed sweep cleans up after
-itself; see posinfo.runner.
+Bad values stop the command with one line before Hydra composes anything; SIGTERM is
+turned into an interrupt (like Ctrl-C), so a killed sweep cleans up after itself; see
+posinfo.sweep.
 """
+
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from posinfo.runner import cli, run
+from posinfo.sweep.task import cli, run
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -22,4 +25,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, conf_dir=Path(__file__).resolve().parent / "conf")

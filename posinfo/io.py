@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-RESULT_FILE = "result.json"
+from posinfo.names import RESULT_FILE
+
 
 
 @contextlib.contextmanager
@@ -29,20 +30,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """NaN/inf are not JSON: they become null, so readers never meet a bare NaN token."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     return obj
 
 
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
 
 
 def read_result(job_dir: str | Path) -> dict | None:

@@ -11,7 +11,7 @@ jobs) gets it. ``hook`` is a list of ``(substring of the job folder, action)``:
                 file exists, the final one not yet; ``<hook dir>/hang-<pid>`` marks it
 ``hang-once``   ``hang``, unless ``<hook dir>/once-<n>`` exists (a requeued job then runs)
 
-The action runs in the job's own process (runner._run_job, in the forked child).
+The action runs in the job's own process (posinfo.sweep.task.run_job, in the forked child).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ HOOK = textwrap.dedent('''
     if _rules:
         import contextlib, signal, time
         from pathlib import Path
-        import posinfo.runner as _runner
+        import posinfo.sweep.task as _task
 
         _dir = Path(os.environ["POSINFO_TEST_HOOK_DIR"])
-        _orig = _runner._run_job
+        _orig = _task.run_job
 
         def _hang(job_dir, n, once):
             import posinfo.job as J
@@ -76,7 +76,7 @@ HOOK = textwrap.dedent('''
                     _hang(job_dir, n, action == "hang-once")
             return _orig(cfg, job_dir, choices, overrides)
 
-        _runner._run_job = _run_job
+        _task.run_job = _run_job
 ''')
 
 

@@ -18,7 +18,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF
-from posinfo.runner import claim_gpu
+from posinfo.sweep.gpus import claim_gpu
 from sweep_helpers import env_with, hangs, out, popen_sweep, results, statuses, summary, sweep, wait_for
 
 # ---------------------------------------------------------------------------- GPUs
@@ -67,7 +67,7 @@ def test_a_gpu_is_freed_when_its_job_process_dies(two_gpus, monkeypatch):
         import sys, time, torch
         torch.cuda.is_available = lambda: True
         torch.cuda.device_count = lambda: 2
-        from posinfo.runner import claim_gpu
+        from posinfo.sweep.gpus import claim_gpu
         with claim_gpu("auto") as d:
             print(d, flush=True)
             time.sleep(600)
@@ -95,7 +95,13 @@ def test_slurm_gpu_preset_is_submitit_slurm_with_the_usual_fields():
         cfg = compose("config", overrides=["hydra/launcher=slurm_gpu", "hydra.launcher.partition=p100"],
                       return_hydra_config=True)
     la = cfg.hydra.launcher
-    assert la._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    # posinfo's subclass of the plugin's launcher (hydra_plugins/posinfo_launchers)
+    assert la._target_ == "hydra_plugins.posinfo_launchers.launchers.PosinfoSlurmLauncher"
+    from hydra.utils import get_class
+
+    # (by name: Hydra's plugin scan loads modules afresh, so class identities differ)
+    bases = [f"{c.__module__}.{c.__qualname__}" for c in get_class(la._target_).__mro__]
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in bases
     assert la.partition == "p100" and la.gpus_per_node == 1 and la.cpus_per_task >= 1
     assert la.mem_gb > 0 and la.timeout_min > 0 and la.array_parallelism > 0
     assert la.max_num_timeout > 0  # timed-out jobs are requeued

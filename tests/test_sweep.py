@@ -18,9 +18,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from conftest import CONF
-from posinfo import runner
-from posinfo.callbacks import expected_jobs
-from posinfo.runner import MAX_DIRNAME_BYTES, format_summary, job_dirname, summarize_sweep, sweep_name
+from posinfo.names import SWEEP_ID_ENV
+from posinfo.sweep import status as sweep_status
+from posinfo.sweep.folders import MAX_DIRNAME_BYTES, job_dirname, sweep_name
+from posinfo.sweep.status import format_summary, summarize_sweep
+from posinfo.sweep.summary import expected_jobs
 from sweep_helpers import ROOT, TINY, env_with, hangs, out, popen_sweep, results, statuses, summary, sweep, wait_for
 
 # ---------------------------------------------------------------------------- folder names
@@ -127,8 +129,8 @@ def test_summary_counts_and_names_failures(tmp_path):
 def test_summary_reads_only_this_sweeps_records(tmp_path, monkeypatch):
     for name, sid, status in [("a", "this", "ok"), ("b", "other", "failed"), ("c", "this", "failed")]:
         (tmp_path / name).mkdir()
-        monkeypatch.setenv(runner.SWEEP_ID_ENV, sid)
-        runner.record(tmp_path / name, status, "boom" if status == "failed" else None)
+        monkeypatch.setenv(SWEEP_ID_ENV, sid)
+        sweep_status.record(tmp_path / name, status, "boom" if status == "failed" else None)
     s = summarize_sweep(tmp_path, "this", since="9999")
     assert [d.name for d, _ in s["ok"]] == ["a"] and [d.name for d, _ in s["failed"]] == ["c"]
 
@@ -142,8 +144,10 @@ def _mtimes(sweep_dir: Path) -> dict[str, int]:
 
 def test_failure_is_contained_reported_and_resumed(tmp_path):
     sd = tmp_path / "sw"
-    grid = ["train.epochs=1,2,0"]  # train.epochs=0 fails (one line: "... must be at least 1")
-    bad, good = "train.epochs=0", ["train.epochs=1", "train.epochs=2"]
+    # readout.kernel=29 passes the command-line check (an integer ≥ 1) and fails in its job:
+    # the 28×28 feature map is smaller than the kernel
+    grid = ["readout.kernel=1,3,29"]
+    bad, good = "readout.kernel=29", ["readout.kernel=1", "readout.kernel=3"]
 
     # a dry run lists the jobs and runs none
     r = sweep(sd, *grid, "dry_run=true")
@@ -158,10 +162,11 @@ def test_failure_is_contained_reported_and_resumed(tmp_path):
     lines = summary(r.stdout)
     assert lines[0] == f"posinfo sweep in {sd}: 3 job(s): 3 ran (2 succeeded, 1 failed), 0 skipped (done)", lines
     res = results(sd)
-    assert {n.split(",")[-1]: v["status"] for n, v in res.items()} == {bad: "failed", **{g: "ok" for g in good}}
-    (failed_dir,) = [n for n in res if n.endswith(bad)]
+    kernel = {n: next(p for p in n.split(",") if p.startswith("readout.kernel=")) for n in res}
+    assert {kernel[n]: v["status"] for n, v in res.items()} == {bad: "failed", **{g: "ok" for g in good}}
+    (failed_dir,) = [n for n in res if kernel[n] == bad]
     error = res[failed_dir]["error"]
-    assert "must be at least 1" in error and "\n" not in error
+    assert "larger than the 28×28 feature map" in error and "\n" not in error
     assert f"  FAILED {sd / failed_dir}: {error}" in lines
     assert "Traceback (most recent call last)" in (sd / failed_dir / "job.log").read_text()
     first = _mtimes(sd)
@@ -181,7 +186,7 @@ def test_failure_is_contained_reported_and_resumed(tmp_path):
     assert all(again[n] == first[n] for n in first if n != failed_dir) and again[failed_dir] != first[failed_dir]
 
     # a job whose config changed under the same folder is re-run, never mixed
-    changed = next(n for n in res if n.endswith(good[0]))
+    changed = next(n for n in res if kernel[n] == good[0])
     p = sd / changed / "result.json"
     doc = json.loads(p.read_text())
     doc["config"]["train"]["lr"] = 0.5
@@ -194,6 +199,15 @@ def test_failure_is_contained_reported_and_resumed(tmp_path):
     r = sweep(sd, *grid, "force=true")
     assert "done, skipped" not in out(r)
     assert summary(r.stdout)[0].endswith("3 job(s): 3 ran (2 succeeded, 1 failed), 0 skipped (done)")
+
+
+def test_a_bad_value_anywhere_in_the_grid_stops_the_sweep_before_any_job(tmp_path):
+    sd = tmp_path / "sw"
+    for args in (["train.epochs=1,2,0"], ["train.epochs=1,2,0", "dry_run=true"]):
+        r = sweep(sd, *args)
+        assert r.returncode == 2, out(r)[-3000:]
+        assert r.stderr.strip() == "posinfo: error: train.epochs=0: must be an integer ≥ 1", out(r)[-3000:]
+        assert not sd.exists()
 
 
 def test_a_job_killed_hard_is_reported_and_the_others_finish(tmp_path):

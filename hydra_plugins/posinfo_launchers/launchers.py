@@ -1,0 +1,147 @@
+"""posinfo's launchers: Hydra's joblib and submitit launchers with two additions.
+
+Selected by ``hydra/launcher=joblib | submitit_local | submitit_slurm | slurm_gpu``:
+conf/hydra/launcher/<name>.yaml sets ``_target_`` to a class below, and Hydra merges it
+onto the plugin's own config of the same name, so every option of the plugin stays.
+
+* **Dry runs stay local.** With ``dry_run=true`` the jobs are handed to Hydra's basic
+  launcher: they are listed in this process and nothing is submitted to a cluster or a
+  worker pool.
+* **A lost Slurm job is reported, not fatal.** hydra-submitit-launcher waits for the jobs
+  in order and raises at the first one that ended without a result (killed, cancelled,
+  out of memory, timed out past its requeues, node failure): the launch stops waiting for
+  the rest and Hydra skips the summary. Here every job is waited for, and one without a
+  result is recorded as failed in its folder (result.json with the Slurm state, the
+  status record), so the summary names it and the sweep exits non-zero.
+"""
+
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+from omegaconf import OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+def _dry_run(launcher: Any) -> bool:
+    cfg = getattr(launcher, "config", None)
+    return bool(cfg is not None and cfg.get("dry_run"))
+
+
+def _list_locally(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+    """A dry run: the jobs go through Hydra's basic launcher, in this process."""
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+    log.info("dry run: listing the jobs here (%s submits nothing)", type(launcher).__name__)
+    basic = BasicLauncher()
+    basic.setup(hydra_context=launcher.hydra_context, task_function=launcher.task_function, config=launcher.config)
+    return basic.launch(job_overrides, initial_job_idx=initial_job_idx)
+
+
+class PosinfoJoblibLauncher(JoblibLauncher):
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+        if _dry_run(self):
+            return _list_locally(self, job_overrides, initial_job_idx)
+        return super().launch(job_overrides, initial_job_idx)
+
+
+class _WaitsForEveryJob:
+    """The submitit launchers' ``launch``, waiting for every job and recording lost ones."""
+
+    _EXECUTOR: str
+    params: dict
+    config: Any
+
+    def _executor(self) -> Any:
+        import submitit
+
+        init_keys = {"submitit_folder", "max_num_timeout"}
+        executor = submitit.AutoExecutor(
+            cluster=self._EXECUTOR, folder=self.params["submitit_folder"],
+            **{f"{self._EXECUTOR}_max_num_timeout": self.params["max_num_timeout"]} if "max_num_timeout" in self.params else {},
+        )
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v
+                                      for k, v in self.params.items() if k not in init_keys})
+        return executor
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+        if _dry_run(self):
+            return _list_locally(self, job_overrides, initial_job_idx)
+        from hydra.core.singleton import Singleton
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, sweep_dir)
+        params = [(list(ov), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{initial_job_idx + i}",
+                   Singleton.get_state()) for i, ov in enumerate(job_overrides)]
+        jobs = self._executor().map_array(self, *zip(*params))
+        return [self._wait(job, p[0], p[2]) for job, p in zip(jobs, params)]
+
+    def _wait(self, job: Any, overrides: list[str], idx: int) -> Any:
+        """The job's JobReturn; for a job that ended without one, a failed record in its folder."""
+        from hydra.core.utils import JobReturn, JobStatus
+        from submitit.core.utils import UncompletedJobError
+
+        from posinfo.sweep.status import record_lost
+
+        try:
+            return job.results()[0]
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            what = f"{self._EXECUTOR} job {job.job_id}"
+            if isinstance(e, UncompletedJobError):  # killed, cancelled, out of time, node failure
+                error = f"{what} ended without a result (state {_attr(job, 'state')}; its log: {_attr(job, 'paths.stderr')})"
+            else:  # the runner itself raised (the science is caught inside the job)
+                lines = [x for x in str(e).strip().splitlines() if x.strip()] or [type(e).__name__]
+                error = f"{what} failed: {lines[-1].strip()} (its log: {_attr(job, 'paths.stderr')})"
+            error = error[:500]
+            try:
+                folder = self._job_dir(overrides, idx)
+                record_lost(folder, error)
+                log.error("job #%d lost: %s (%s)", idx, error, folder)
+            except Exception as e2:  # the summary then counts it as never reported
+                log.error("job #%d lost: %s (and its folder could not be determined: %s)", idx, error, e2)
+            return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
+
+    def _job_dir(self, overrides: Sequence[str], idx: int) -> Path:
+        """The folder a job runs in, resolved as Hydra's run_job does."""
+        from hydra.core.hydra_config import HydraConfig
+
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg.hydra.job):
+            cfg.hydra.job.id = f"job_id_for_{idx}"
+            cfg.hydra.job.num = idx
+        saved = HydraConfig.instance().cfg
+        try:
+            HydraConfig.instance().set_config(cfg)
+            out = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+        finally:
+            HydraConfig.instance().cfg = saved
+        return Path(os.path.abspath(out))
+
+
+def _attr(obj: Any, dotted: str) -> str:
+    try:
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return str(obj)
+    except Exception:
+        return "unknown"
+
+
+class PosinfoLocalLauncher(_WaitsForEveryJob, LocalLauncher):
+    pass
+
+
+class PosinfoSlurmLauncher(_WaitsForEveryJob, SlurmLauncher):
+    pass
