@@ -160,8 +160,9 @@ def extract_only(a: argparse.Namespace) -> None:
     from posinfo import job
     from posinfo.backbones import build_encoder
     from posinfo.features import CachedFeatures, FeatureExtractor
+    from posinfo.sources import open_features
 
-    # The job's own feature path (job._feature_source: cache.get_or_create with the job's
+    # The job's own feature path (sources.open_features: cache.get_or_create with the job's
     # entry shape and layout, filled by features.fill), into a fresh cache directory.
     overrides = [*common_overrides(a), f"cache.dir={a.extract_cache_dir}", "cache.enabled=true"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -183,7 +184,7 @@ def extract_only(a: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     for split, ds in zip(("train", "test"), datasets):
-        src = job._feature_source(split, ds, extractor, c, key_fields, cfg.cache, num_workers, False)
+        src = open_features(split, ds, extractor, c, key_fields, job.cache_settings(cfg.cache), num_workers, False)
         if not isinstance(src, CachedFeatures):
             raise SystemExit(f"extraction: the {split} features were not cached (cache.max_gb or free disk?)")
         del src

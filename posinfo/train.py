@@ -1,4 +1,4 @@
-"""Training the readout f_pem on frozen features (SPEC.md, "Loss and training")."""
+"""Training the readout f_pem on frozen features (docs/method.md, "5. Upsampling, loss and training")."""
 
 from __future__ import annotations
 
@@ -23,6 +23,21 @@ def predict(readout: nn.Module, features: torch.Tensor, size: int) -> torch.Tens
     return F.interpolate(readout(features), size=(size, size), mode="bilinear", align_corners=False)
 
 
+def _epoch(readout: nn.Module, batches, tgt: torch.Tensor, opt: torch.optim.Optimizer, bar) -> tuple[float, int]:
+    """One pass of SGD steps; the summed loss (weighted by batch size) and the item count."""
+    total, count = 0.0, 0
+    for feats in batches:
+        pred = predict(readout, feats, tgt.shape[-1])
+        loss = F.mse_loss(pred, tgt.expand_as(pred))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(feats)
+        count += len(feats)
+        bar.update(1)
+    return total, count
+
+
 def fit(
     readout: nn.Module,
     source: FeatureSource,
@@ -45,8 +60,6 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    device = target.device
-    size = target.shape[-1]
     tgt = target.view(1, 1, *target.shape[-2:])
     opt = torch.optim.SGD(readout.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(lr_milestones), gamma=lr_gamma)
@@ -57,18 +70,9 @@ def fit(
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         order = torch.randperm(source.n, generator=gen).numpy()
-        total, count = 0.0, 0
         lr_now = opt.param_groups[0]["lr"]
         bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=not progress)
-        for feats in source.batches(order, batch_size):
-            pred = predict(readout, feats, size)
-            loss = F.mse_loss(pred, tgt.expand_as(pred))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(feats)
-            count += len(feats)
-            bar.update(1)
+        total, count = _epoch(readout, source.batches(order, batch_size), tgt, opt, bar)
         bar.close()
         sched.step()
         if not np.isfinite(total):

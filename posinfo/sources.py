@@ -1,0 +1,80 @@
+"""Where a job's features and trained readouts come from: the feature cache when it is on
+and the entry fits, features computed batch by batch otherwise, and the readout store.
+
+The job asks for a feature source and a readout store and never learns which kind of
+source it got; a readout is stored (and reused by jobs that differ only in their
+evaluation input) only when its training features came from the cache, since only then
+is the training set pinned down by a key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posinfo import cache
+from posinfo.features import CachedFeatures, FeatureExtractor, FeatureSource, LiveFeatures, fill
+from posinfo.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The ``cache`` config group as plain values."""
+
+    enabled: bool
+    dir: Path
+    dtype: str
+    max_gb: float
+
+
+def open_features(name: str, dataset: Any, extractor: FeatureExtractor, channels: int, key_fields: dict,
+                  settings: CacheSettings, num_workers: int, progress: bool) -> FeatureSource:
+    """Cached features when enabled and affordable; live (per-batch) features otherwise."""
+    fs = extractor.size
+    if settings.enabled:
+        fields = {**key_fields, "images": dataset.identity(), "dtype": settings.dtype}
+        arr = cache.get_or_create(
+            settings.dir, fields,
+            (len(dataset), fs, fs, channels),  # channels-last: see features.CachedFeatures
+            settings.dtype,
+            lambda out: fill(out, dataset, extractor, num_workers, progress),
+            settings.max_gb,
+        )
+        if arr is not None:
+            return CachedFeatures(arr, extractor.device)
+    log.info("%s features computed per batch (uncached)", name)
+    return LiveFeatures(dataset, extractor, num_workers)
+
+
+class ReadoutStore:
+    """Trained readouts keyed by everything that determines them (``cache.dir/readouts/``)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def for_training(cls, source: FeatureSource, settings: CacheSettings, fields: dict) -> "ReadoutStore | None":
+        """The store's slot for a readout trained on ``source``; None unless its features are cached."""
+        if not (settings.enabled and isinstance(source, CachedFeatures)):
+            return None
+        return cls(settings.dir / cache.READOUTS_DIR / f"{cache.make_key(fields)}.pt")
+
+    def load(self, readout: torch.nn.Module, device: torch.device) -> list[dict] | None:
+        """Load the stored readout into ``readout``; its training history, or None if absent."""
+        if not self.path.is_file():
+            return None
+        saved = torch.load(self.path, map_location=device, weights_only=True)
+        readout.load_state_dict(saved["state_dict"])
+        log.info("reusing the readout trained for this configuration (%s)", self.path.name)
+        return saved["history"]
+
+    def save(self, readout: torch.nn.Module, history: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            torch.save({"state_dict": readout.state_dict(), "history": history}, tmp)
