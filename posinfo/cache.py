@@ -1,6 +1,7 @@
 """On-disk, memory-mapped, file-locked store of precomputed features.
 
-An entry holds N items, each a C×28×28 array, as one ``.npy`` file (so it is
+An entry holds N items, each an H×W×C array (channels-last, format 2; H = W =
+``readout.feature_size``, 28 by default), as one ``.npy`` file (so it is
 self-describing) plus a JSON meta file. The key is a hash of the fields that
 determine the features (backbone, weights identity, padding, taps, image set,
 dtype, ...). Files in the cache directory:
@@ -17,6 +18,10 @@ dtype, ...). Files in the cache directory:
 ``<key>.<pid>-<rand>.tmp.npy`` / ``.tmp.json``
     an entry being written. Left behind only by a crash; ignored by readers and
     deleted by the next process that takes the entry's lock.
+``readouts/<key>.pt``
+    the readout store (posinfo.sources.ReadoutStore): trained readouts, reused by
+    jobs that differ only in their evaluation input. Listed by ``ls``, removed by
+    ``clear``.
 
 Command line::
 
@@ -26,7 +31,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
+import contextlib
 import hashlib
 import json
 import logging
@@ -44,6 +49,7 @@ import filelock
 import numpy as np
 
 from posinfo.errors import PosinfoError
+from posinfo.names import CACHE_DIR_ENV, default_cache_dir, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +58,13 @@ KEY_LENGTH = 20
 DTYPES = ("float16", "float32")
 # Free disk space left untouched when deciding whether an entry fits.
 DISK_MARGIN_BYTES = 1_000_000_000
-ENV_VAR = "POSINFO_CACHE_DIR"
+ENV_VAR = CACHE_DIR_ENV
 
 _DATA_SUFFIX = ".npy"
 _META_SUFFIX = ".json"
 _LOCK_SUFFIX = ".lock"
 _TMP_MARK = ".tmp"
+READOUTS_DIR = "readouts"  # the readout store (posinfo.sources.ReadoutStore)
 
 
 @dataclass
@@ -71,14 +78,6 @@ class Entry:
 
 
 # --------------------------------------------------------------------------- keys
-
-
-def default_cache_dir() -> Path:
-    """``$POSINFO_CACHE_DIR`` if set, else ``~/.cache/posinfo``."""
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "posinfo"
 
 
 def _json_default(obj: Any) -> Any:
@@ -244,29 +243,8 @@ def get_or_create(
     if arr is not None:
         log.info("feature cache hit %s (%s, %s)", key, _fmt_size(arr.nbytes), cache_dir)
         return arr
-
     size = math.prod(shape) * np.dtype(dtype).itemsize
-    limit = max_gb * 1e9
-    if size > limit:
-        log.warning(
-            "feature cache: entry %s needs %s > cache.max_gb limit %s; running uncached",
-            key, _fmt_size(size), _fmt_size(limit),
-        )
-        return None
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PosinfoError(
-            f"cannot create feature cache dir {cache_dir}: {e.strerror or e} "
-            f"(set cache.dir or ${ENV_VAR}, or cache.enabled=false)"
-        ) from e
-    free = shutil.disk_usage(cache_dir).free
-    if size > free - DISK_MARGIN_BYTES:
-        log.warning(
-            "feature cache: entry %s needs %s > free disk %s (less a %s margin) in %s; "
-            "running uncached",
-            key, _fmt_size(size), _fmt_size(free), _fmt_size(DISK_MARGIN_BYTES), cache_dir,
-        )
+    if not _fits(cache_dir, key, size, max_gb):
         return None
 
     lock = filelock.FileLock(str(_lock_path(cache_dir, key)))
@@ -291,6 +269,33 @@ def get_or_create(
     if arr is None:  # pragma: no cover - only if someone deletes it meanwhile
         raise PosinfoError(f"feature cache entry {key} vanished right after it was written")
     return arr
+
+
+def _fits(cache_dir: Path, key: str, size: int, max_gb: float) -> bool:
+    """Whether an entry of ``size`` bytes may be written (one warning line if not)."""
+    limit = max_gb * 1e9
+    if size > limit:
+        log.warning(
+            "feature cache: entry %s needs %s > cache.max_gb limit %s; running uncached",
+            key, _fmt_size(size), _fmt_size(limit),
+        )
+        return False
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PosinfoError(
+            f"cannot create feature cache dir {cache_dir}: {e.strerror or e} "
+            f"(set cache.dir or ${ENV_VAR}, or cache.enabled=false)"
+        ) from e
+    free = shutil.disk_usage(cache_dir).free
+    if size > free - DISK_MARGIN_BYTES:
+        log.warning(
+            "feature cache: entry %s needs %s > free disk %s (less a %s margin) in %s; "
+            "running uncached",
+            key, _fmt_size(size), _fmt_size(free), _fmt_size(DISK_MARGIN_BYTES), cache_dir,
+        )
+        return False
+    return True
 
 
 def _create(
@@ -334,7 +339,7 @@ def _create(
             "shape": list(shape),
             "dtype": dtype,
             "size_bytes": tmp_data.stat().st_size,
-            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created": utc_now(),
             "fill_seconds": round(time.perf_counter() - t0, 3),
         }
         with open(tmp_meta, "w", encoding="utf-8") as f:
@@ -436,6 +441,23 @@ def clear(cache_dir: Path) -> int:
     return len(entries)
 
 
+def list_readouts(cache_dir: Path) -> list[Path]:
+    """The stored readouts (``readouts/<key>.pt``), temp files aside."""
+    d = Path(cache_dir).expanduser() / READOUTS_DIR
+    return sorted(p for p in d.glob("*.pt") if not p.name.startswith(".")) if d.is_dir() else []
+
+
+def clear_readouts(cache_dir: Path) -> tuple[int, int]:
+    """Remove every stored readout; return (how many, their bytes)."""
+    n = size = 0
+    for p in list_readouts(cache_dir):
+        with contextlib.suppress(OSError):
+            size += p.stat().st_size
+            p.unlink()
+            n += 1
+    return n, size
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -497,7 +519,7 @@ def _row(e: Entry) -> list[str]:
         _short(f.get("padding"), 12),
         _short(f.get("image_size"), 12),
         _short(f.get("normalize"), 12),
-        _data_str(f.get("data")),
+        _data_str(f.get("images", f.get("data"))),
         str(shape[0]) if shape[0] is not None else "-",
     ]
 
@@ -507,10 +529,25 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _print_ls(cache_dir: Path) -> None:
+    entries = list_entries(cache_dir)
+    readouts = list_readouts(cache_dir)
+    if entries:
+        print(_table([list(_COLUMNS)] + [_row(e) for e in entries]))
+        total = sum(e.size_bytes for e in entries)
+        print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {_fmt_size(total)} in {cache_dir}")
+    else:
+        print(f"no feature cache entries in {cache_dir}")
+    if readouts:
+        size = sum(p.stat().st_size for p in readouts)
+        print(f"{len(readouts)} stored readout{'s' if len(readouts) != 1 else ''}, {_fmt_size(size)} "
+              f"in {cache_dir / READOUTS_DIR}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m posinfo.cache [--dir D] ls | rm KEY [KEY ...] | clear``."""
     parser = argparse.ArgumentParser(
-        prog="python -m posinfo.cache", description="List or remove posinfo feature-cache entries."
+        prog="python -m posinfo.cache", description="List or remove posinfo feature-cache entries and stored readouts."
     )
     parser.add_argument(
         "--dir", type=Path, default=None,
@@ -520,20 +557,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("ls", help="list entries")
     p_rm = sub.add_parser("rm", help="remove entries by key (a unique prefix is enough)")
     p_rm.add_argument("keys", nargs="+", metavar="KEY")
-    sub.add_parser("clear", help="remove every entry")
+    sub.add_parser("clear", help="remove every entry and every stored readout")
     args = parser.parse_args(argv)
     cache_dir = (args.dir if args.dir is not None else default_cache_dir()).expanduser()
 
     try:
         if args.cmd == "ls":
-            entries = list_entries(cache_dir)
-            if not entries:
-                print(f"no feature cache entries in {cache_dir}")
-                return 0
-            rows = [list(_COLUMNS)] + [_row(e) for e in entries]
-            print(_table(rows))
-            total = sum(e.size_bytes for e in entries)
-            print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {_fmt_size(total)} in {cache_dir}")
+            _print_ls(cache_dir)
         elif args.cmd == "rm":
             # Resolve every key first so a typo removes nothing.
             entries = list_entries(cache_dir)
@@ -546,7 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             entries = list_entries(cache_dir)
             total = sum(e.size_bytes for e in entries)
             n = clear(cache_dir)
-            print(f"removed {n} entries ({_fmt_size(total)}) from {cache_dir}")
+            n_ro, ro_bytes = clear_readouts(cache_dir)
+            print(f"removed {n} entries ({_fmt_size(total)}) and {n_ro} stored readouts ({_fmt_size(ro_bytes)}) "
+                  f"from {cache_dir}")
     except PosinfoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -429,3 +429,19 @@ def test_cached_features_batches_are_the_map_in_float32_one_buffer_reused(tmp_pa
             assert batch.is_contiguous(memory_format=torch.channels_last)
             ptrs.add(src._buf.data_ptr())
     assert len(ptrs) == 1 and len(src._buf) == 4  # one batch-sized buffer for every batch of every epoch
+
+
+def test_cli_lists_and_clears_a_jobs_entries_and_its_stored_readout(make_cfg, tmp_path, capsys):
+    from posinfo.job import run
+
+    cfg = make_cfg("backbone=posenet", "input=natural")
+    run(cfg, tmp_path / "job", progress=False)
+    d = str(tmp_path / "cache")
+    assert cache.main(["--dir", d, "ls"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.split(" ")[0] in {e.key for e in cache.list_entries(d)}]
+    assert len(rows) == 2 and all("embedded" in r for r in rows)  # the job's image sets: train and test
+    assert "1 stored readout" in out
+    assert cache.main(["--dir", d, "clear"]) == 0
+    assert "removed 2 entries" in capsys.readouterr().out
+    assert cache.list_entries(d) == [] and cache.list_readouts(d) == []
