@@ -11,7 +11,7 @@ import logging
 import sys
 
 from posinfo.errors import PosinfoError
-from posinfo.report import write_report
+from posinfo.analysis import write_report
 
 
 def main(argv: list[str] | None = None) -> int:

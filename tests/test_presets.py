@@ -1,6 +1,6 @@
 """Every experiment preset declares the paper's grid, and (slow) every preset runs end to end.
 
-The grid is expanded with Hydra's own basic sweeper code, from the preset's
+The grid is expanded by posinfo.grid (Hydra's own basic sweeper code), from the preset's
 ``hydra.sweeper.params`` plus any command-line overrides, exactly as ``sweep.py -m`` does.
 """
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
+
+from posinfo.grid import expand as expand_grid
 
 from conftest import CONF, ROOT, run_sweep
 
@@ -27,9 +28,7 @@ def _expand(preset: str, cli: tuple[str, ...]) -> list[list[str]]:
     fixed = [o.input_line for o in OverridesParser.create().parse_overrides(list(cli)) if not o.is_sweep_override()]
     cfg = compose("config", overrides=[f"experiment={preset}", *fixed], return_hydra_config=True)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
-    args = [f"{k}={v}" for k, v in params.items()] + list(cli)
-    (batch,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
-    return batch
+    return expand_grid(params, cli)
 
 
 def expand(preset: str, *cli: str) -> list[list[str]]:
@@ -118,7 +117,7 @@ def test_table6_grid_uses_the_supplied_weights():
 
 @pytest.mark.parametrize("given, missing", [([], "saliency_weights, segmentation_weights"), (WEIGHTS[:1], "segmentation_weights")])
 def test_table6_without_weight_files_names_the_key_to_set(given, missing):
-    from posinfo.job import missing_values_error
+    from posinfo.schema import missing_values_error
 
     cfg = compose_preset("table6", *given)
     assert missing_values_error(cfg) == (
@@ -173,11 +172,9 @@ def run_preset(preset: str, sweep_dir: Path, *extra: str):
     )
 
 
-needs_job = pytest.mark.skipif(not (ROOT / "posinfo" / "job.py").exists(), reason="posinfo/job.py not written yet")
 
 
 @pytest.mark.slow
-@needs_job
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "table6"] + ["table6"])
 def test_preset_runs_end_to_end_and_analyzes(preset, tmp_path):
     extra = E2E_EXTRA.get(preset, [])
@@ -188,16 +185,16 @@ def test_preset_runs_end_to_end_and_analyzes(preset, tmp_path):
     results = [json.loads(p.read_text()) for p in sweep_dir.rglob("result.json")]
     assert len(results) == n_jobs and all(res["status"] == "ok" for res in results)
 
-    from posinfo import report
+    from posinfo.analysis import write_report
+    from posinfo.analysis.collect import read_results_csv
 
-    written = report.write_report([sweep_dir], tmp_path / "analysis", echo=False)
-    df = report.read_results_csv(written["results.csv"])
+    written = write_report([sweep_dir], tmp_path / "analysis", echo=False)
+    df = read_results_csv(written["results.csv"])
     assert set(df.status) == {"ok"} and df.job_dir.nunique() == n_jobs
     assert "## " in (tmp_path / "analysis" / "tables.md").read_text()
 
 
 @pytest.mark.slow
-@needs_job
 def test_table6_without_weight_files_fails_at_launch(tmp_path):
     r = run_preset("table6", tmp_path / "table6")
     assert r.returncode != 0

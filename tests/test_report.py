@@ -1,4 +1,4 @@
-"""analyze.py / posinfo.report on job directories fabricated in the documented layout.
+"""analyze.py / posinfo.analysis on job directories fabricated in the documented layout.
 
 ``make_job`` writes result.json, per_image.csv and predictions.npz as docs/architecture.md
 describes, with a config composed from conf/ (so its shape is the real one).
@@ -20,7 +20,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import CONF, ROOT
-from posinfo import figures, report
+from posinfo.analysis import figures, write_report
+from posinfo.analysis.cells import aggregate, fmt
+from posinfo.analysis.collect import collect, read_results_csv
+from posinfo.analysis.tables import make_tables, to_markdown
 
 ALL = ("natural", "black", "white", "noise")
 FLOORS = {"hor": 0.2511, "ver": 0.2511, "gau": 0.1972, "horstp": 0.3173, "verstp": 0.3173}
@@ -115,8 +118,8 @@ def fabricate_table1(root: Path, base: dict) -> Path:
 
 def test_results_csv_has_one_row_per_job_and_input(tmp_path, base_config):
     sweep = fabricate_table1(tmp_path, base_config)
-    written = report.write_report([sweep], tmp_path / "out", figures=False, echo=False)
-    df = report.read_results_csv(written["results.csv"])
+    written = write_report([sweep], tmp_path / "out", figures=False, echo=False)
+    df = read_results_csv(written["results.csv"])
     assert list(df.columns[: len(CSV_COLUMNS)]) != [] and set(CSV_COLUMNS) <= set(df.columns)
     assert len(df) == 6 * 4 + 4  # six ok jobs × 4 inputs, the failed one once per intended input
     assert df.job_dir.nunique() == 7
@@ -131,7 +134,7 @@ def test_results_csv_has_one_row_per_job_and_input(tmp_path, base_config):
     assert row.experiment == "table1" and row.input_set == "all" and row.data == "embedded"
     assert Path(row.job_dir).is_dir()
     # the same frame collect() returns
-    again = report.collect([sweep])
+    again = collect([sweep])
     assert len(again) == len(df) and set(again.columns) == set(df.columns)
 
 
@@ -153,7 +156,7 @@ def test_broken_partial_and_missing_jobs_are_listed_not_dropped(tmp_path, base_c
     (sweep / "notjson").mkdir()
     (sweep / "notjson" / "result.json").write_text("[1, 2]")
 
-    df = report.collect([sweep])
+    df = collect([sweep])
     by_dir = df.drop_duplicates("job_dir").set_index(df.drop_duplicates("job_dir").job_dir.map(lambda p: Path(p).name))
     assert by_dir.loc["good", "status"] == "ok"
     assert by_dir.loc["broken", "status"] == "failed" and "unreadable result.json" in by_dir.loc["broken", "error"]
@@ -162,7 +165,7 @@ def test_broken_partial_and_missing_jobs_are_listed_not_dropped(tmp_path, base_c
     assert by_dir.loc["killed", "status"] == "missing" and by_dir.loc["killed", "target"] == "verstp"
     assert by_dir.loc["notjson", "status"] == "failed"
 
-    written = report.write_report([sweep], tmp_path / "out", figures=False, echo=False)
+    written = write_report([sweep], tmp_path / "out", figures=False, echo=False)
     md = written["tables.md"].read_text()
     assert "Failed or missing jobs (3)" in md and "could not be read" in md
     for name in ("broken", "partial", "killed", "notjson"):
@@ -183,10 +186,10 @@ def test_jobs_a_sweep_never_started_are_missing(tmp_path, base_config):
         (d / "result.json").write_text(json.dumps(res))
     (sweep / "multirun.yaml").write_text(OmegaConf.to_yaml({
         "hydra": {"sweeper": {"params": {"target": "hor,gau"}}, "overrides": {"task": ["experiment=table1"]}}}))
-    df = report.collect([sweep])
+    df = collect([sweep])
     missing = df[df.status == "missing"]
     assert len(missing) == 1 and "target=gau" in missing.job_dir.iloc[0] and "never started" in missing.error.iloc[0]
-    md = report.to_markdown(report.make_tables(report.aggregate(df), df))
+    md = to_markdown(make_tables(aggregate(df), df))
     assert "never started" in md
 
 
@@ -194,7 +197,7 @@ def test_jobs_a_sweep_never_started_are_missing(tmp_path, base_config):
 
 def test_table1_layout_with_paper_numbers_beside_ours(tmp_path, base_config):
     sweep = fabricate_table1(tmp_path, base_config)
-    written = report.write_report([sweep], tmp_path / "out", figures=False, echo=False)
+    written = write_report([sweep], tmp_path / "out", figures=False, echo=False)
     md = written["tables.md"].read_text()
     rows = table_rows(md, "table1")
     header = rows[0]
@@ -238,10 +241,10 @@ def test_each_paper_table_lands_in_its_cell(tmp_path, base_config, experiment, j
     make_job(tmp_path / "s", base_config, experiment=experiment, **job)
     default = {k: v for k, v in job.items() if "__" not in k}
     make_job(tmp_path / "s", base_config, experiment=experiment, folder="default", **default)
-    df = report.collect([tmp_path / "s"])
+    df = collect([tmp_path / "s"])
     row = df[df.job_dir.str.contains("__|=") & ~df.job_dir.str.endswith("default")].iloc[0]
-    assert (row.paper_table, report.fmt(row.paper_spc), report.fmt(row.paper_mae)) == (experiment, *expected)
-    rows = table_rows(report.to_markdown(report.make_tables(report.aggregate(df), df)), experiment)
+    assert (row.paper_table, fmt(row.paper_spc), fmt(row.paper_mae)) == (experiment, *expected)
+    rows = table_rows(to_markdown(make_tables(aggregate(df), df)), experiment)
     swept = next(k for k in job if "__" in k).replace("__", ".")
     assert swept in rows[0]  # one column per swept field
     assert f"{job['target']} SPC" in rows[0]
@@ -256,12 +259,12 @@ def test_table6_weights_map_to_the_paper_pretraining(tmp_path, base_config):
     for p, w in (("imagenet", "imagenet"), ("saliency", "/w/sod.pt"), ("segmentation", "/w/ss.pt")):
         make_job(tmp_path / "s", base_config, experiment="table6", inputs=ALL, extra={**extra, "pretraining": p},
                  backbone__weights=w)
-    df = report.collect([tmp_path / "s"])
+    df = collect([tmp_path / "s"])
     got = df.set_index(["pretraining", "input"])
     assert (got.loc[("saliency", "noise"), "paper_table"], got.loc[("saliency", "noise"), "paper_spc"]) == ("table6", 0.965)
     assert got.loc[("segmentation", "white"), "paper_mae"] == 0.032
     assert got.loc[("imagenet", "natural"), "paper_spc"] == 0.742  # Table 1's VGG16
-    rows = table_rows(report.to_markdown(report.make_tables(report.aggregate(df), df)), "table6")
+    rows = table_rows(to_markdown(make_tables(aggregate(df), df)), "table6")
     assert "pretraining" in rows[0] and "backbone.weights" not in rows[0]  # one restates the other
     assert "*paper T6*" in [r[rows[0].index("source")] for r in rows]
 
@@ -270,17 +273,17 @@ def test_configurations_the_paper_never_ran_get_no_paper_numbers(tmp_path, base_
     make_job(tmp_path / "s", base_config, backbone="resnet18", experiment=None)
     make_job(tmp_path / "s", base_config, backbone="vgg16", readout__padding=1, experiment=None)
     make_job(tmp_path / "s", base_config, backbone="vgg16", backbone__weights="/some/file.pt", experiment=None)
-    df = report.collect([tmp_path / "s"])
+    df = collect([tmp_path / "s"])
     assert df.paper_table.isna().all()
-    md = report.to_markdown(report.make_tables(report.aggregate(df), df))
+    md = to_markdown(make_tables(aggregate(df), df))
     assert "*paper T" not in md and "## jobs: ours" in md
 
 
 def test_random_weights_are_flagged_beside_the_paper(tmp_path, base_config):
     make_job(tmp_path / "s", base_config, backbone="vgg16", backbone__weights="random", data__image_size=32, train__epochs=1)
-    df = report.collect([tmp_path / "s"])
+    df = collect([tmp_path / "s"])
     assert df.paper_spc.iloc[0] == 0.742
-    md = report.to_markdown(report.make_tables(report.aggregate(df), df))
+    md = to_markdown(make_tables(aggregate(df), df))
     assert "random backbone weights" in md and "train.epochs=1 (paper: 15)" in md and "data.image_size=32" in md
 
 
@@ -288,8 +291,8 @@ def test_random_weights_are_flagged_beside_the_paper(tmp_path, base_config):
 
 def test_nan_images_are_counted_in_their_cells(tmp_path, base_config):
     sweep = fabricate_table1(tmp_path, base_config)
-    df = report.collect([sweep])
-    rows = table_rows(report.to_markdown(report.make_tables(report.aggregate(df), df)), "table1")
+    df = collect([sweep])
+    rows = table_rows(to_markdown(make_tables(aggregate(df), df)), "table1")
     header = rows[0]
     pos = next(r for r in rows if r[:3] == ["hor", "posenet", "ours"])
     assert cell(rows, header, pos, "black SPC") == "– (NaN 1/1)"
@@ -301,12 +304,12 @@ def test_seeds_become_mean_and_std(tmp_path, base_config):
     for seed, spc in ((0, 0.70), (1, 0.72), (2, 0.74)):
         make_job(tmp_path / "s", base_config, experiment="table2a", seed=seed, spc=spc, mae=0.1 + seed / 100,
                  readout__depth=2)
-    df = report.collect([tmp_path / "s"])
+    df = collect([tmp_path / "s"])
     assert len(df) == 3 and sorted(df["train.seed"]) == [0, 1, 2]
-    cells = report.aggregate(df)
+    cells = aggregate(df)
     assert len(cells) == 1 and cells.n_ok.iloc[0] == 3
     assert cells.spc.iloc[0] == pytest.approx(0.72) and cells.spc_std.iloc[0] == pytest.approx(0.02)
-    md = report.to_markdown(report.make_tables(cells, df))
+    md = to_markdown(make_tables(cells, df))
     rows = table_rows(md, "table2a")
     ours = next(r for r in rows if "ours" in r)
     assert cell(rows, rows[0], ours, "hor SPC") == ".720 ± .020" and cell(rows, rows[0], ours, "hor MAE") == ".110 ± .010"
@@ -316,8 +319,8 @@ def test_seeds_become_mean_and_std(tmp_path, base_config):
 def test_stripes_in_both_ranges_are_told_apart(tmp_path, base_config):
     make_job(tmp_path / "s", base_config, target="horstp", spc=0.4, mae=0.3)
     make_job(tmp_path / "s", base_config, target="horstp", spc=0.4, mae=0.55, target__range="signed")
-    df = report.collect([tmp_path / "s"])
-    md = report.to_markdown(report.make_tables(report.aggregate(df), df))
+    df = collect([tmp_path / "s"])
+    md = to_markdown(make_tables(aggregate(df), df))
     rows = table_rows(md, "table1")
     assert "horstp [unit] SPC" in rows[0] and "horstp [signed] SPC" in rows[0]
     assert "[signed] are in [−1, 1]" in md and "not comparable" in md
@@ -339,8 +342,8 @@ def test_figures_are_valid_images_of_paper_width(tmp_path, base_config):
     for taps, spc in (([1], 0.1), ([3], 0.4), ([5], 0.6), (None, 0.8)):
         for t in ("hor", "gau"):
             make_job(tmp_path / "table3", base_config, experiment="table3", target=t, spc=spc, backbone__taps=taps)
-    df = report.collect([sweep, tmp_path / "table3"])
-    figs = figures.draw_all(report.aggregate(df), tmp_path / "figs")
+    df = collect([sweep, tmp_path / "table3"])
+    figs = figures.draw_all(aggregate(df), tmp_path / "figs")
     names = sorted(f.path.name for f in figs)
     assert names == ["table1_predictions.png", "table1_spc_bars.png", "table3_predictions.png",
                      "table3_spc_bars.png", "table3_spc_vs_level.png"]
@@ -356,11 +359,11 @@ def test_figures_are_valid_images_of_paper_width(tmp_path, base_config):
 def test_no_figure_without_its_data(tmp_path, base_config):
     make_job(tmp_path / "s", base_config, predictions=False)
     make_job(tmp_path / "s", base_config, target="gau", status="failed", error="boom")
-    df = report.collect([tmp_path / "s"])
-    names = [f.path.name for f in figures.draw_all(report.aggregate(df), tmp_path / "figs")]
+    df = collect([tmp_path / "s"])
+    names = [f.path.name for f in figures.draw_all(aggregate(df), tmp_path / "figs")]
     assert names == ["table1_spc_bars.png"]
-    only_failed = report.collect([tmp_path / "s" / next(p.name for p in (tmp_path / "s").iterdir() if "gau" in p.name)])
-    assert figures.draw_all(report.aggregate(only_failed), tmp_path / "figs2") == []
+    only_failed = collect([tmp_path / "s" / next(p.name for p in (tmp_path / "s").iterdir() if "gau" in p.name)])
+    assert figures.draw_all(aggregate(only_failed), tmp_path / "figs2") == []
 
 
 def test_analyze_cli_writes_everything_and_prints_the_tables(tmp_path, base_config):
@@ -379,10 +382,10 @@ def test_analyze_cli_writes_everything_and_prints_the_tables(tmp_path, base_conf
 
 
 def test_expected_jobs_of_a_grid_given_only_on_the_command_line(tmp_path):
-    from posinfo import report
+    from posinfo.analysis.collect import expected_jobs
 
     (tmp_path / "multirun.yaml").write_text(
         "hydra:\n  sweeper:\n    params: null\n  overrides:\n    task: [backbone=posenet, 'target=hor,gau', 'readout.padding=0,1']\n"
     )
-    jobs = report._expected_jobs(tmp_path)
+    jobs = expected_jobs(tmp_path)
     assert len(jobs) == 4 and ["backbone=posenet", "target=gau", "readout.padding=1"] in jobs

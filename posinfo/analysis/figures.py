@@ -1,12 +1,8 @@
-"""Figures from aggregated results, sized for a paper: 3.3 in (one column) or 7 in (full width).
-
-- ``prediction_grid``: the paper's Figure 4, image | target | one prediction per configuration,
-  a row per target, from each job's predictions.npz.
-- ``spc_bars``: SPC per configuration and target, the paper's value marked on each bar.
-- ``spc_vs_level``: SPC against the feature level a single tap reads (Table 3 sweeps).
-
-Each is drawn only when its data exist; each is saved as PNG (300 dpi) and PDF.
-"""
+"""Cells -> figures sized for a paper, 3.3 in (one column) or 7 in (full width): ``prediction_grid``
+(the paper's Figure 4: image | target | one prediction per configuration, a row per target, from
+each job's predictions.npz), ``spc_bars`` (SPC per configuration and target, the paper's value
+marked on each bar) and ``spc_vs_level`` (SPC against the feature level a single tap reads, for
+Table 3 sweeps); each is drawn only when its data exist, and saved as PNG (300 dpi) and PDF."""
 
 from __future__ import annotations
 
@@ -20,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from posinfo import report
+from posinfo.analysis.cells import as_text, label_cells, sort_key
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +63,16 @@ def _main_input(g: pd.DataFrame) -> str | None:
     inputs = g.loc[g.n_ok > 0, "input"].dropna().unique().tolist()
     if not inputs:
         return None
-    return "natural" if "natural" in inputs else sorted(inputs, key=report._sort_key)[0]
+    return "natural" if "natural" in inputs else sorted(inputs, key=sort_key)[0]
 
 
 def _ordered(values, key=lambda v: v) -> list:
-    return sorted(pd.unique(pd.Series(list(values))), key=lambda v: report._sort_key(key(v)))
+    return sorted(pd.unique(pd.Series(list(values))), key=lambda v: sort_key(key(v)))
 
 
 def _config_order(g: pd.DataFrame) -> list[str]:
     first = g.drop_duplicates("config_label")
-    keys = {r.config_label: (report._sort_key(r.backbone), _natural(r.config_label)) for r in first.itertuples()}
+    keys = {r.config_label: (sort_key(r.backbone), _natural(r.config_label)) for r in first.itertuples()}
     return sorted(keys, key=lambda c: keys[c])
 
 
@@ -90,7 +86,7 @@ def _wrap(s: str, width: int) -> str:
 
 def draw_all(cells: pd.DataFrame, out: str | Path) -> list[Figure]:
     """Every figure the data allow, per experiment, into ``out``."""
-    cells, _ = report.label_cells(cells)
+    cells, _ = label_cells(cells)
     out = Path(out)
     figures = []
     for name, g in cells.groupby("experiment"):
@@ -222,7 +218,7 @@ def spc_vs_level(g: pd.DataFrame, path: Path) -> Figure | None:
         return None
     kind = _main_input(g)
     ok = g[(g.input == kind) & (g.n_ok > 0) & g.spc.notna()]
-    level = report.as_text(ok["backbone.taps"]).str.fullmatch(r"\[(\d)\]").astype(bool)
+    level = as_text(ok["backbone.taps"]).str.fullmatch(r"\[(\d)\]").astype(bool)
     single = ok[level]
     if single["backbone.taps"].nunique() < 2:
         return None
@@ -233,7 +229,7 @@ def spc_vs_level(g: pd.DataFrame, path: Path) -> Figure | None:
     x_all = max(levels) + 1
     colors = plt.get_cmap("tab10")
     lines = ok.groupby(["backbone", "target_label"], sort=False)
-    ordered = sorted(lines, key=lambda kv: (report._sort_key(kv[0][0]), report._sort_key(kv[0][1])))
+    ordered = sorted(lines, key=lambda kv: (sort_key(kv[0][0]), sort_key(kv[0][1])))
     for j, ((bb, t), sub) in enumerate(ordered):
         xs = [int(str(v)[1]) if re.fullmatch(r"\[\d\]", str(v)) else (x_all if v == "all" else None) for v in sub["backbone.taps"]]
         pts = sorted(((x, r) for x, r in zip(xs, sub.itertuples()) if x is not None), key=lambda p: p[0])

@@ -1,0 +1,62 @@
+"""Job directories -> tidy results, paper-style tables beside the paper's numbers, figures; one
+module per role, ``write_report`` (below) running them in order:
+
+    collect  find job folders, read result.json / .hydra files, tidy rows (results.csv)
+    paper    the paper's numbers, which of them a row is, the deviations from its protocol
+    cells    aggregate rows into cells (seeds -> mean ± std), labels, sort keys, number format
+    tables   Table/Row per experiment, its notes, to_markdown / to_latex
+    figures  the Figure-4 grid, SPC bars, SPC against feature level
+
+Arrows point one way: __init__ -> (collect, cells, tables, figures);
+collect -> (paper, cells); tables -> (paper, cells); figures -> cells; paper -> cells;
+cells -> posinfo.names only. result.json is the only interface with the jobs: nothing here
+imports the job or torch; matplotlib and omegaconf load only when a figure is drawn or a
+.hydra / multirun.yaml file is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from posinfo.analysis.cells import aggregate
+from posinfo.analysis.collect import collect
+from posinfo.analysis.figures import draw_all
+from posinfo.analysis.tables import make_tables, to_latex, to_markdown
+from posinfo.errors import PosinfoError
+from posinfo.io import atomic_path
+
+__all__ = ["write_report"]
+
+
+def write_report(dirs: Iterable[str | Path], out: str | Path | None = None, figures: bool = True,
+                 echo: bool = True) -> dict[str, Path]:
+    """Analyse the job directories below ``dirs`` into ``out`` (default: first dir / analysis)."""
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise PosinfoError("no directory given: python analyze.py outputs/sweeps/table1 [more dirs]")
+    out = Path(out) if out is not None else dirs[0] / "analysis"
+    df = collect(dirs)
+    if df.empty:
+        raise PosinfoError(f"no job directories (result.json) below {', '.join(map(str, dirs))}: run python sweep.py -m experiment=... first")
+    out.mkdir(parents=True, exist_ok=True)
+
+    written: dict[str, Path] = {}
+    with atomic_path(out / "results.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    written["results.csv"] = out / "results.csv"
+    cells = aggregate(df)
+    tables = make_tables(cells, df)
+    md = to_markdown(tables)
+    for name, text in (("tables.md", md), ("tables.tex", to_latex(tables))):
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(text)
+        written[name] = out / name
+    if figures:
+        for fig in draw_all(cells, out):
+            written[fig.path.name] = fig.path
+            written[fig.path.with_suffix(".pdf").name] = fig.path.with_suffix(".pdf")
+    if echo:
+        print(md)
+        print(f"wrote {', '.join(sorted(written))} to {out}")
+    return written

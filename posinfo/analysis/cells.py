@@ -1,0 +1,160 @@
+"""Tidy rows -> cells: one row per configuration × input, replicates (seeds) folded into
+mean ± std, each cell labelled for a table row or a figure bar; with the value helpers
+(missing values, natural sort order, the paper's number style) that the paper, tables and
+figures modules share. Imports nothing of the analysis: every other module may import it."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from posinfo.names import BACKBONES, INPUT_KINDS, PADDINGS, STRIPES, TARGETS
+
+# The measured columns of results.csv: aggregated over replicates, never part of a configuration.
+METRICS = ("spc", "mae", "n_images", "n_nan", "floor_mae")
+# Fields that distinguish replicates, not configurations.
+REPLICATE_FIELDS = ("train.seed",)
+_AGGREGATES = ("spc_std", "mae_std", "n_ok", "n_failed", "n_missing", "seeds", "job_dirs")
+
+_SHORT = {"readout.kernel": "k", "readout.depth": "depth", "readout.padding": "pad", "backbone.padding": "backbone pad",
+          "backbone.taps": "taps", "backbone.weights": "weights", "pretraining": "", "train.seed": "seed"}
+# Config columns that are never a table's row field: labels, or restated by the target label.
+_NOT_ROW_FIELDS = ("experiment", "backbone", "target", "target.range", "input_set", "readout", "train",
+                   "target_label", "config_label")
+
+
+# ----------------------------------------------------------------------------- values
+
+def is_missing(v: Any) -> bool:
+    """Whether a value is absent: None or a float NaN (pandas' empty cell)."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def n_values(s: pd.Series) -> int:
+    """How many distinct values a column takes, not counting missing ones."""
+    return as_text(s)[s.map(lambda v: not is_missing(v))].nunique()
+
+
+def as_text(s: pd.Series) -> pd.Series:
+    """Values as text, missing ones as '' (astype(str) keeps NaN as NaN on pandas 3)."""
+    return s.map(lambda v: "" if is_missing(v) else str(v)).astype(object)
+
+
+def sort_key(v: Any) -> tuple:
+    """Natural order for table rows: the paper's order for names, numbers by value, 'all' last."""
+    for order in (TARGETS, BACKBONES, INPUT_KINDS, PADDINGS):
+        if v in order:
+            return (0, order.index(v), "")
+    if is_missing(v):
+        return (3, 0, "")
+    if v == "all":
+        return (2, 0, "")
+    try:
+        return (1, float(v), "")
+    except (TypeError, ValueError):
+        return (1, math.inf, str(v))
+
+
+def fmt(x: float | None, std: float | None = None) -> str:
+    """The paper's style: three decimals, no leading zero (.742, -.001)."""
+    if is_missing(x):
+        return "–"
+    s = re.sub(r"^(-?)0\.", r"\1.", f"{x:.3f}")
+    if not is_missing(std):
+        s += " ± " + re.sub(r"^0\.", ".", f"{std:.3f}")
+    return s
+
+
+def fmt_paper(x: float) -> str:
+    """A paper number as the paper prints it: its undefined SPCs (constant predictions) read .0."""
+    return ".0" if x == 0 else fmt(x)
+
+
+# ----------------------------------------------------------------------------- aggregate
+
+def config_fields(df: pd.DataFrame) -> list[str]:
+    """Columns of ``df`` that identify a configuration (replicates differ only outside these)."""
+    skip = {"job_dir", "status", "error", "input", "paper_table", "paper_spc", "paper_mae", *METRICS, *REPLICATE_FIELDS,
+            *_AGGREGATES}
+    return [c for c in df.columns if c not in skip]
+
+
+def aggregate(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration × input: mean ± std over replicates (seeds), NaN counts summed."""
+    keys = config_fields(df) + ["input"]
+    filled = df.copy()
+    filled[keys] = filled[keys].astype(object).where(filled[keys].notna(), "<none>")
+    cells = []
+    for _, g in filled.groupby(keys, dropna=False, sort=False):
+        ok = g[g.status == "ok"]
+        spc = ok.spc.dropna().astype(float)
+        mae = ok.mae.dropna().astype(float)
+        first = g.iloc[0]
+        cell = {k: (None if first[k] == "<none>" else first[k]) for k in keys}
+        cell.update(
+            spc=spc.mean() if len(spc) else np.nan,
+            spc_std=spc.std(ddof=1) if len(spc) > 1 else np.nan,
+            mae=mae.mean() if len(mae) else np.nan,
+            mae_std=mae.std(ddof=1) if len(mae) > 1 else np.nan,
+            n_ok=len(ok),
+            n_failed=int((g.status == "failed").sum()),
+            n_missing=int((g.status == "missing").sum()),
+            n_nan=int(ok.n_nan.fillna(0).sum()),
+            n_images=int(ok.n_images.fillna(0).sum()),
+            floor_mae=g.floor_mae.dropna().astype(float).mean() if g.floor_mae.notna().any() else np.nan,
+            seeds=sorted({s for s in ok.get("train.seed", pd.Series(dtype=object)).dropna()}),
+            job_dirs=list(ok.job_dir),
+            paper_table=g.paper_table.dropna().iloc[0] if g.paper_table.notna().any() else None,
+            paper_spc=g.paper_spc.dropna().iloc[0] if g.paper_spc.notna().any() else np.nan,
+            paper_mae=g.paper_mae.dropna().iloc[0] if g.paper_mae.notna().any() else np.nan,
+        )
+        cells.append(cell)
+    return pd.DataFrame(cells)
+
+
+# ----------------------------------------------------------------------------- labels
+
+def _display_fields(cells: pd.DataFrame, candidates: list[str]) -> list[str]:
+    """Fields that vary, minus any that only restate another (pretraining ↔ backbone.weights)."""
+    keep: list[str] = []
+    for f in candidates:
+        if f not in cells or n_values(cells[f]) < 2:
+            continue
+        as_str = pd.DataFrame({c: as_text(cells[c]) for c in [f, *keep]})
+        redundant = any(
+            as_str.groupby(g)[f].nunique().max() == 1 and as_str.groupby(f)[g].nunique().max() == 1 for g in keep
+        )
+        if not redundant:
+            keep.append(f)
+    return keep
+
+
+def label_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Add target_label and config_label; return the row fields each experiment varies.
+
+    target_label is the target, with its range when an experiment has stripes in both
+    ranges ("horstp [signed]"); config_label names a row of a table or a bar of a figure
+    ("vgg16 pad=1").
+    """
+    cells = cells.copy()
+    cells["experiment"] = cells["experiment"].fillna("jobs")
+    cells["target_label"] = cells["target"]
+    cells["config_label"] = as_text(cells["backbone"])
+    fields_of: dict[str, list[str]] = {}
+    for name, g in cells.groupby("experiment"):
+        if "target.range" in g and n_values(g["target.range"]) > 1:
+            stripe = g.target.isin(STRIPES)
+            cells.loc[g.index[stripe], "target_label"] = g.target[stripe] + " [" + as_text(g["target.range"][stripe]) + "]"
+        candidates = [f for f in config_fields(g) if f not in _NOT_ROW_FIELDS and not f.startswith("experiment/")]
+        fields = _display_fields(g, candidates)
+        fields_of[name] = fields
+        for i, r in g.iterrows():
+            parts = [str(r["backbone"])] + [
+                (f"{_SHORT.get(f, f)}={r[f]}" if _SHORT.get(f, f) else str(r[f])) for f in fields
+            ]
+            cells.at[i, "config_label"] = " ".join(parts)
+    return cells, fields_of
