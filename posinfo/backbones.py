@@ -1,4 +1,4 @@
-"""Frozen encoders and their taps f_pos^i (SPEC.md, "Encoder").
+"""Frozen encoders and their taps f_pos^i (docs/method.md, "2. Frozen encoder and its taps").
 
 Taps are read with torchvision's ``create_feature_extractor`` at the node that ends each
 block, before its pooling. No architecture is copied by hand: torchvision builds it.

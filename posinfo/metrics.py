@@ -1,4 +1,4 @@
-"""Per-image SPC and MAE (SPEC.md, "Metrics"), with the constant-prediction rule."""
+"""Per-image SPC and MAE (docs/method.md, "Metrics"), with the constant-prediction rule."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The position encoding module f_pem (SPEC.md, "Readout")."""
+"""The position encoding module f_pem (docs/method.md, "4. The readout f_pem")."""
 
 from __future__ import annotations
 

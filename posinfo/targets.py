@@ -1,4 +1,4 @@
-"""Target position maps (SPEC.md, "Targets"), generated analytically on an N×N grid.
+"""Target position maps (docs/method.md, "Targets"), generated analytically on an N×N grid.
 
 Naming trap kept from the paper: ``hor`` varies along x, while ``horstp`` (horizontal
 stripes) varies along y.
@@ -27,7 +27,7 @@ def make(name: str, size: int = 224, range: str = "unit") -> torch.Tensor:
 
     ``range='unit'`` (default) maps into [0, 1], as the authors' PNGs. ``range='signed'``
     is only for the stripes: the cosine basis divided by its max, in [-1, 1], as the
-    authors' 2020 generator left it; it reproduces the paper's stripe MAEs (SPEC.md).
+    authors' 2020 generator left it; it reproduces the paper's stripe MAEs (docs/method.md).
     """
     if name not in NAMES:
         raise PosinfoError(f"unknown target '{name}': choose one of {', '.join(NAMES)}")
