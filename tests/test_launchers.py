@@ -260,3 +260,12 @@ def test_slurm_preempted_job_is_requeued_and_finishes(tmp_path):
     assert sorted(v["status"] for v in results(sd).values()) == ["ok", "ok"]
     assert "Restarts=1" in subprocess.run(["scontrol", "show", "job", jid], capture_output=True, text=True,
                                           env=env).stdout
+
+
+@pytest.mark.parametrize("launcher, cls", [("joblib", "PosinfoJoblibLauncher"), ("submitit_local", "PosinfoLocalLauncher"),
+                                           ("submitit_slurm", "PosinfoSlurmLauncher")])
+def test_the_plugins_launcher_names_select_posinfos_subclasses_with_every_plugin_option(launcher, cls):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        la = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True).hydra.launcher
+    assert la._target_ == f"hydra_plugins.posinfo_launchers.launchers.{cls}"
+    assert ("n_jobs" in la) if launcher == "joblib" else ("timeout_min" in la and "submitit_folder" in la)

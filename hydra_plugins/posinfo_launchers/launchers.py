@@ -1,8 +1,9 @@
 """posinfo's launchers: Hydra's joblib and submitit launchers with two additions.
 
-Selected by ``hydra/launcher=joblib | submitit_local | submitit_slurm | slurm_gpu``:
-conf/hydra/launcher/<name>.yaml sets ``_target_`` to a class below, and Hydra merges it
-onto the plugin's own config of the same name, so every option of the plugin stays.
+Selected by ``hydra/launcher=joblib | submitit_local | submitit_slurm`` and posinfo's
+preset ``slurm_gpu`` (conf/hydra/launcher/slurm_gpu.yaml): :class:`PosinfoLaunchers` stores
+each plugin's own config under its own name with ``_target_`` set to the subclass below, so
+every option of the plugin stays and the commands users know keep working.
 
 * **Dry runs stay local.** With ``dry_run=true`` the jobs are handed to Hydra's basic
   launcher: they are listed in this process and nothing is submitted to a cluster or a
@@ -22,7 +23,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 from omegaconf import OmegaConf, open_dict
 
@@ -145,3 +150,22 @@ class PosinfoLocalLauncher(_WaitsForEveryJob, LocalLauncher):
 
 class PosinfoSlurmLauncher(_WaitsForEveryJob, SlurmLauncher):
     pass
+
+
+class PosinfoLaunchers(SearchPathPlugin):
+    """Makes ``hydra/launcher=joblib | submitit_local | submitit_slurm`` posinfo's subclasses.
+
+    Hydra calls ``manipulate_search_path`` once every plugin module has been imported (they
+    store their own configs then), and before any config is composed: storing ours here is
+    deterministic, whatever the order in which the plugins were found. The search path
+    itself is left as it is. Workers and Slurm jobs receive the ConfigStore with Hydra's
+    pickled state.
+    """
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        here = __name__
+        cs = ConfigStore.instance()
+        for name, node in (("joblib", JobLibLauncherConf(_target_=f"{here}.PosinfoJoblibLauncher")),
+                           ("submitit_local", LocalQueueConf(_target_=f"{here}.PosinfoLocalLauncher")),
+                           ("submitit_slurm", SlurmQueueConf(_target_=f"{here}.PosinfoSlurmLauncher"))):
+            cs.store(group="hydra/launcher", name=name, node=node, provider="posinfo")

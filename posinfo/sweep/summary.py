@@ -21,9 +21,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from posinfo import grid
+from posinfo.errors import PosinfoError
 from posinfo.names import SWEEP_ID_ENV, utc_now
 from posinfo.schema import missing_values_error
+from posinfo.sweep.checks import sweep_problems
+from posinfo.sweep.lock import SweepLock
 from posinfo.sweep.status import format_summary, summarize_sweep
+from posinfo.sweep.warnings import repeated
 
 def expected_jobs(config: DictConfig) -> int | None:
     """How many jobs the basic sweeper launches; None for another sweeper or a grid that
@@ -44,6 +48,7 @@ class SweepSummary(Callback):
         self.sweep_id: str | None = None
         self.expected: int | None = None
         self.sweep_dir: Path | None = None
+        self.lock: SweepLock | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _active
@@ -52,6 +57,8 @@ class SweepSummary(Callback):
             print(f"posinfo: error: {err}", file=sys.stderr, flush=True)
             sys.exit(2)
 
+        if not config.get("dry_run"):  # a dry run only reads, and lists each job's problems (sweep.task)
+            self._check_and_claim(config)
         self.since = utc_now()
         self.sweep_id = uuid.uuid4().hex[:16]
         # Jobs tag their status records with it: joblib workers and submitit jobs
@@ -60,6 +67,30 @@ class SweepSummary(Callback):
         self.expected = expected_jobs(config)
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         _active = self
+
+    def __getstate__(self) -> dict:
+        # Launchers pickle Hydra's context, callbacks included, to their workers and Slurm
+        # jobs: the folder's lock stays with the launching process.
+        return {**self.__dict__, "lock": None}
+
+    def _check_and_claim(self, config: DictConfig) -> None:
+        """Stop before any job if a job cannot run or another command owns the sweep folder."""
+        errors = sweep_problems(config)
+        if not errors:
+            self.lock = SweepLock(Path(str(config.hydra.sweep.dir)))
+            try:
+                self.lock.acquire(wait=bool(OmegaConf.select(config, "sweep.wait", default=False)))
+            except PosinfoError as e:
+                self.lock, errors = None, [str(e)]
+        for e in errors:
+            print(f"posinfo: error: {e}", file=sys.stderr, flush=True)
+        if errors:
+            sys.exit(2)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def report(self, aborted: str | None = None) -> bool:
         """Print the summary; True if every job succeeded or was skipped.
@@ -72,12 +103,15 @@ class SweepSummary(Callback):
         if aborted and not any(s.values()):
             return False
         text, ok = format_summary(s, self.expected, self.sweep_dir, aborted=aborted)
+        for msg, n in repeated(self.sweep_dir, self.sweep_id):
+            text += f"\n  WARNING in {n} jobs (shown once above): {msg}"
         print(text, flush=True)
         return ok
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _active
         _active = None
+        self.release()
         if not self.report():
             sys.exit(1)
 
@@ -88,5 +122,6 @@ def report_unfinished(why: str) -> bool:
     s, _active = _active, None
     if s is None or s.sweep_dir is None:
         return False
+    s.release()
     s.report(aborted=why)
     return True
