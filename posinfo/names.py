@@ -38,13 +38,28 @@ PER_IMAGE_FILE = "per_image.csv"
 READOUT_FILE = "readout.pt"
 PREDICTIONS_PNG = "predictions.png"
 PREDICTIONS_NPZ = "predictions.npz"
+# What a run leaves in its job folder (job.log and Hydra's .hydra/ aside).
+JOB_OUTPUTS = (RESULT_FILE, PER_IMAGE_FILE, READOUT_FILE, TRAIN_LOG, PREDICTIONS_PNG, PREDICTIONS_NPZ)
+# A re-run writes into STAGING_DIR and swaps its outputs in only when it succeeds; the
+# outputs it replaces go to PREVIOUS_DIR when its configuration changed; a failed re-run
+# beside an ok result leaves its result in FAILED_DIR. None of them is a job folder.
+STAGING_DIR = ".staging"
+PREVIOUS_DIR = "previous"
+FAILED_DIR = "failed"
+NOT_JOB_DIRS = (STAGING_DIR, PREVIOUS_DIR, FAILED_DIR)
+# A sweep folder is owned by one command at a time (posinfo.sweep.lock).
+SWEEP_LOCK = ".posinfo_sweep.lock"
+SWEEP_OWNER = ".posinfo_sweep.json"
+JOB_LOCK = ".posinfo_job.lock"
+WARNINGS_DIR = ".posinfo_warnings"  # each warning once per sweep (posinfo.sweep.warnings)
 
 # ----------------------------------------------------------------------------- keys that do not change a job
 
 # Config keys (dotted; a key covers everything below it) that steer how a job runs or
 # label it, never what it computes: a change in them never makes a finished job "changed",
 # they are left out of job folder names, and the analysis never tells rows apart by them.
-RUN_CONTROL_KEYS = ("force", "dry_run", "device", "name", "cache", "experiment_name", "data.num_workers")
+RUN_CONTROL_KEYS = ("force", "dry_run", "device", "name", "cache", "experiment_name", "data.num_workers", "data.identity",
+                    "sweep")
 # Keys that only name something another key already holds: table6's weight files (the
 # value of backbone.weights, named by `pretraining`) and the input set's label and list.
 LABEL_KEYS = ("saliency_weights", "segmentation_weights", "pretrained_weights", "input.name", "input.kinds")
@@ -54,7 +69,7 @@ LABEL_KEYS = ("saliency_weights", "segmentation_weights", "pretrained_weights", 
 FOLDER_EXCLUDED_KEYS = (
     "experiment", "name", "force", "dry_run", "device",
     "cache", "cache.dir", "cache.enabled", "cache.max_gb", "cache.dtype",
-    "data.num_workers", "saliency_weights", "segmentation_weights",
+    "data.num_workers", "data.identity", "saliency_weights", "segmentation_weights", "sweep", "sweep.wait",
 )
 
 

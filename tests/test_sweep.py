@@ -194,6 +194,10 @@ def test_failure_is_contained_reported_and_resumed(tmp_path):
     r = sweep(sd, *grid)
     assert "config changed since the last run" in out(r) and out(r).count("done, skipped") == 1
     assert json.loads(p.read_text())["config"]["train"]["lr"] != 0.5
+    # ... and the result it replaced is kept beside it, with its files
+    kept = sd / changed / "previous"
+    assert json.loads((kept / "result.json").read_text())["config"]["train"]["lr"] == 0.5
+    assert (kept / "readout.pt").exists() and (kept / "per_image.csv").exists()
 
     # force=true re-runs everything
     r = sweep(sd, *grid, "force=true")
@@ -224,13 +228,14 @@ def test_a_job_killed_hard_is_reported_and_the_others_finish(tmp_path):
     assert "killed by SIGKILL" in (sd / killed / "job.log").read_text()
 
 
-def test_sigterm_leaves_no_ok_result_and_no_partial_files(tmp_path):
+def test_sigterm_during_a_forced_rerun_keeps_the_old_result_and_leaves_no_partial_files(tmp_path):
     sd = tmp_path / "sw"
     grid = ["target=hor,gau"]
     r = sweep(sd, *grid)
     assert r.returncode == 0, out(r)[-3000:]
     gau = next(n for n in results(sd) if "target=gau" in n)
     old_readout = (sd / gau / "readout.pt").read_bytes()
+    old_result = (sd / gau / "result.json").read_text()
 
     # force=true re-runs both; the gau job hangs while it writes readout.pt
     log = tmp_path / "sweep.log"
@@ -238,6 +243,7 @@ def test_sigterm_leaves_no_ok_result_and_no_partial_files(tmp_path):
     try:
         (hang,) = wait_for(lambda: hangs(tmp_path), 120, "the gau job to hang", proc, log)
         assert Path(hang["tmp"]).exists()
+        assert (sd / gau / "result.json").read_text() == old_result  # the re-run writes aside, in .staging/
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=60)
     finally:
@@ -247,20 +253,19 @@ def test_sigterm_leaves_no_ok_result_and_no_partial_files(tmp_path):
     assert rc == 128 + signal.SIGTERM, text[-3000:]
     assert "posinfo: interrupted (SIGTERM)" in text
     assert "INTERRUPTED" in text and "1 interrupted" in text
-    # the job's own process is gone, its temporary file removed, no result.json at all
+    # the job's own process is gone, its temporary files removed; the old result is intact
     wait_for(lambda: not os.path.exists(f"/proc/{hang['pid']}"), 10, "the job process to exit")
     assert not Path(hang["tmp"]).exists()
-    assert not [p for p in sd.rglob("*") if p.name.endswith(".tmp")]
-    assert not (sd / gau / "result.json").exists()
-    assert (sd / gau / "readout.pt").read_bytes() == old_readout  # the final name never held a partial file
+    assert not [p for p in sd.rglob("*") if p.name.endswith(".tmp") or p.name == ".staging"]
+    assert (sd / gau / "result.json").read_text() == old_result
+    assert (sd / gau / "readout.pt").read_bytes() == old_readout
     assert results(sd)[next(n for n in results(sd) if "target=hor" in n)]["status"] == "ok"
 
-    # a re-run re-runs the interrupted job and skips the finished one
+    # the interrupted job still has its (old, ok) result: a plain re-run skips both
     r = sweep(sd, *grid)
     assert r.returncode == 0, out(r)[-3000:]
-    assert out(r).count("done, skipped") == 1
-    assert summary(r.stdout)[0].endswith("2 job(s): 1 ran (1 succeeded, 0 failed), 1 skipped (done)")
-    assert results(sd)[gau]["status"] == "ok"
+    assert summary(r.stdout)[0].endswith("2 job(s): 0 ran (0 succeeded, 0 failed), 2 skipped (done)")
+
 
 
 def test_single_run_outside_a_sweep_still_resumes(tmp_path):
@@ -273,3 +278,45 @@ def test_single_run_outside_a_sweep_still_resumes(tmp_path):
     r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and "done, skipped" in out(r)
     assert statuses(tmp_path) == {}  # single runs keep no sweep records
+
+
+def test_a_second_command_on_a_sweep_folder_refuses_and_a_killed_owner_leaves_no_lock(tmp_path):
+    sd = tmp_path / "sw"
+    log = tmp_path / "first.log"
+    first = popen_sweep(sd, "target=hor,gau", hook=[("target=gau", "hang")], log=log)
+    try:
+        wait_for(lambda: hangs(tmp_path), 120, "the gau job to hang", first, log)
+        r = sweep(sd, "target=hor,gau")
+        assert r.returncode == 2, out(r)[-3000:]
+        (line,) = [x for x in r.stderr.splitlines() if x.startswith("posinfo: error:")]
+        assert f"sweep folder {sd} is in use by pid {first.pid}" in line and "sweep.wait=true" in line
+        assert "Traceback" not in out(r)
+        first.kill()  # SIGKILL: no clean-up; the OS drops its locks, the job's child follows (PDEATHSIG)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    wait_for(lambda: not hangs_alive(tmp_path), 30, "the hanging job to exit")
+    r = sweep(sd, "target=hor,gau")
+    assert r.returncode == 0, out(r)[-3000:]
+    assert sorted(v["status"] for v in results(sd).values()) == ["ok", "ok"]
+
+
+def hangs_alive(tmp: Path) -> bool:
+    return any(os.path.exists(f"/proc/{h['pid']}") for h in hangs(tmp))
+
+
+def test_sweep_wait_true_waits_for_the_owner_then_resumes(tmp_path):
+    sd = tmp_path / "sw"
+    log = tmp_path / "first.log"
+    first = popen_sweep(sd, "target=hor,gau", hook=[("target=", "sleep:4")], log=log)
+    try:
+        wait_for(lambda: (sd / ".posinfo_sweep.json").exists(), 60, "the first sweep to own the folder", first, log)
+        r = sweep(sd, "target=hor,gau", "sweep.wait=true")
+        assert first.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert r.returncode == 0, out(r)[-3000:]
+    assert "is in use by pid" in r.stderr and "waiting (sweep.wait=true)" in r.stderr
+    assert summary(r.stdout)[0].endswith("2 job(s): 0 ran (0 succeeded, 0 failed), 2 skipped (done)")

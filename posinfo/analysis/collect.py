@@ -17,7 +17,7 @@ from posinfo import grid
 from posinfo.analysis.cells import METRICS
 from posinfo.analysis.paper import WEIGHTS_LABEL, attach_paper, paper_weights
 from posinfo.errors import PosinfoError
-from posinfo.names import INPUT_KINDS, LABEL_KEYS, RESULT_FILE, RUN_CONTROL_KEYS, covered_by
+from posinfo.names import INPUT_KINDS, LABEL_KEYS, NOT_JOB_DIRS, RESULT_FILE, RUN_CONTROL_KEYS, covered_by
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ def find_jobs(dirs: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
         d = Path(d)
         if not d.exists():
             raise PosinfoError(f"no such directory '{d}': give the folder of a sweep or a job, e.g. outputs/sweeps/table1")
-        jobs.update(p.parent for p in d.rglob(RESULT_FILE))
+        # A re-run's previous/ and failed/ results (posinfo.sweep.outputs) are not jobs of their own.
+        jobs.update(p.parent for p in d.rglob(RESULT_FILE) if not set(p.relative_to(d).parts[:-1]) & set(NOT_JOB_DIRS))
         jobs.update(p.parent.parent for p in d.rglob(".hydra/config.yaml"))
         sweeps.update(p.parent for p in d.rglob("multirun.yaml"))
         if (d / RESULT_FILE).exists():
@@ -199,7 +200,7 @@ def _tidy(jobs: list[dict]) -> pd.DataFrame:
         else:
             kinds = list((cfg.get("input") or {}).get("kinds") or [None])
         for kind in kinds:
-            m = j["metrics"].get(kind, {}) if kind else {}
+            m = (j["metrics"].get(kind) if kind else None) or {}  # a null entry reads as no metrics
             rows.append({**base, "input": kind, **{k: m.get(k) for k in ("spc", "mae", "n_images", "n_nan")}})
     df = pd.DataFrame(rows)
     if df.empty:

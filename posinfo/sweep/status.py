@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from posinfo.io import jsonable, read_result, write_json
+from posinfo.sweep.outputs import failure_dir
 from posinfo.names import JOB_LOG, RESULT_FILE, RUN_CONTROL_KEYS, STATUS_FILE, SWEEP_ID_ENV, covered_by, utc_now
 
 def _plain(config: dict) -> dict:
@@ -70,9 +71,10 @@ def record(job_dir: Path, status: str, error: str | None = None, **extra: Any) -
 
 def write_failed_result(job_dir: Path, error: str, config: dict | None = None, choices: dict | None = None,
                         overrides: list | None = None, started: str | None = None) -> None:
-    """A failed result.json for a job that could not write its own (killed, crashed hard)."""
+    """A failed result.json for a job that could not write its own (killed, crashed hard);
+    beside an ok result (in failed/), never over it."""
     write_json(
-        Path(job_dir) / RESULT_FILE,
+        failure_dir(job_dir) / RESULT_FILE,
         {"status": "failed", "error": error, "choices": dict(choices or {}), "overrides": list(overrides or []),
          "config": config, "started": started,
          "finished": utc_now(), "host": platform.node()},
@@ -101,7 +103,7 @@ def record_lost(job_dir: Path, error: str) -> None:
     record(job_dir, "failed", error)
 
 
-FINAL = ("ok", "failed", "skipped", "interrupted", "running", "dry_run:done", "dry_run:todo")
+FINAL = ("ok", "failed", "skipped", "interrupted", "running", "dry_run:done", "dry_run:todo", "dry_run:fail")
 
 
 def summarize_sweep(sweep_dir: Path, run_id: str | None, since: str) -> dict[str, list[tuple[Path, str | None]]]:
@@ -132,10 +134,11 @@ def format_summary(s: dict[str, list], expected: int | None, sweep_dir: Path | N
                    aborted: str | None = None) -> tuple[str, bool]:
     """The summary's text, and whether the sweep succeeded (every job done, none failed)."""
     where = f" in {sweep_dir}" if sweep_dir is not None else ""
-    if s.get("dry_run:done") or s.get("dry_run:todo"):
-        todo, done = len(s["dry_run:todo"]), len(s["dry_run:done"])
-        text = f"posinfo dry run{where}: {todo + done} job(s): {todo} would run, {done} already done (nothing was run)"
-        missing = (expected - todo - done) if expected is not None else 0
+    if s.get("dry_run:done") or s.get("dry_run:todo") or s.get("dry_run:fail"):
+        todo, done, fail = len(s["dry_run:todo"]), len(s["dry_run:done"]), len(s["dry_run:fail"])
+        text = (f"posinfo dry run{where}: {todo + done + fail} job(s): {todo} would run, "
+                + (f"{fail} would fail, " if fail else "") + f"{done} already done (nothing was run)")
+        missing = (expected - todo - done - fail) if expected is not None else 0
         if missing > 0:
             text += f"\n  {missing} job(s) not listed"
         return text, True

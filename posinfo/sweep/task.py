@@ -13,12 +13,16 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from posinfo.errors import PosinfoError
 from posinfo.io import read_result
 from posinfo.names import utc_now
 from posinfo.sweep.gpus import claim_gpu
 from posinfo.sweep.isolation import Terminated, describe_exit, handle_sigterm, isolate, preload, run_in_child
-from posinfo.sweep.status import append_log, is_done, record, write_failed_result
+from posinfo.sweep.lock import SweepLock, job_lock
+from posinfo.sweep.outputs import clear_failures, fresh_staging, last_failure, promote, remove_staging, settle_failure
+from posinfo.sweep.status import append_log, is_done, record, signature, sweep_id, write_failed_result
 from posinfo.sweep.summary import report_unfinished
+from posinfo.sweep.warnings import once_per_sweep
 
 log = logging.getLogger(__name__)
 
@@ -31,29 +35,43 @@ def _hydra_context() -> tuple[Path, dict, list[str], bool]:
     return Path(hc.runtime.output_dir), choices, list(hc.overrides.task), hc.mode == RunMode.MULTIRUN
 
 
+def _sweep_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(str(HydraConfig.get().sweep.dir))
+
+
 def _first_line(e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def run_job(cfg: DictConfig, job_dir: Path, choices: dict, overrides: list[str]) -> int:
-    """Claim a GPU, run the job; 0 if it succeeded, 1 if it failed (result.json says why)."""
+    """Claim a GPU, run the job into its staging folder and swap the outputs in if it succeeds;
+    0 if it succeeded, 1 if it failed (its failed result.json says why: last_failure)."""
     from posinfo import job
 
+    stage = fresh_staging(job_dir)
     try:
         with claim_gpu(str(cfg.device)) as dev:
             if dev != str(cfg.device):
                 cfg = cfg.copy()
                 OmegaConf.update(cfg, "device", dev, force_add=True)
-            job.run(cfg, job_dir, choices=choices, overrides=overrides)
+            res = job.run(cfg, stage, choices=choices, overrides=overrides)
+        old = read_result(job_dir)
+        changed = bool(old and old.get("status") == "ok" and signature(old.get("config") or {}) != signature(res["config"]))
+        promote(job_dir, keep_previous=changed)
         return 0
     except Exception as e:
-        res = read_result(job_dir)
+        res = read_result(stage)
         if not res or res.get("status") != "failed":  # failed outside job.run
-            append_log(job_dir, traceback.format_exc())
+            append_log(stage, traceback.format_exc())
             with contextlib.suppress(Exception):
-                write_failed_result(job_dir, _first_line(e), OmegaConf.to_container(cfg, resolve=True), choices, overrides)
+                write_failed_result(stage, _first_line(e), OmegaConf.to_container(cfg, resolve=True), choices, overrides)
+        settle_failure(job_dir)
         return 1
+    finally:
+        remove_staging(job_dir)  # an interrupt: the folder keeps what it had
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -89,8 +107,19 @@ def _run_single(cfg: DictConfig, job_dir: Path, choices: dict, overrides: list[s
         return read_result(job_dir)
     if why == "config changed":
         log.warning("config changed since the last run in %s: re-running", job_dir)
-    if run_job(cfg, job_dir, choices, overrides) != 0:
-        error = (read_result(job_dir) or {}).get("error") or "failed"
+    owner = SweepLock(job_dir)
+    try:
+        owner.acquire(wait=bool(OmegaConf.select(cfg, "sweep.wait", default=False)))
+    except PosinfoError as e:
+        print(f"posinfo: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        clear_failures(job_dir)
+        code = run_job(cfg, job_dir, choices, overrides)
+    finally:
+        owner.release()
+    if code != 0:
+        error = (last_failure(job_dir) or {}).get("error") or "failed"
         # A single run: one line for the user, the traceback is in the job log.
         print(f"posinfo: error: {error}", file=sys.stderr)
         sys.exit(1)
@@ -98,7 +127,12 @@ def _run_single(cfg: DictConfig, job_dir: Path, choices: dict, overrides: list[s
 
 
 def _dry_mark(cfg: DictConfig, done: bool, why: str) -> str:
-    return "done (would skip)" if done and not cfg.get("force") else f"would run ({'force' if done else why})"
+    if done and not cfg.get("force"):
+        return "done (would skip)"
+    from posinfo.preflight import job_problems
+
+    problems = job_problems(cfg)
+    return f"would fail: {problems[0]}" if problems else f"would run ({'force' if done else why})"
 
 
 def _run_in_sweep(cfg: DictConfig, job_dir: Path, choices: dict, overrides: list[str]) -> dict | None:
@@ -114,8 +148,9 @@ def _run_in_sweep(cfg: DictConfig, job_dir: Path, choices: dict, overrides: list
         return None
     done, why = is_done(job_dir, config)
     if cfg.get("dry_run"):
-        print(f"[dry run] {_dry_mark(cfg, done, why):<28} {job_dir}", flush=True)
-        record(job_dir, "dry_run:" + ("done" if done and not cfg.get("force") else "todo"))
+        mark = _dry_mark(cfg, done, why)
+        print(f"[dry run] {mark:<28} {job_dir}", flush=True)
+        record(job_dir, "dry_run:" + ("done" if mark.startswith("done") else "fail" if mark.startswith("would fail") else "todo"))
         return None
     if done and not cfg.get("force"):
         log.info("done, skipped: %s", job_dir)
@@ -125,22 +160,27 @@ def _run_in_sweep(cfg: DictConfig, job_dir: Path, choices: dict, overrides: list
         log.warning("config changed since the last run in %s: re-running", job_dir)
 
     _remove_stale_temporaries(job_dir)
+    clear_failures(job_dir)  # so that a failure found after this run is this run's
     started = utc_now()
-    record(job_dir, "running", started=started)
-    if isolate():
-        from posinfo import job  # noqa: F401  (imported here, once: children start warm)
+    # The job lock: this job is running, another command must not start on this folder.
+    with job_lock(job_dir), once_per_sweep(_sweep_dir(), sweep_id()):
+        record(job_dir, "running", started=started)
+        if isolate():
+            from posinfo import job  # noqa: F401  (imported here, once: children start warm)
 
-        preload()
-        code = run_in_child(lambda: run_job(cfg, job_dir, choices, overrides))
-    else:
-        code = run_job(cfg, job_dir, choices, overrides)
+            preload()
+            code = run_in_child(lambda: run_job(cfg, job_dir, choices, overrides))
+        else:
+            code = run_job(cfg, job_dir, choices, overrides)
     finished = utc_now()
+    remove_staging(job_dir)  # a child killed hard leaves its staging folder behind
     res = read_result(job_dir)
     if code == 0 and res and res.get("status") == "ok":
         record(job_dir, "ok", started=started, finished=finished)
         return res
-    if res and res.get("status") == "failed" and res.get("error"):
-        error = str(res["error"])
+    failure = last_failure(job_dir) if code != 0 else None
+    if failure and failure.get("error"):
+        error = str(failure["error"])
     else:  # it died without a word: say how, in result.json and the job log
         error = describe_exit(code) if code != 0 else "job ended without writing an ok result.json"
         write_failed_result(job_dir, error, config, choices, overrides,
@@ -158,6 +198,7 @@ def _remove_stale_temporaries(job_dir: Path) -> None:
     for p in Path(job_dir).glob(".*.tmp"):
         with contextlib.suppress(OSError):
             p.unlink()
+    remove_staging(job_dir)
 
 
 def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
@@ -167,6 +208,8 @@ def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
     from posinfo.schema import check_overrides
 
     args, _ = get_args_parser().parse_known_args(argv)
+    if args.multirun and args.cfg:
+        return f"--cfg {args.cfg} prints the config of one job: drop -m (e.g. python sweep.py KEY=VALUE ... --cfg job)"
     return check_overrides(list(args.overrides), conf_dir)
 
 
