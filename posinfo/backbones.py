@@ -7,6 +7,7 @@ block, before its pooling. No architecture is copied by hand: torchvision builds
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from posinfo.errors import PosinfoError
+from posinfo.io import user_path
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,10 @@ _VGG16_NODES = {1: "features.3", 2: "features.8", 3: "features.15", 4: "features
 # stem (ReLU before the max-pool) is offered as f0.
 _RESNET_NODES = {0: "relu", 1: "layer1", 2: "layer2", 3: "layer3", 4: "layer4"}
 _DEFAULT_LEVELS = {"vgg16": [1, 2, 3, 4, 5], **{r: [1, 2, 3, 4] for r in RESNETS}}
+
+# Random-init ResNet-101/152 in eval mode reach activations of 1e4–1e7 (no trained BatchNorm
+# statistics to tame the residual sums): beyond float16's 65504.
+_FLOAT16_OVERFLOW = {("resnet101", "random"), ("resnet152", "random")}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -179,22 +185,41 @@ def _set_padding(model: nn.Module, padding: str) -> None:
                 m.padding_mode = padding
 
 
+def _imagenet_unavailable(name: str, reason: str) -> str:
+    weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    return (f"cannot load ImageNet weights {weights} for {name} ({reason}): download them once where there is network "
+            f"(python -c \"import torchvision; torchvision.models.{name}(weights='IMAGENET1K_V1')\"), or copy "
+            f"{weights.url.rsplit('/', 1)[-1]} into {hub}, or use backbone.weights=random or backbone.weights=/path/to/state_dict.pt")
+
+
 def _imagenet_state_dict(name: str) -> dict:
     weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as e:  # URLError, OSError, hash mismatch: all mean "not available here"
-        hub = Path(torch.hub.get_dir()) / "checkpoints"
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise PosinfoError(
-            f"cannot load ImageNet weights {weights} for {name} ({reason}): download them once where there is network "
-            f"(python -c \"import torchvision; torchvision.models.{name}(weights='IMAGENET1K_V1')\"), or copy "
-            f"{weights.url.rsplit('/', 1)[-1]} into {hub}, or use backbone.weights=random or backbone.weights=/path/to/state_dict.pt"
-        ) from None
+        raise PosinfoError(_imagenet_unavailable(name, reason)) from None
+
+
+@functools.lru_cache(maxsize=None)
+def imagenet_problem(name: str, timeout_s: float = 5.0) -> str | None:
+    """None if torchvision's ImageNet weights of ``name`` are in the torch hub cache or can be
+    fetched from here (a HEAD request); else the one-line error a job would fail with."""
+    import urllib.request
+
+    url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
+    if (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file():
+        return None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s):
+            return None
+    except Exception as e:  # URLError, timeout, HTTP error: not fetchable from here
+        return _imagenet_unavailable(name, f"not in the torch hub cache, and {type(e).__name__} fetching it")
 
 
 def _file_state_dict(path: str) -> dict:
-    p = Path(path).expanduser()
+    p = user_path(path)
     if not p.is_file():
         raise PosinfoError(
             f"backbone.weights file '{path}' does not exist: give a path to a state-dict file, or imagenet, or random"
@@ -252,6 +277,11 @@ def _init_random(body: nn.Module) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
             m.reset_running_stats()
+
+
+def overflows_float16(name: str, weights: str) -> bool:
+    """Whether this backbone's features are known to exceed float16's range."""
+    return (name, str(weights)) in _FLOAT16_OVERFLOW
 
 
 def build_encoder(

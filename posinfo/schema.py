@@ -124,6 +124,7 @@ class DataConfig:
     num_test: Optional[int] = _f(None, optional(integer(1), "all images"))
     normalize: str = _f("none", one_of(NORMALIZATIONS))
     num_workers: str = _f("auto", WORKERS)
+    identity: str = _f("content", one_of(("content", "stat")))
 
 
 @dataclass
@@ -144,6 +145,7 @@ class CacheConfig:
     dir: str = _f(MISSING, TEXT)
     dtype: str = _f("float16", one_of(CACHE_DTYPES))
     max_gb: float = _f(50.0, number(0))
+    verify: bool = _f(True, BOOLEAN)
 
 
 GROUPS: dict[str, type] = {
@@ -156,6 +158,7 @@ TOP_LEVEL: dict[str, Rule] = {
     "name": OPTIONAL_TEXT,
     "force": BOOLEAN,
     "dry_run": BOOLEAN,
+    "sweep.wait": BOOLEAN,
 }
 
 
@@ -248,8 +251,8 @@ def group_options(conf_dir: Path, group: str) -> list[str]:
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
-def _near(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+def _near(word: str, options: Iterable[str], cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=cutoff)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
@@ -267,6 +270,18 @@ def _override_values(override: Any) -> list[Any]:
     return [v]
 
 
+def _syntax_hint(overrides: list[str]) -> str | None:
+    """One line for an override Hydra cannot parse because of a ``~`` in a path; None for
+    other syntax errors (Hydra's own message says where the syntax breaks)."""
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and "~" in value and not value.startswith(("'", '"')):
+            home = value.replace("~", "$HOME", 1) if value.startswith("~") else value
+            return (f"{key}={value}: Hydra's override syntax does not allow an unquoted '~': write {key}={home} "
+                    f"(the shell expands $HOME), or quote it: '{key}=\"{value}\"'")
+    return None
+
+
 def check_overrides(overrides: list[str], conf_dir: Path) -> str | None:
     """One line for the first bad command-line override, else None.
 
@@ -280,7 +295,7 @@ def check_overrides(overrides: list[str], conf_dir: Path) -> str | None:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException:
-        return None  # Hydra's own message says where the syntax breaks
+        return _syntax_hint(overrides)
     known = rules()
     for o in parsed:
         key = o.key_or_group
@@ -293,6 +308,10 @@ def check_overrides(overrides: list[str], conf_dir: Path) -> str | None:
                     return f"{key}={v}: no such option{_near(v, options)}; choose one of {', '.join(options)}"
             continue
         group = key.split(".", 1)[0]
+        top = sorted({k.split(".", 1)[0] for k in known} | set(GROUPS) | {"experiment"})
+        # A near miss of a top-level key is a typo; anything else may be a preset's own key (Hydra checks it).
+        if group not in top and not o.is_add() and _near(group, top, cutoff=0.75):
+            return f"{key}: no such key{_near(group, top, cutoff=0.75)}; the top-level keys are {', '.join(top)}"
         if group in GROUPS and key not in known:
             return f"{key}: no such key{_near(key, [k for k in known if k.startswith(group + '.')])}; " \
                    f"the keys of {group} are {', '.join(f.name for f in fields(GROUPS[group]))}"

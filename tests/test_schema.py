@@ -23,6 +23,8 @@ BAD = [
     (["readout.kernl=3"], "readout.kernl: no such key (did you mean readout.kernel?); the keys of readout are kernel, "
                           "depth, padding, feature_size"),
     (["data.num_workers=-2"], "data.num_workers=-2: must be auto or an integer ≥ 0"),
+    (["forse=true"], "forse: no such key (did you mean force?); the top-level keys are backbone, cache, data, device, "
+                     "dry_run, experiment, force, input, name, readout, sweep, target, train"),
     (["cache.dtype=float64"], "cache.dtype=float64: must be one of float16, float32"),
     (["device=gpu"], "device=gpu: must be auto, cpu, cuda or cuda:N"),
 ]
@@ -35,7 +37,8 @@ def test_bad_override_is_one_line_naming_key_value_and_fix(overrides, message):
 
 @pytest.mark.parametrize("overrides", [["readout.kernel=5", "train.lr=0.01", "data.num_workers=2"],
                                        ["target=hor,gau"], ["backbone.taps=[1,5]"], ["data.num_train=null"],
-                                       ["hydra/launcher=joblib", "experiment=table1", "+experiment/table4=posenet_pad0"]])
+                                       ["hydra/launcher=joblib", "experiment=table1", "+experiment/table4=posenet_pad0"],
+                                       ["experiment=table6", "saliency_weights=/w/a.pt", "pretraining=saliency"]])
 def test_good_overrides_pass(overrides):
     assert schema.check_overrides(overrides, CONF) is None
 

@@ -1,0 +1,34 @@
+"""Checks that cost no computation, so a job that cannot run fails before any job starts:
+the backbone's weights are reachable (ImageNet weights cached or fetchable, a weights file
+present), the data folders and an input file exist. Each problem is one line with the fix.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from posinfo.io import user_path
+
+
+def job_problems(cfg: DictConfig) -> list[str]:
+    """What would stop this job, as one line each (empty: nothing found)."""
+    out: list[str] = []
+    bb, data = cfg.backbone, cfg.data
+    weights = str(bb.weights)
+    if bb.name != "posenet" and weights == "imagenet":
+        from posinfo.backbones import imagenet_problem
+
+        problem = imagenet_problem(str(bb.name))
+        if problem:
+            out.append(problem)
+    elif bb.name != "posenet" and weights not in ("random", "none") and not user_path(weights).is_file():
+        out.append(f"backbone.weights file '{weights}' does not exist: give a path to a state-dict file, or imagenet, or random")
+    if data.name == "folder":
+        for key in ("train_dir", "test_dir"):
+            folder = data.get(key)
+            if folder and not user_path(folder).is_dir():
+                out.append(f"data.{key}={folder}: no such folder: point it at a folder of jpg/png images")
+    file = cfg.input.get("file")
+    if file and not user_path(file).is_file():
+        out.append(f"input.file={file}: no such file: give an existing jpg/png image, or input.file=null")
+    return out
