@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ import shutil
 import sys
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -65,6 +67,8 @@ _META_SUFFIX = ".json"
 _LOCK_SUFFIX = ".lock"
 _TMP_MARK = ".tmp"
 READOUTS_DIR = "readouts"  # the readout store (posinfo.sources.ReadoutStore)
+CHECKSUM_CHUNK_BYTES = 64 << 20
+_VERIFIED: set[str] = set()  # data files this process has checked against their checksum (or written)
 
 
 @dataclass
@@ -173,10 +177,11 @@ def _read_meta(cache_dir: Path, key: str) -> dict | None:
 
 
 def _open_complete(
-    cache_dir: Path, key: str, shape: tuple[int, ...], dtype: str, quiet: bool = False
+    cache_dir: Path, key: str, shape: tuple[int, ...], dtype: str, quiet: bool = False, verify: bool = True
 ) -> np.ndarray | None:
-    """Open the entry read-only if complete and of the expected shape/dtype
-    (``quiet``: do not warn about a bad entry, the caller already did)."""
+    """Open the entry read-only if complete, of the expected shape/dtype and, the first time
+    this process opens it (``verify``), matching its checksum (``quiet``: do not warn about
+    a bad entry, the caller already did). Entries written before checksums pass unchecked."""
     warn = (lambda *a: None) if quiet else log.warning
     meta = _read_meta(cache_dir, key)
     if meta is None:
@@ -195,7 +200,58 @@ def _open_complete(
     if arr.shape != shape or arr.dtype != np.dtype(dtype):
         warn("feature cache entry %s data does not match its meta; not using it", key)
         return None
+    data = str(_data_path(cache_dir, key).resolve())
+    if verify and data not in _VERIFIED and isinstance(meta.get("checksum"), dict):
+        bad = _corrupt_chunk(_data_path(cache_dir, key), meta["checksum"])
+        if bad is not None:
+            warn("feature cache entry %s is corrupt (%s fails its checksum): rebuilding it", key,
+                 "its size" if bad < 0 else f"chunk {bad + 1} of {len(meta['checksum']['values'])}")
+            return None
+        _VERIFIED.add(data)
     return arr
+
+
+def _reserve(path: Path, cache_dir: Path, key: str) -> None:
+    """Give the (sparse) entry file its disk blocks before it is filled: a disk that fills
+    up then fails here with one line, not with SIGBUS halfway through the memory map."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate: best effort
+                return
+            raise
+        raise PosinfoError(
+            f"no space left in {cache_dir} for feature cache entry {key} ({_fmt_size(size)} needed): "
+            f"free space there, set cache.dir to a larger disk, or cache.enabled=false"
+        ) from None
+    finally:
+        os.close(fd)
+
+
+def _checksum(path: Path) -> dict:
+    """CRC-32 of each chunk of the entry file (header included)."""
+    values = []
+    with open(path, "rb") as f:
+        while chunk := f.read(CHECKSUM_CHUNK_BYTES):
+            values.append(zlib.crc32(chunk))
+    return {"algorithm": "crc32", "chunk_bytes": CHECKSUM_CHUNK_BYTES, "values": values}
+
+
+def _corrupt_chunk(path: Path, checksum: dict) -> int | None:
+    """The first chunk of ``path`` whose CRC-32 differs from ``checksum`` (-1: a size change), or None."""
+    chunk_bytes = int(checksum.get("chunk_bytes", CHECKSUM_CHUNK_BYTES))
+    expected = list(checksum.get("values", []))
+    with open(path, "rb") as f:
+        for i, want in enumerate(expected):
+            if zlib.crc32(f.read(chunk_bytes)) != want:
+                return i
+        if f.read(1):
+            return -1
+    return None
 
 
 def _check_args(shape: Sequence[int], dtype: str, max_gb: float) -> tuple[int, ...]:
@@ -221,6 +277,7 @@ def get_or_create(
     dtype: str,
     fill: Callable[[np.ndarray], None],
     max_gb: float,
+    verify: bool = True,
 ) -> np.ndarray | None:
     """Return a read-only ``np.memmap`` of ``shape`` for the entry keyed by
     ``fields``, computing it with ``fill(arr)`` (which writes every item of the
@@ -239,7 +296,7 @@ def get_or_create(
     cache_dir = Path(cache_dir).expanduser()
     key = make_key(fields)
 
-    arr = _open_complete(cache_dir, key, shape, dtype)
+    arr = _open_complete(cache_dir, key, shape, dtype, verify=verify)
     if arr is not None:
         log.info("feature cache hit %s (%s, %s)", key, _fmt_size(arr.nbytes), cache_dir)
         return arr
@@ -254,7 +311,7 @@ def get_or_create(
         log.info("feature cache entry %s is being computed by another process; waiting", key)
         lock.acquire()
     try:
-        arr = _open_complete(cache_dir, key, shape, dtype, quiet=True)
+        arr = _open_complete(cache_dir, key, shape, dtype, quiet=True, verify=verify)
         if arr is not None:
             log.info(
                 "feature cache hit %s (%s, computed by another process)",
@@ -327,27 +384,26 @@ def _create(
     t0 = time.perf_counter()
     try:
         arr = np.lib.format.open_memmap(tmp_data, mode="w+", dtype=np.dtype(dtype), shape=shape)
+        try:
+            _reserve(tmp_data, cache_dir, key)
+        except BaseException:
+            del arr  # unmap now: the traceback must not keep the file (and its disk) busy
+            raise
         fill(arr)
         arr.flush()
         del arr
         with open(tmp_data, "rb") as f:
             os.fsync(f.fileno())
-        meta = {
-            "key": key,
-            "format": FORMAT_VERSION,
-            "fields": fields,
-            "shape": list(shape),
-            "dtype": dtype,
-            "size_bytes": tmp_data.stat().st_size,
-            "created": utc_now(),
-            "fill_seconds": round(time.perf_counter() - t0, 3),
-        }
+        meta = {"key": key, "format": FORMAT_VERSION, "fields": fields, "shape": list(shape), "dtype": dtype,
+                "size_bytes": tmp_data.stat().st_size, "created": utc_now(),
+                "fill_seconds": round(time.perf_counter() - t0, 3), "checksum": _checksum(tmp_data)}
         with open(tmp_meta, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1, default=_json_default)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_data, _data_path(cache_dir, key))
         os.replace(tmp_meta, _meta_path(cache_dir, key))  # last: marks it complete
+        _VERIFIED.add(str(_data_path(cache_dir, key).resolve()))
     except BaseException:
         _unlink(tmp_data)
         _unlink(tmp_meta)

@@ -7,6 +7,7 @@ values in [0, 1] (pixel space; any normalisation happens later, in the job).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -18,10 +19,12 @@ from PIL import Image
 
 from posinfo import deadleaves
 from posinfo.errors import PosinfoError
+from posinfo.io import user_path
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+IDENTITY_MODES = ("content", "stat")
 
 # Bump whenever a change alters the pixels of any embedded image: it is part of
 # identity(), so feature caches keyed on it are invalidated.
@@ -52,6 +55,8 @@ def _load_resized(path: Path, size: int) -> torch.Tensor:
     This is what the authors' torchvision Resize((224, 224)) does on a PIL image.
     """
     with Image.open(path) as im:
+        if im.mode.startswith("I"):  # 16-bit grayscale PNG: convert("RGB") would clip it to white
+            im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0 + 0.5).clip(0, 255).astype(np.uint8), "L")
         im = im.convert("RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.Resampling.BILINEAR)
@@ -74,6 +79,26 @@ def _check_readable(path: Path) -> str | None:
     except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
         return f"{type(e).__name__}: {e}"
     return None
+
+
+def _list_images(root: Path) -> tuple[list[str], int]:
+    """The image files below ``root`` (relative, sorted) and how many other files were ignored."""
+    files = [p for p in root.rglob("*") if p.is_file()]
+    images = sorted(p.relative_to(root).as_posix() for p in files if p.suffix.lower() in IMAGE_EXTS)
+    ignored = len(files) - len(images)
+    if ignored:
+        kinds = sorted({p.suffix.lower() or "(none)" for p in files if p.suffix.lower() not in IMAGE_EXTS})
+        logger.warning("data folder '%s': ignored %d file(s) that are not %s (%s)", root, ignored,
+                       "/".join(IMAGE_EXTS), ", ".join(kinds[:8]))
+    return images, ignored
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _check_size(size: int) -> int:
@@ -158,10 +183,19 @@ class EmbeddedImages(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------
 
 class FolderImages(torch.utils.data.Dataset):
-    """All jpg/jpeg/png files under a folder (recursive), sorted by relative path."""
+    """All jpg/jpeg/png files under a folder (recursive, any case of the extension), sorted by
+    relative path; files of other types are ignored and counted (``counts``).
 
-    def __init__(self, root: str | Path, n: int | None = None, size: int = 224) -> None:
-        self.root = Path(root).expanduser()
+    ``identity_by``: ``content`` (default) keys caches by a hash of every file's bytes, so an
+    image replaced by another of the same size and time stamp is noticed; ``stat`` by each
+    file's size and modification time (no read; misses such a replacement).
+    """
+
+    def __init__(self, root: str | Path, n: int | None = None, size: int = 224, identity_by: str = "content") -> None:
+        if identity_by not in IDENTITY_MODES:
+            raise PosinfoError(f"data.identity={identity_by}: use one of {', '.join(IDENTITY_MODES)}")
+        self.identity_by = identity_by
+        self.root = user_path(root)
         self.size = _check_size(size)
         n = _check_n(n, f"number of images from '{self.root}'")
         if not self.root.exists():
@@ -169,10 +203,7 @@ class FolderImages(torch.utils.data.Dataset):
         if not self.root.is_dir():
             raise PosinfoError(f"data folder '{self.root}' is not a directory: point data.train_dir/test_dir at the folder that holds the images")
 
-        candidates = sorted(
-            (p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
-             if p.suffix.lower() in IMAGE_EXTS and p.is_file()),
-        )
+        candidates, ignored = _list_images(self.root)
         if not candidates:
             raise PosinfoError(
                 f"data folder '{self.root}' has no image files ({', '.join(IMAGE_EXTS)}, any case, searched recursively): "
@@ -188,7 +219,7 @@ class FolderImages(torch.utils.data.Dataset):
         if len(candidates) > _PROGRESS_MIN_FILES and want > _PROGRESS_MIN_FILES:
             from tqdm import tqdm
 
-            it = tqdm(candidates, desc=f"checking images in {self.root.name}", unit="img", leave=False)
+            it = tqdm(candidates, desc=f"checking images in {self.root.name}", unit="img", leave=False, disable=None)
         for rel in it:
             if len(names) >= want:
                 break
@@ -214,6 +245,7 @@ class FolderImages(torch.utils.data.Dataset):
             logger.warning("skipped %d unreadable file(s) in '%s'", bad, self.root)
         self.names: list[str] = names
         self.n = len(names)
+        self.counts = {"read": self.n, "unreadable": bad, "ignored": ignored}
         logger.info("data folder '%s': %d images at %d px", self.root, self.n, self.size)
 
     def __len__(self) -> int:
@@ -223,18 +255,15 @@ class FolderImages(torch.utils.data.Dataset):
         return _load_resized(self.root / self.names[int(i)], self.size)
 
     def identity(self) -> dict:
-        """Root, size, n and each file's (relpath, byte size, mtime_ns): changes when a file does."""
+        """Root, size, n and each file's (relpath, content hash) or (relpath, byte size, mtime_ns)."""
         files = []
         for rel in self.names:
-            st = os.stat(self.root / rel)
-            files.append([rel, st.st_size, st.st_mtime_ns])
-        return {
-            "kind": "folder",
-            "root": str(self.root.resolve()),
-            "size": self.size,
-            "n": self.n,
-            "files": files,
-        }
+            if self.identity_by == "content":
+                files.append([rel, _file_hash(self.root / rel)])
+            else:  # the fields entries had before content hashing: their keys stay valid
+                st = os.stat(self.root / rel)
+                files.append([rel, st.st_size, st.st_mtime_ns])
+        return {"kind": "folder", "root": str(self.root.resolve()), "size": self.size, "n": self.n, "files": files}
 
 
 # --------------------------------------------------------------------------
@@ -281,7 +310,7 @@ def synthetic_image(kind: str, size: int = 224, seed: int = 0, file: str | None 
     """
     size = _check_size(size)
     if file is not None:
-        path = Path(file).expanduser()
+        path = user_path(file)
         if not path.is_file():
             raise PosinfoError(f"input file '{path}' does not exist: set input.file to an existing jpg/png image or null")
         reason = _check_readable(path)

@@ -84,7 +84,8 @@ def fill(
     bs = extraction_batch_size(extractor.device, out.shape[-1])
     loader = _loader(dataset, _chunks(np.arange(n), bs), num_workers, extractor.device)
     i = 0
-    with tqdm(total=n, desc=f"features {extractor.encoder.name}", unit="img", disable=not progress) as bar:
+    # disable=None: a bar only on a terminal (logs and Slurm files get the log lines alone)
+    with tqdm(total=n, desc=f"features {extractor.encoder.name}", unit="img", disable=None if progress else True) as bar:
         for images in loader:
             f = extractor(images).permute(0, 2, 3, 1).cpu().numpy()
             if out.dtype == np.float16:

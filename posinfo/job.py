@@ -7,6 +7,7 @@ the outputs), and everything they call takes plain arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,11 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 
 import posinfo
 from posinfo import cache, quicklook, targets
-from posinfo.backbones import build_encoder
+from posinfo.backbones import build_encoder, overflows_float16
 from posinfo.data import EmbeddedImages, FolderImages, SyntheticImages
 from posinfo.errors import PosinfoError
 from posinfo.features import FeatureExtractor, FeatureSource
-from posinfo.io import atomic_path, write_json
+from posinfo.io import atomic_path, user_path, write_json
 from posinfo.metrics import Scorer, summarize
 from posinfo.names import (INPUT_KINDS, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG, READOUT_FILE,
                            RESULT_FILE, TRAIN_LOG, utc_now)
@@ -82,13 +83,13 @@ def make_dataset(data: DictConfig, split: str):
         root = data.train_dir if split == "train" else data.test_dir
         if root in (None, "", "???"):
             raise PosinfoError(f"data=folder needs data.{split}_dir: set data.{split}_dir=/path/to/images")
-        return FolderImages(root, n=n, size=size)
+        return FolderImages(root, n=n, size=size, identity_by=str(data.get("identity", "content")))
     raise PosinfoError(f"unknown data '{data.name}': use data=embedded or data=folder")
 
 
 def cache_settings(cache_cfg: DictConfig) -> CacheSettings:
-    return CacheSettings(bool(cache_cfg.enabled), Path(str(cache_cfg.dir)).expanduser(), str(cache_cfg.dtype),
-                         float(cache_cfg.max_gb))
+    return CacheSettings(bool(cache_cfg.enabled), user_path(cache_cfg.dir), str(cache_cfg.dtype),
+                         float(cache_cfg.max_gb), bool(cache_cfg.get("verify", True)))
 
 
 def _weights_identity(backbone: DictConfig, seed: int) -> str:
@@ -101,7 +102,7 @@ def _weights_identity(backbone: DictConfig, seed: int) -> str:
         return str(torchvision.models.get_model_weights(backbone.name).IMAGENET1K_V1)
     if w == "random":
         return f"random(seed={seed})"
-    return f"file:{cache.file_digest(Path(w).expanduser())}"
+    return f"file:{cache.file_digest(user_path(w))}"
 
 
 def _validate_inputs(inp: DictConfig) -> list[str]:
@@ -114,6 +115,14 @@ def _validate_inputs(inp: DictConfig) -> list[str]:
             f"input.file={inp.file} needs exactly one synthetic input to replace: use input=noise (or black/white) with it"
         )
     return kinds
+
+
+def _check_folders(data: DictConfig) -> None:
+    """A test set that is the training set measures nothing."""
+    if data.name == "folder" and data.train_dir and data.test_dir:
+        if user_path(data.train_dir).resolve() == user_path(data.test_dir).resolve():
+            raise PosinfoError(f"data.train_dir and data.test_dir are the same folder ({data.train_dir}): "
+                               "point data.test_dir at images the readout never trains on")
 
 
 def _predict_all(readout, source, size: int, batch_size: int) -> np.ndarray:
@@ -203,6 +212,7 @@ class Sources:
     channels: int
     key_fields: dict
     train_images: dict
+    settings: CacheSettings
     synth_kinds: list[str] = field(default_factory=list)
 
 
@@ -236,6 +246,11 @@ def _validate(cfg: DictConfig, result: dict) -> Plan:
     target = targets.make(cfg.target.name, size, str(cfg.target.get("range", "unit")))
     build_readout(3, int(ro.kernel), int(ro.depth), int(ro.padding), fs)  # validates
     result["floor_mae"] = targets.floor_mae(target)
+    _check_folders(data)
+    late = [int(m) for m in tr.lr_milestones if int(m) >= int(tr.epochs)]
+    if late:
+        log.warning("train.lr_milestones %s lie at or beyond train.epochs=%d: the lr never drops there", late,
+                    int(tr.epochs))
     train_kwargs = dict(
         epochs=int(tr.epochs), batch_size=int(tr.batch_size), lr=float(tr.lr), momentum=float(tr.momentum),
         weight_decay=float(tr.weight_decay), lr_milestones=tuple(int(m) for m in tr.lr_milestones),
@@ -265,17 +280,24 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
     num_workers = resolve_num_workers(data.get("num_workers", "auto"), plan.device)
     train_ds = make_dataset(data, "train")
     test_ds = make_dataset(data, "test") if "natural" in plan.kinds else None
+    counts = {split: ds.counts for split, ds in (("train", train_ds), ("test", test_ds)) if hasattr(ds, "counts")}
+    if counts:  # folder data: images read, unreadable ones skipped, files of other types ignored
+        result["images"] = counts
     synth_kinds = [k for k in plan.kinds if k != "natural"]
     synth_ds = (SyntheticImages(synth_kinds, plan.size, seed=int(cfg.input.get("noise_seed", 0)), file=cfg.input.get("file"))
                 if synth_kinds else None)
     settings = cache_settings(cfg.cache)
+    if settings.dtype == "float16" and overflows_float16(bb.name, str(bb.weights)):
+        log.warning("%s with %s weights: features beyond float16's range, cached as float32", bb.name, bb.weights)
+        settings = dataclasses.replace(settings, dtype="float32")
+    result["cache_dtype"] = settings.dtype
 
     def source(name, ds, workers):
         return None if ds is None else open_features(name, ds, extractor, c, key_fields, settings, workers, progress)
 
     return Sources(source("train", train_ds, num_workers), source("test", test_ds, num_workers),
                    source("synthetic", synth_ds, 0),  # a few images already in memory: no workers
-                   test_ds, synth_ds, c, key_fields, train_ds.identity(), synth_kinds)
+                   test_ds, synth_ds, c, key_fields, train_ds.identity(), settings, synth_kinds)
 
 
 def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, result: dict,
@@ -285,7 +307,7 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
     torch.manual_seed(plan.seed)
     readout = build_readout(sources.channels, int(ro.kernel), int(ro.depth), int(ro.padding),
                             plan.feature_size).to(plan.device)
-    settings = cache_settings(cfg.cache)
+    settings = sources.settings
     # A job that differs only in its evaluation input reuses the trained readout.
     store = ReadoutStore.for_training(sources.train, settings, {
         **sources.key_fields, "images": sources.train_images, "dtype": settings.dtype,

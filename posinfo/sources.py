@@ -9,6 +9,7 @@ is the training set pinned down by a key.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ class CacheSettings:
     dir: Path
     dtype: str
     max_gb: float
+    verify: bool = True
 
 
 def open_features(name: str, dataset: Any, extractor: FeatureExtractor, channels: int, key_fields: dict,
@@ -45,6 +47,7 @@ def open_features(name: str, dataset: Any, extractor: FeatureExtractor, channels
             settings.dtype,
             lambda out: fill(out, dataset, extractor, num_workers, progress),
             settings.max_gb,
+            verify=settings.verify,
         )
         if arr is not None:
             return CachedFeatures(arr, extractor.device)
@@ -66,15 +69,31 @@ class ReadoutStore:
         return cls(settings.dir / cache.READOUTS_DIR / f"{cache.make_key(fields)}.pt")
 
     def load(self, readout: torch.nn.Module, device: torch.device) -> list[dict] | None:
-        """Load the stored readout into ``readout``; its training history, or None if absent."""
+        """Load the stored readout into ``readout``; its training history, or None if absent
+        or unreadable (a corrupt entry is removed with one warning and retrained)."""
         if not self.path.is_file():
             return None
-        saved = torch.load(self.path, map_location=device, weights_only=True)
-        readout.load_state_dict(saved["state_dict"])
+        try:
+            saved = torch.load(self.path, map_location=device, weights_only=True)
+            state, own, history = saved["state_dict"], readout.state_dict(), list(saved["history"])
+            if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+                raise ValueError("parameters of another readout")  # checked first: never a partial load
+            readout.load_state_dict(state)
+        except Exception as e:  # truncated zip, wrong contents: whatever it is, it is not a readout
+            log.warning("stored readout %s is unreadable (%s: %s): retraining it", self.path,
+                        type(e).__name__, str(e).splitlines()[0][:120] if str(e) else "")
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            return None
         log.info("reusing the readout trained for this configuration (%s)", self.path.name)
-        return saved["history"]
+        return history
 
     def save(self, readout: torch.nn.Module, history: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path) as tmp:
-            torch.save({"state_dict": readout.state_dict(), "history": history}, tmp)
+        """Store the readout; a store that cannot be written (read-only, full) only disables storing."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.path) as tmp:
+                torch.save({"state_dict": readout.state_dict(), "history": history}, tmp)
+        except OSError as e:
+            log.warning("cannot store the trained readout in %s (%s): not stored, results unaffected",
+                        self.path.parent, e.strerror or e)

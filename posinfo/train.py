@@ -71,7 +71,8 @@ def fit(
         t0 = time.perf_counter()
         order = torch.randperm(source.n, generator=gen).numpy()
         lr_now = opt.param_groups[0]["lr"]
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=not progress)
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
+                   disable=None if progress else True)  # None: a bar only on a terminal
         total, count = _epoch(readout, source.batches(order, batch_size), tgt, opt, bar)
         bar.close()
         sched.step()

@@ -10,6 +10,7 @@ from PIL import Image
 
 import posinfo.job as job_mod
 from conftest import run_sweep
+from posinfo import cache
 from posinfo.job import run
 
 
@@ -202,8 +203,18 @@ def test_bad_input_on_the_command_line_exits_with_one_line_and_no_traceback(tmp_
         assert len(err) == 1 and needle in err[0], (args, p.stderr[-2000:])
 
 
-def test_features_beyond_float16_fail_with_a_fix(make_cfg, tmp_path):
+def test_features_known_to_exceed_float16_are_cached_as_float32(make_cfg, tmp_path):
     # A random-init ResNet-152 in eval mode: activations ~1e7, far beyond float16, at 64 px.
+    # It used to fail after computing its features; it is predicted and cached as float32.
     cfg = make_cfg("backbone=resnet152", "backbone.weights=random", "input=natural", "data.num_train=4")
+    res = run(cfg, tmp_path / "job", progress=False)
+    assert res["status"] == "ok" and res["cache_dtype"] == "float32"
+    assert all(e.meta["dtype"] == "float32" for e in cache.list_entries(tmp_path / "cache"))
+
+
+def test_features_beyond_float16_that_were_not_predicted_fail_with_a_fix():
+    from posinfo.features import _check_float16_range
+
+    _check_float16_range(np.full(3, 6e4, np.float32), "m")
     with pytest.raises(Exception, match="beyond float16's range.*cache.dtype=float32"):
-        run(cfg, tmp_path / "job")
+        _check_float16_range(np.array([1.0, 7e4], np.float32), "m")

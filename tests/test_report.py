@@ -389,3 +389,25 @@ def test_expected_jobs_of_a_grid_given_only_on_the_command_line(tmp_path):
     )
     jobs = expected_jobs(tmp_path)
     assert len(jobs) == 4 and ["backbone=posenet", "target=gau", "readout.padding=1"] in jobs
+
+
+@pytest.mark.parametrize("weights, marked", [("imagenet", True), ("random", False)])
+def test_paper_markers_only_beside_bars_of_the_papers_weights(tmp_path, base_config, monkeypatch, weights, marked):
+    import matplotlib.axes
+
+    markers = []
+    plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: (markers.append(k.get("marker")), plot(self, *a, **k))[1])
+    for t in ("hor", "gau"):
+        make_job(tmp_path / "s", base_config, target=t, predictions=False, backbone__weights=weights)
+    df = collect([tmp_path / "s"])
+    assert df.paper_spc.notna().all()  # the paper has this configuration (random weights: in a note)
+    assert [f.path.name for f in figures.draw_all(aggregate(df), tmp_path / "figs")] == ["table1_spc_bars.png"]
+    assert ("_" in markers) is marked
+
+
+def test_a_bar_figure_of_hundreds_of_configurations_has_no_legend_wall(tmp_path, base_config):
+    for k in range(30):
+        make_job(tmp_path / "s", base_config, predictions=False, spc=k / 40, train__lr=0.01 * (k + 1))
+    (fig,) = figures.draw_all(aggregate(collect([tmp_path / "s"])), tmp_path / "figs")
+    assert fig.size_px[1] < 2.0 * 300 + 0.6 * 300  # the axes, a title line: not 15 rows of legend

@@ -26,6 +26,7 @@ FULL_WIDTH = 7.0  # inches: the text width
 FONT = 7  # pt: the size of a paper's caption text
 MAX_CONFIGS = 8  # prediction columns in one Figure-4 grid
 PAPER_LABEL = "paper (Islam et al. 2020)"
+MAX_LEGEND = 20  # configurations in one bar figure's legend
 
 
 @dataclass
@@ -175,8 +176,9 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
     n = len(configs)
     width = COLUMN_WIDTH if len(targets) * n <= 12 else FULL_WIDTH
     has_paper = bool(ok.paper_spc.notna().any())
+    legend = n <= MAX_LEGEND  # beyond that the legend would be the figure: results.csv names the bars
     ncol = min(n + has_paper, 2 if width < 4 else 5)
-    legend_h = 0.17 * math.ceil((n + has_paper) / ncol)  # inches above the axes
+    legend_h = 0.17 * math.ceil((n + has_paper) / ncol) if legend else 0.3  # inches above the axes
     height = 2.0 + legend_h
     fig, ax = plt.subplots(figsize=(width, height))
     fig.subplots_adjust(left=0.6 / width, right=1 - 0.08 / width, bottom=0.3 / height, top=1 - (legend_h + 0.1) / height)
@@ -190,7 +192,9 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
         err = [0 if math.isnan(r.spc_std) else r.spc_std for r in rows]
         ax.bar(xs, [r.spc for r in rows], bw * 0.9, yerr=err if any(err) else None, color=colors(j % colors.N),
                label=c, error_kw={"elinewidth": 0.6, "capsize": 1})
-        px = [(x, r.paper_spc) for x, r in zip(xs, rows) if not math.isnan(r.paper_spc)]
+        # The paper's value only beside a bar of the paper's own configuration (its weights too):
+        # a random-weights bar next to the paper's ImageNet number would read as a comparison.
+        px = [(x, r.paper_spc) for x, r in zip(xs, rows) if not math.isnan(r.paper_spc) and _paper_weights(r)]
         if px:
             # a black tick as wide as the bar
             ax.plot(*zip(*px), ls="none", marker="_", ms=bw * 0.9 * 72 * (width - 0.7) / len(targets), mew=1.2, color="k")
@@ -202,14 +206,24 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
     ax.set_ylabel(f"SPC ({kind})")
     ax.spines[["top", "right"]].set_visible(False)
     handles, labels = ax.get_legend_handles_labels()
+    if not legend:
+        handles, labels = [], []
+        ax.set_title(f"{n} configurations per target, in the order of results.csv", fontsize=FONT, loc="left")
     if paper_drawn:
         from matplotlib.lines import Line2D
 
         handles.append(Line2D([], [], ls="none", marker="_", ms=8, mew=1.2, color="k"))
-        labels.append(PAPER_LABEL)
-    ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=ncol, frameon=False,
-              handlelength=1.2, columnspacing=0.8, borderaxespad=0.2)
+        labels.append(PAPER_LABEL + ", same configuration and weights")
+    if handles:
+        ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=ncol if legend else 1,
+                  frameon=False, handlelength=1.2, columnspacing=0.8, borderaxespad=0.2)
     return _save(fig, path)
+
+
+def _paper_weights(row: pd.Series) -> bool:
+    """Whether a cell used the paper's weights (ImageNet; PosENet has none)."""
+    w = row.get("backbone.weights")
+    return w is None or (isinstance(w, float) and math.isnan(w)) or w in ("imagenet", "none")
 
 
 def spc_vs_level(g: pd.DataFrame, path: Path) -> Figure | None:
