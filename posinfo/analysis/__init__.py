@@ -3,7 +3,8 @@ module per role, ``write_report`` (below) running them in order:
 
     collect  find job folders, read result.json / .hydra files, tidy rows (results.csv)
     paper    the paper's numbers, which of them a row is, the deviations from its protocol
-    cells    aggregate rows into cells (seeds -> mean ± std), labels, sort keys, number format
+    cells    aggregate rows into cells (seeds -> mean and 95% interval), labels, sort keys, number format
+    intervals  t intervals over seeds, bootstrap intervals over test images, the instability rule
     tables   Table/Row per experiment, its notes, to_markdown / to_latex
     figures  the Figure-4 grid, SPC bars, SPC against feature level
 
@@ -46,6 +47,9 @@ def write_report(dirs: Iterable[str | Path], out: str | Path | None = None, figu
         df.to_csv(tmp, index=False)
     written["results.csv"] = out / "results.csv"
     cells = aggregate(df)
+    with atomic_path(out / "cells.csv") as tmp:  # one row per configuration × input, with its interval
+        cells.drop(columns=["job_dirs"]).to_csv(tmp, index=False)
+    written["cells.csv"] = out / "cells.csv"
     tables = make_tables(cells, df)
     md = to_markdown(tables)
     for name, text in (("tables.md", md), ("tables.tex", to_latex(tables))):

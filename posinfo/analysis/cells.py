@@ -1,7 +1,7 @@
 """Tidy rows -> cells: one row per configuration × input, replicates (seeds) folded into
-mean ± std, each cell labelled for a table row or a figure bar; with the value helpers
+a mean with its 95% interval, each cell labelled for a table row or a figure bar; with the value helpers
 (missing values, natural sort order, the paper's number style) that the paper, tables and
-figures modules share. Imports nothing of the analysis: every other module may import it."""
+figures modules share. Imports only posinfo.analysis.intervals: every other module may import it."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from posinfo.analysis.intervals import t_interval, unstable
 from posinfo.names import BACKBONES, INPUT_KINDS, PADDINGS, STRIPES, TARGETS
 
 # The measured columns of results.csv: aggregated over replicates, never part of a configuration.
-METRICS = ("spc", "mae", "n_images", "n_nan", "floor_mae")
+# A job's interval columns are the bootstrap over its test images (posinfo.analysis.intervals).
+INTERVAL_COLUMNS = ("spc_lo", "spc_hi", "mae_lo", "mae_hi")
+METRICS = ("spc", "mae", "n_images", "n_nan", "floor_mae", "converged", *INTERVAL_COLUMNS)
 # Fields that distinguish replicates, not configurations.
 REPLICATE_FIELDS = ("train.seed",)
-_AGGREGATES = ("spc_std", "mae_std", "n_ok", "n_failed", "n_missing", "seeds", "job_dirs")
+_AGGREGATES = ("spc_std", "mae_std", "n_ok", "n_failed", "n_missing", "seeds", "job_dirs", "ci", "seed_spcs",
+               "unstable", "unconverged")
 
 _SHORT = {"readout.kernel": "k", "readout.depth": "depth", "readout.padding": "pad", "backbone.padding": "backbone pad",
           "backbone.taps": "taps", "backbone.weights": "weights", "pretraining": "", "train.seed": "seed"}
@@ -84,22 +88,18 @@ def config_fields(df: pd.DataFrame) -> list[str]:
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration × input: mean ± std over replicates (seeds), NaN counts summed."""
+    """One row per configuration × input: the mean over replicates (seeds) with its 95% interval
+    (t over seeds; one seed: the bootstrap over its test images), NaN counts summed."""
     keys = config_fields(df) + ["input"]
     filled = df.copy()
     filled[keys] = filled[keys].astype(object).where(filled[keys].notna(), "<none>")
     cells = []
     for _, g in filled.groupby(keys, dropna=False, sort=False):
         ok = g[g.status == "ok"]
-        spc = ok.spc.dropna().astype(float)
-        mae = ok.mae.dropna().astype(float)
         first = g.iloc[0]
         cell = {k: (None if first[k] == "<none>" else first[k]) for k in keys}
+        cell.update(_estimates(ok))
         cell.update(
-            spc=spc.mean() if len(spc) else np.nan,
-            spc_std=spc.std(ddof=1) if len(spc) > 1 else np.nan,
-            mae=mae.mean() if len(mae) else np.nan,
-            mae_std=mae.std(ddof=1) if len(mae) > 1 else np.nan,
             n_ok=len(ok),
             n_failed=int((g.status == "failed").sum()),
             n_missing=int((g.status == "missing").sum()),
@@ -108,12 +108,33 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
             floor_mae=g.floor_mae.dropna().astype(float).mean() if g.floor_mae.notna().any() else np.nan,
             seeds=sorted({s for s in ok.get("train.seed", pd.Series(dtype=object)).dropna()}),
             job_dirs=list(ok.job_dir),
+            unconverged=int((ok.get("converged", pd.Series(dtype=object)) == False).sum()),  # noqa: E712
             paper_table=g.paper_table.dropna().iloc[0] if g.paper_table.notna().any() else None,
             paper_spc=g.paper_spc.dropna().iloc[0] if g.paper_spc.notna().any() else np.nan,
             paper_mae=g.paper_mae.dropna().iloc[0] if g.paper_mae.notna().any() else np.nan,
         )
         cells.append(cell)
     return pd.DataFrame(cells)
+
+
+def _estimates(ok: pd.DataFrame) -> dict:
+    """Mean, std and 95% interval of SPC and MAE over a cell's ok replicates."""
+    out: dict[str, Any] = {}
+    for m in ("spc", "mae"):
+        x = ok[m].dropna().astype(float)
+        out[m] = x.mean() if len(x) else np.nan
+        out[f"{m}_std"] = x.std(ddof=1) if len(x) > 1 else np.nan
+        if len(x) > 1:
+            out[f"{m}_lo"], out[f"{m}_hi"] = t_interval(x.tolist())
+        else:  # one run: its bootstrap over test images, if collect found per_image.csv
+            row = ok[ok[m].notna()].iloc[0] if len(x) else None
+            out[f"{m}_lo"], out[f"{m}_hi"] = (np.nan, np.nan) if row is None else (
+                float(row.get(f"{m}_lo", np.nan)), float(row.get(f"{m}_hi", np.nan)))
+    n = int(ok.spc.notna().sum())
+    out["ci"] = "seeds" if n > 1 else "images" if not is_missing(out["spc_lo"]) else None
+    out["seed_spcs"] = [float(v) for v in ok.spc.dropna()] if n > 1 else []
+    out["unstable"] = unstable(out["seed_spcs"])
+    return out
 
 
 # ----------------------------------------------------------------------------- labels

@@ -14,7 +14,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from posinfo import grid
-from posinfo.analysis.cells import METRICS
+from posinfo.analysis.cells import INTERVAL_COLUMNS, METRICS
+from posinfo.analysis.intervals import per_image_intervals
 from posinfo.analysis.paper import WEIGHTS_LABEL, attach_paper, paper_weights
 from posinfo.errors import PosinfoError
 from posinfo.names import INPUT_KINDS, LABEL_KEYS, NOT_JOB_DIRS, RESULT_FILE, RUN_CONTROL_KEYS, covered_by
@@ -95,6 +96,8 @@ def _read_job(job_dir: Path) -> dict:
         job["choices"] = res.get("choices") or {}
         job["overrides"] = list(res.get("overrides") or [])
         job["floor_mae"] = res.get("floor_mae")
+        training = res.get("training") if isinstance(res.get("training"), dict) else {}
+        job["converged"] = training.get("converged")  # None: not recorded (older results, reused readouts)
         status = res.get("status")
         metrics = res.get("metrics") if isinstance(res.get("metrics"), dict) else {}
         if status == "ok" and metrics and job["config"] is not None:
@@ -195,13 +198,16 @@ def _tidy(jobs: list[dict]) -> pd.DataFrame:
         base.update(paper_weights(cfg))
         base.update({m: None for m in METRICS})
         base["floor_mae"] = j["floor_mae"]
+        base["converged"] = j.get("converged")
         if j["status"] == "ok":
             kinds = [k for k in INPUT_KINDS if k in j["metrics"]] + [k for k in j["metrics"] if k not in INPUT_KINDS]
         else:
             kinds = list((cfg.get("input") or {}).get("kinds") or [None])
+        boot = per_image_intervals(j["job_dir"]) if j["status"] == "ok" else {}
         for kind in kinds:
             m = (j["metrics"].get(kind) if kind else None) or {}  # a null entry reads as no metrics
-            rows.append({**base, "input": kind, **{k: m.get(k) for k in ("spc", "mae", "n_images", "n_nan")}})
+            rows.append({**base, "input": kind, **{k: m.get(k) for k in ("spc", "mae", "n_images", "n_nan")},
+                         **{k: boot.get(kind, {}).get(k) for k in INTERVAL_COLUMNS}})
     df = pd.DataFrame(rows)
     if df.empty:
         return df

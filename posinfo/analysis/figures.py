@@ -189,8 +189,8 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
         sub = ok[ok.config_label == c].set_index("target_label")
         xs = [i - 0.4 + bw * (j + 0.5) for i, t in enumerate(targets) if t in sub.index]
         rows = [sub.loc[t] for t in targets if t in sub.index]
-        err = [0 if math.isnan(r.spc_std) else r.spc_std for r in rows]
-        ax.bar(xs, [r.spc for r in rows], bw * 0.9, yerr=err if any(err) else None, color=colors(j % colors.N),
+        err = _interval_errors(rows)
+        ax.bar(xs, [r.spc for r in rows], bw * 0.9, yerr=err if err.any() else None, color=colors(j % colors.N),
                label=c, error_kw={"elinewidth": 0.6, "capsize": 1})
         # The paper's value only beside a bar of the paper's own configuration (its weights too):
         # a random-weights bar next to the paper's ImageNet number would read as a comparison.
@@ -218,6 +218,13 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
         ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=ncol if legend else 1,
                   frameon=False, handlelength=1.2, columnspacing=0.8, borderaxespad=0.2)
     return _save(fig, path)
+
+
+def _interval_errors(rows: list) -> np.ndarray:
+    """2×n error bar lengths (below, above) from the cells' 95% intervals (0 where none)."""
+    below = [r.spc - r.spc_lo if not math.isnan(r.spc_lo) else 0.0 for r in rows]
+    above = [r.spc_hi - r.spc if not math.isnan(r.spc_hi) else 0.0 for r in rows]
+    return np.clip(np.array([below, above], dtype=float), 0.0, None)
 
 
 def _paper_weights(row: pd.Series) -> bool:
@@ -254,7 +261,7 @@ def spc_vs_level(g: pd.DataFrame, path: Path) -> Figure | None:
                          ([p for p in pts if p[0] == x_all], {"ls": "none"})):
             if part:
                 ax.errorbar([x for x, _ in part], [r.spc for _, r in part],
-                            yerr=[0 if math.isnan(r.spc_std) else r.spc_std for _, r in part],
+                            yerr=_interval_errors([r for _, r in part]),
                             color=col, marker="o", ms=3, lw=1, capsize=1, **kw)
         for part, kw in (([p for p in pts if p[0] != x_all], {"label": f"{label} (paper)"}),
                          ([p for p in pts if p[0] == x_all], {})):

@@ -6,6 +6,7 @@ paper's, and the failed or missing jobs listed under their table; rendered by to
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import pandas as pd
 
 from posinfo.analysis.cells import as_text, fmt, fmt_paper, is_missing, label_cells, sort_key
+from posinfo.analysis.intervals import BOOTSTRAP_RESAMPLES, UNSTABLE_SPC
 from posinfo.analysis.paper import PAPER, PAPER_TABLES, protocol_deviations
-from posinfo.names import STRIPES
+from posinfo.names import CONVERGED_REL_CHANGE, STRIPES
 
 _LABELS = {"target_label": "target"}
 
@@ -49,14 +51,24 @@ def _ours_cell(c: Any) -> tuple[str, str]:
     if c["n_ok"] == 0:
         word = "failed" if c["n_failed"] else "missing"
         return word, word
-    spc = fmt(c["spc"], c["spc_std"])
+    spc = fmt(c["spc"], _half(c, "spc"))
+    if c.get("unstable"):
+        spc += " unstable (" + "/".join(fmt(v) for v in c["seed_spcs"]) + ")"
     if c["n_nan"]:
         spc += f" (NaN {c['n_nan']}/{c['n_images']})"
-    mae = fmt(c["mae"], c["mae_std"])
+    mae = fmt(c["mae"], _half(c, "mae"))
+    if c.get("unconverged"):
+        spc += " †"
     lost = [f"+{c[k]} {k[2:]}" for k in ("n_failed", "n_missing") if c[k]]
     if lost:
         mae += " (" + ", ".join(lost) + ")"
     return spc, mae
+
+
+def _half(c: Any, m: str) -> float:
+    """Half the width of a cell's 95% interval (NaN: none)."""
+    lo, hi = c.get(f"{m}_lo"), c.get(f"{m}_hi")
+    return math.nan if is_missing(lo) or is_missing(hi) else (float(hi) - float(lo)) / 2
 
 
 def _title(name: str, tables: set[str]) -> str:
@@ -163,15 +175,33 @@ def _notes(g: pd.DataFrame, deviations: dict[str, int], ours_rows: list[tuple[Ro
     if (g.n_nan > 0).any():
         notes.append("NaN k/N: k of N test images got a constant prediction, whose SPC is undefined; the SPC "
                      "shown is the mean over the other images (– if none; the paper prints such cells as .0).")
-    reps = g.loc[g.n_ok > 0, "n_ok"]
-    if len(reps) and reps.max() > 1:
-        seeds = sorted({s for ss in g.seeds for s in ss}, key=sort_key)
-        span = f"{reps.max()}" if reps.min() == reps.max() else f"{reps.min()}–{reps.max()}"
-        notes.append(f"ours: mean ± std (ddof 1) over {span} runs per cell"
-                     + (f" (train.seed {', '.join(str(s) for s in seeds)})" if seeds else "") + ".")
+    notes += _interval_notes(g)
     if deviations:
         notes += _deviation_notes(deviations, ours_rows)
     return notes + _stripe_notes(g)
+
+
+def _interval_notes(g: pd.DataFrame) -> list[str]:
+    """What the ± of 'ours' means in this table: seeds (t) or test images (bootstrap), and unstable cells."""
+    notes = []
+    reps = g.loc[g.ci == "seeds", "n_ok"]
+    if len(reps):
+        seeds = sorted({s for ss in g.seeds for s in ss}, key=sort_key)
+        span = f"{reps.max()}" if reps.min() == reps.max() else f"{reps.min()}–{reps.max()}"
+        notes.append(f"ours: mean ± half the width of its 95% confidence interval, t over {span} runs per cell"
+                     + (f" (train.seed {', '.join(str(s) for s in seeds)})" if seeds else "") + ".")
+    if (g.ci == "images").any():
+        notes.append(f"{'Cells of one run' if len(reps) else 'ours (one run per cell)'}: ± half the width of a 95% "
+                     f"bootstrap interval over the test images ({BOOTSTRAP_RESAMPLES} resamples): how well the test set "
+                     "pins the number down, not how much it varies with training; run train.seed=0,1,2 for that.")
+    if (g.get("unconverged", pd.Series(dtype=float)).fillna(0) > 0).any():
+        notes.append(f"†: training had not converged in at least one run of the cell: its loss still fell by more than "
+                     f"{CONVERGED_REL_CHANGE:.0%} over the last tenth of its steps (docs/method.md, \"Training outcome\"); "
+                     "train.steps=paper gives the paper's 4950 steps whatever the number of images.")
+    if g.unstable.fillna(False).astype(bool).any():
+        notes.append(f"unstable: the seeds' SPCs span more than {UNSTABLE_SPC:g}; each seed's SPC in brackets. "
+                     "One number does not describe such a cell.")
+    return notes
 
 
 def _deviation_notes(deviations: dict[str, int], ours_rows: list[tuple[Row, list[int]]]) -> list[str]:
