@@ -88,12 +88,12 @@ def test_preset_sweeps_land_in_deterministic_folders():
 @pytest.mark.parametrize(
     "preset, task, n",
     [
-        ("table4", [], 15),
-        ("table4", ["target=hor"], 5),  # a command-line value replaces the preset's axis
-        ("table4", ["+experiment/table4=posenet_pad0,vgg16_pad", "target=hor,gau"], 4),
-        ("quickstart", ["readout.padding=0,1", "train.epochs=1,2"], 8),  # and adds new axes
-        ("table1", ["train.epochs=1"], 15),
-        ("table2a", ["backbone=resnet18"], 9),
+        ("table4", [], 45),
+        ("table4", ["target=hor"], 15),  # a command-line value replaces the preset's axis
+        ("table4", ["+experiment/table4=posenet_pad0,vgg16_pad", "target=hor,gau"], 12),
+        ("quickstart", ["readout.padding=0,1", "train.epochs=1,2"], 24),  # and adds new axes
+        ("table1", ["train.epochs=1"], 45),
+        ("table2a", ["backbone=resnet18"], 27),
     ],
 )
 def test_expected_job_count_matches_the_basic_sweeper(preset, task, n):
