@@ -21,10 +21,18 @@ RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 BACKBONES = ("posenet", "vgg16", *RESNETS)
 PADDINGS = ("zeros", "none", "reflect", "replicate", "circular")
 
-INPUT_KINDS = ("natural", "black", "white", "noise")
+INPUT_KINDS = ("natural", "black", "white", "noise", "shuffled", "rotated")
 SYNTHETIC_KINDS = ("black", "white", "noise")
+# Controls: the test images rearranged, so position carried by the image layout (content)
+# is told apart from position carried by the network (padding).
+CONTROL_KINDS = ("shuffled", "rotated")
+DEFAULT_TILES = 4  # shuffled: each test image cut into DEFAULT_TILES × DEFAULT_TILES tiles
 
-DATA_SOURCES = ("embedded", "folder")
+DATA_SOURCES = ("embedded", "folder", "photos")
+
+# Training budgets and the convergence rule (posinfo.train; docs/method.md, "Training outcome").
+PAPER_STEPS = 4950  # the paper's protocol: ceil(10,553 / 32) = 330 batches × 15 epochs
+CONVERGED_REL_CHANGE = 0.02  # converged: the loss fell by at most this over the last tenth of the steps
 NORMALIZATIONS = ("none", "imagenet")
 CACHE_DTYPES = ("float16", "float32")
 

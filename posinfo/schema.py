@@ -13,7 +13,9 @@ Torch-free: the launching process checks a sweep without importing torch.
 from __future__ import annotations
 
 import difflib
+import json
 import math
+from dataclasses import MISSING as MISSING_FACTORY
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional
@@ -22,7 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from posinfo.errors import PosinfoError
 from posinfo.names import (BACKBONES, CACHE_DTYPES, DATA_SOURCES, INPUT_KINDS, NORMALIZATIONS, PADDINGS,
-                           TARGET_RANGES, TARGETS, default_cache_dir)
+                           DEFAULT_TILES, TARGET_RANGES, TARGETS, default_cache_dir)
 
 # ----------------------------------------------------------------------------- rules
 
@@ -68,6 +70,8 @@ def list_of(rule: Rule, words: str, nonempty: bool = False) -> Rule:
     return Rule(f"a {'non-empty ' if nonempty else ''}list of {words}", ok)
 
 
+STEPS = Rule("null (the epochs as given), an integer ≥ 1, or paper (4950 steps)",
+             lambda v: v is None or v == "paper" or (_is_int(v) and v >= 1) or (isinstance(v, str) and v.isdigit() and int(v) >= 1))
 BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
 TEXT = Rule("a non-empty string", lambda v: isinstance(v, str) and v.strip() != "")
 OPTIONAL_TEXT = Rule("a string or null", lambda v: v is None or isinstance(v, str))
@@ -90,6 +94,7 @@ class BackboneConfig:
     weights: str = _f("imagenet", Rule("imagenet, random, none (posenet) or a path to a state-dict file", lambda v: isinstance(v, str) and v != ""))
     padding: str = _f("zeros", one_of(PADDINGS))
     taps: Optional[List[int]] = _f(None, optional(list_of(integer(0), "level indices (integers ≥ 0)", nonempty=True), "all levels"))
+    init: str = _f("torchvision", one_of(("torchvision", "pytorch")))
 
 
 @dataclass
@@ -104,6 +109,7 @@ class InputConfig:
     kinds: List[str] = _f(("natural",), list_of(one_of(INPUT_KINDS), f"input kinds ({', '.join(INPUT_KINDS)})", nonempty=True), factory=True)
     file: Optional[str] = _f(None, OPTIONAL_TEXT)
     noise_seed: int = _f(0, integer(0))
+    tiles: int = _f(DEFAULT_TILES, integer(1))
 
 
 @dataclass
@@ -112,6 +118,7 @@ class ReadoutConfig:
     depth: int = _f(1, integer(1))
     padding: int = _f(0, integer(0))
     feature_size: int = _f(28, integer(1))
+    standardize: str = _f("none", one_of(("none", "channel")))
 
 
 @dataclass
@@ -137,6 +144,7 @@ class TrainConfig:
     lr_milestones: List[int] = _f((10,), list_of(integer(1), "epochs (integers ≥ 1)"), factory=True)
     lr_gamma: float = _f(0.1, number(0, strict=True))
     seed: int = _f(0, integer(0))
+    steps: Optional[str] = _f(None, STEPS)
 
 
 @dataclass
@@ -171,6 +179,30 @@ def register() -> None:
     for group, node in GROUPS.items():
         cs.store(group=group, name=f"base_{group}", node=node)
     OmegaConf.register_new_resolver("posinfo.cache_dir", lambda: str(default_cache_dir()), replace=True)
+
+
+def defaults() -> dict[str, Any]:
+    """Every typed key with a default, and that default (lists as lists)."""
+    out = {}
+    for g, cls in GROUPS.items():
+        for f in fields(cls):
+            if f.default_factory is not MISSING_FACTORY:
+                out[f"{g}.{f.name}"] = f.default_factory()
+            elif f.default is not MISSING:
+                out[f"{g}.{f.name}"] = f.default
+    return out
+
+
+def with_defaults(config: dict) -> dict:
+    """``config`` (a resolved config, e.g. from an older result.json) with every typed key it
+    lacks set to its default: a result written before an option existed reads as having used
+    the option's default, which is what it did."""
+    out = json.loads(json.dumps(config, default=str))
+    for key, value in defaults().items():
+        group, name = key.split(".", 1)
+        if isinstance(out.get(group), dict) and name not in out[group]:
+            out[group][name] = value
+    return out
 
 
 def rules() -> dict[str, Rule]:

@@ -122,3 +122,39 @@ def test_summary_ignores_and_counts_nans():
     assert s.spc == pytest.approx(0.6) and s.n_nan == 1 and s.n_images == 3 and s.mae == pytest.approx(0.2)
     allnan = summarize([math.nan], [0.25])
     assert allnan.spc is None and allnan.n_nan == 1 and allnan.mae == 0.25
+
+
+def test_train_steps_gives_exactly_that_many_steps_with_the_milestones_scaled():
+    import torch
+
+    from posinfo.train import fit
+
+    class Source:  # 10 items of 4×6×6 features, batches of 4: 3 batches an epoch
+        n = 10
+
+        def batches(self, order, batch_size):
+            for i in range(0, len(order), batch_size):
+                yield torch.ones(len(order[i:i + batch_size]), 4, 6, 6)
+
+    from posinfo.readout import build_readout
+
+    torch.manual_seed(0)
+    readout = build_readout(4, 3, 1, 0, 6)
+    hist = fit(readout, Source(), torch.rand(8, 8), epochs=15, batch_size=4, lr_milestones=(10,), steps=7,
+               progress=False)
+    assert sum(len(h["step_losses"]) for h in hist) == 7 and len(hist) == 3  # 3 + 3 + 1
+    # epoch 10 of 15 -> step round(10/15·7) = 5: the lr drops after 5 steps, so epoch 2 (steps 4-6)
+    # starts at 0.1 and epoch 3 (step 7) at 0.01
+    assert [h["lr"] for h in hist] == [0.1, 0.1, pytest.approx(0.01)]
+    assert sum(len(h["step_losses"]) for h in fit(build_readout(4, 3, 1, 0, 6), Source(), torch.rand(8, 8), epochs=2,
+                                                    batch_size=4, progress=False)) == 6  # no steps: whole epochs
+
+
+def test_training_outcome_rule():
+    from posinfo.train import outcome, resolve_steps
+
+    flat = outcome([1.0] * 50 + [0.5] * 50)
+    assert flat["converged"] and flat["final_loss"] == 0.5 and flat["rel_change_last20"] == 0.0 and flat["steps"] == 100
+    falling = outcome(list(np.linspace(1.0, 0.1, 100)))  # still falling 40% per tenth at the end
+    assert not falling["converged"] and falling["rel_change_last20"] > 0.3
+    assert resolve_steps("paper") == 4950 and resolve_steps(None) is None and resolve_steps("120") == 120

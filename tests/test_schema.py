@@ -70,3 +70,15 @@ def test_the_command_line_rejects_a_bad_value_before_hydra_composes(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip() == "posinfo: error: readout.kernel=2.5: must be an integer ≥ 1"
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_result_written_before_an_option_existed_is_still_done():
+    from posinfo.sweep.status import signature
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        new = OmegaConf.to_container(compose("config"), resolve=True)
+    old = {**new, "input": {k: v for k, v in new["input"].items() if k != "tiles"},
+           "train": {k: v for k, v in new["train"].items() if k != "steps"}}
+    assert signature(old) == signature(new)
+    changed = {**new, "input": {**new["input"], "tiles": 8}}
+    assert signature(changed) != signature(new)

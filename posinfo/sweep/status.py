@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from posinfo.io import jsonable, read_result, write_json
+from posinfo.schema import with_defaults
 from posinfo.sweep.outputs import failure_dir
 from posinfo.names import JOB_LOG, RESULT_FILE, RUN_CONTROL_KEYS, STATUS_FILE, SWEEP_ID_ENV, covered_by, utc_now
 
@@ -32,8 +33,10 @@ def _without(node: Any, prefix: str = "") -> Any:
 
 
 def signature(config: dict) -> dict:
-    """The part of a resolved config that determines a job's science (no run-control keys)."""
-    return _without(_plain(config))
+    """The part of a resolved config that determines a job's science: no run-control keys, and
+    every typed key present (a result written before an option existed has its default), so
+    that adding an option does not make every finished job "changed"."""
+    return _without(with_defaults(_plain(config)))
 
 
 def is_done(job_dir: Path, config: dict) -> tuple[bool, str]:
