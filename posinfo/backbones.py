@@ -261,6 +261,19 @@ def _check_fits(model: nn.Module, sd: dict, used_prefixes: tuple[str, ...], sour
         )
 
 
+INITS = ("torchvision", "pytorch")
+
+
+def _init_pytorch(body: nn.Module) -> None:
+    """PyTorch's default layer initialisation (each layer's ``reset_parameters``: Kaiming
+    uniform with a=√5 and non-zero uniform biases for convs; BatchNorm 1/0 with fresh
+    statistics), in module order: the "random" backbone of the authors' code without
+    --pretrain, which never applies torchvision's rules."""
+    for m in body.modules():
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
+            m.reset_parameters()
+
+
 def _init_random(body: nn.Module) -> None:
     """torchvision's own initialisation rules for VGG and ResNet, applied to the tapped layers.
 
@@ -284,6 +297,18 @@ def overflows_float16(name: str, weights: str) -> bool:
     return (name, str(weights)) in _FLOAT16_OVERFLOW
 
 
+def _weights_source(name: str, weights: str, model: nn.Module, used: tuple[str, ...]) -> tuple[str, dict | None]:
+    """What the weights are called in messages, and a weights file's checked state dict."""
+    if weights == "imagenet":
+        return f"imagenet ({torchvision.models.get_model_weights(name).IMAGENET1K_V1})", None
+    if weights == "random":
+        log.warning("backbone %s uses random weights (a control, not the paper's ImageNet weights)", name)
+        return "random", None
+    file_sd = _file_state_dict(weights)
+    _check_fits(model, file_sd, used, weights, name)
+    return weights, file_sd
+
+
 def build_encoder(
     name: str,
     weights: str = "imagenet",
@@ -291,6 +316,7 @@ def build_encoder(
     taps: list[int] | None = None,
     normalize: str = "none",
     lazy: bool = False,
+    init: str = "torchvision",
 ) -> Encoder:
     """Build the frozen encoder ``name`` with ``weights`` (imagenet | random | file path).
 
@@ -301,6 +327,8 @@ def build_encoder(
     """
     if name not in NAMES:
         raise PosinfoError(f"unknown backbone '{name}': choose one of {', '.join(NAMES)}")
+    if init not in INITS:
+        raise PosinfoError(f"unknown backbone.init '{init}': choose one of {', '.join(INITS)}")
     levels = _levels(name, taps)
     if name == "posenet":
         if padding != "zeros":
@@ -316,15 +344,7 @@ def build_encoder(
     table = _VGG16_NODES if name == "vgg16" else _RESNET_NODES
     nodes = {f"f{lv}": table[lv] for lv in levels}
     used = ("features.",) if name == "vgg16" else ("conv1.", "bn1.", "layer")
-    if weights == "imagenet":
-        source = f"imagenet ({torchvision.models.get_model_weights(name).IMAGENET1K_V1})"
-        file_sd = None
-    elif weights == "random":
-        source, file_sd = "random", None
-        log.warning("backbone %s uses random weights (a control, not the paper's ImageNet weights)", name)
-    else:
-        source, file_sd = weights, _file_state_dict(weights)
-        _check_fits(model, file_sd, used, source, name)
+    source, file_sd = _weights_source(name, weights, model, used)
     _set_padding(model, padding)
     body = create_feature_extractor(model, return_nodes={node: tap for tap, node in nodes.items()})
     rng_state = torch.get_rng_state()  # random weights: the state at build time, lazy or not
@@ -338,7 +358,7 @@ def build_encoder(
         if sd is None:  # random
             with torch.random.fork_rng(devices=[]):
                 torch.set_rng_state(rng_state)
-                _init_random(body)
+                (_init_pytorch if init == "pytorch" else _init_random)(body)
         else:
             body.load_state_dict({k: sd[k] for k in body.state_dict()}, strict=True)
 

@@ -354,3 +354,103 @@ class SyntheticImages(torch.utils.data.Dataset):
         for img in self._images:
             h.update(img.numpy().tobytes())
         return {"kind": "synthetic", "inputs": self.names, "size": self.size, "pixels_sha256": h.hexdigest()}
+
+
+class ControlImages(torch.utils.data.Dataset):
+    """A control built from the test images: ``shuffled`` cuts each into ``tiles`` × ``tiles``
+    tiles and permutes them (a fixed permutation per image, from ``seed`` and its index):
+    the global layout is destroyed, local statistics kept. ``rotated`` turns each by 180°:
+    content cues for hor, ver and the stripes are reversed, padding cues are not. Either
+    way the pixels are a permutation of the natural image's.
+    """
+
+    def __init__(self, base: torch.utils.data.Dataset, kind: str, tiles: int = 4, seed: int = 0) -> None:
+        if kind not in ("shuffled", "rotated"):
+            raise PosinfoError(f"control input {kind!r} is unknown: use shuffled or rotated")
+        size = int(base.size)
+        if kind == "shuffled" and (tiles < 1 or size % tiles):
+            raise PosinfoError(f"input.tiles={tiles} does not divide data.image_size={size}: use a divisor of {size}")
+        self.base, self.kind, self.tiles, self.seed = base, kind, int(tiles), int(seed)
+        self.size, self.n = size, len(base)
+        self.names = [f"{kind}_{name}" for name in base.names]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i) -> torch.Tensor:
+        img = self.base[int(i)]
+        if self.kind == "rotated":
+            return torch.flip(img, dims=(1, 2))
+        t, s = self.tiles, self.size // self.tiles
+        blocks = img.reshape(3, t, s, t, s).permute(1, 3, 0, 2, 4).reshape(t * t, 3, s, s)
+        order = np.random.default_rng([self.seed, int(i)]).permutation(t * t)
+        return blocks[order].reshape(t, t, 3, s, s).permute(2, 0, 3, 1, 4).reshape(3, self.size, self.size)
+
+    def identity(self) -> dict:
+        out = {"kind": self.kind, "base": self.base.identity()}
+        return {**out, "tiles": self.tiles, "seed": self.seed} if self.kind == "shuffled" else out
+
+
+# --------------------------------------------------------------------------
+# real photographs, offline: random crops of scikit-image's sample photographs
+# --------------------------------------------------------------------------
+
+# Natural photographs shipped inside the scikit-image wheel (no download). Train and test
+# come from disjoint photographs; the stereo pair motorcycle_left/right stays in one split.
+PHOTOS_TRAIN = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coins.png", "grass.png",
+                "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png",
+                "motorcycle_right.png", "page.png")
+PHOTOS_TEST = ("coffee.png", "retina.jpg", "rocket.jpg", "clock_motion.png")
+PHOTOS_DEFAULT_N = {"train": 240, "test": 60}
+_CROP_SIDE = (0.5, 0.9)  # crop side as a fraction of the photograph's shorter side
+
+
+def _photo_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise PosinfoError("data=photos needs scikit-image's sample photographs: pip install scikit-image")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+class PhotoCrops(torch.utils.data.Dataset):
+    """Random square crops of real photographs (scikit-image's samples), deterministic: crop i
+    of a split is taken from photograph i mod (number of photographs) at a position and size
+    drawn from (seed, split, i), between 0.5 and 0.9 of its shorter side, then resized to
+    size×size. Photographs keep their natural orientation: their layout may carry position
+    (a sky at the top), which the controls (input=controls) measure."""
+
+    def __init__(self, split: str, n: int | None = None, size: int = 224, seed: int = 0) -> None:
+        if split not in _SPLIT_IDS:
+            raise PosinfoError(f"photos split {split!r} is unknown: use 'train' or 'test'")
+        self.split, self.size, self.seed = split, _check_size(size), int(seed)
+        self.n = _check_n(n, f"data.num_{split}") or PHOTOS_DEFAULT_N[split]
+        self.photos = PHOTOS_TRAIN if split == "train" else PHOTOS_TEST
+        folder = _photo_dir()
+        missing = [p for p in self.photos if not (folder / p).is_file()]
+        if missing:
+            raise PosinfoError(f"scikit-image's sample photographs {missing} are missing in {folder}: "
+                               "pip install --force-reinstall scikit-image")
+        self.folder = folder
+        self.names = [f"{split}_{i:04d}_{self.photos[i % len(self.photos)].split('.')[0]}" for i in range(self.n)]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i) -> torch.Tensor:
+        i = int(i)
+        with Image.open(self.folder / self.photos[i % len(self.photos)]) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SPLIT_IDS[self.split], 7, i]))
+            side = rng.uniform(*_CROP_SIDE) * min(w, h)
+            x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
+            crop = im.resize((self.size, self.size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + side, y0 + side))
+            return _to_tensor(np.asarray(crop))
+
+    def identity(self) -> dict:
+        from importlib.metadata import version
+
+        return {"kind": "photos", "split": self.split, "n": self.n, "size": self.size, "seed": self.seed,
+                "photos": list(self.photos), "crop_side": list(_CROP_SIDE), "scikit-image": version("scikit-image")}

@@ -25,17 +25,17 @@ from omegaconf import DictConfig, OmegaConf
 import posinfo
 from posinfo import cache, quicklook, targets
 from posinfo.backbones import build_encoder, overflows_float16
-from posinfo.data import EmbeddedImages, FolderImages, SyntheticImages
+from posinfo.data import ControlImages, EmbeddedImages, FolderImages, PhotoCrops, SyntheticImages
 from posinfo.errors import PosinfoError
 from posinfo.features import FeatureExtractor, FeatureSource
 from posinfo.io import atomic_path, user_path, write_json
 from posinfo.metrics import Scorer, summarize
-from posinfo.names import (INPUT_KINDS, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG, READOUT_FILE,
-                           RESULT_FILE, TRAIN_LOG, utc_now)
-from posinfo.readout import build_readout, output_size
+from posinfo.names import (DEFAULT_TILES, INPUT_KINDS, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
+                           READOUT_FILE, RESULT_FILE, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
+from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.schema import check_config
 from posinfo.sources import CacheSettings, ReadoutStore, open_features
-from posinfo.train import fit, predict
+from posinfo.train import fit, outcome, predict, resolve_steps
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,14 @@ def make_dataset(data: DictConfig, split: str):
     size = int(data.image_size)
     if data.name == "embedded":
         return EmbeddedImages(split, n=n, size=size)
+    if data.name == "photos":
+        return PhotoCrops(split, n=n, size=size)
     if data.name == "folder":
         root = data.train_dir if split == "train" else data.test_dir
         if root in (None, "", "???"):
             raise PosinfoError(f"data=folder needs data.{split}_dir: set data.{split}_dir=/path/to/images")
         return FolderImages(root, n=n, size=size, identity_by=str(data.get("identity", "content")))
-    raise PosinfoError(f"unknown data '{data.name}': use data=embedded or data=folder")
+    raise PosinfoError(f"unknown data '{data.name}': use data=embedded, data=photos or data=folder")
 
 
 def cache_settings(cache_cfg: DictConfig) -> CacheSettings:
@@ -100,8 +102,9 @@ def _weights_identity(backbone: DictConfig, seed: int) -> str:
         import torchvision
 
         return str(torchvision.models.get_model_weights(backbone.name).IMAGENET1K_V1)
-    if w == "random":
-        return f"random(seed={seed})"
+    if w == "random":  # torchvision's rules keep the key they always had
+        init = str(backbone.get("init", "torchvision"))
+        return f"random(seed={seed})" if init == "torchvision" else f"random(seed={seed},init={init})"
     return f"file:{cache.file_digest(user_path(w))}"
 
 
@@ -110,7 +113,7 @@ def _validate_inputs(inp: DictConfig) -> list[str]:
     bad = [k for k in kinds if k not in INPUT_KINDS]
     if bad or not kinds:
         raise PosinfoError(f"unknown input kind(s) {bad or kinds}: choose from {', '.join(INPUT_KINDS)} (or input=all)")
-    if inp.get("file") and len([k for k in kinds if k != "natural"]) != 1:
+    if inp.get("file") and len([k for k in kinds if k in SYNTHETIC_KINDS]) != 1:
         raise PosinfoError(
             f"input.file={inp.file} needs exactly one synthetic input to replace: use input=noise (or black/white) with it"
         )
@@ -205,9 +208,8 @@ class Sources:
     """The feature sources of one job and what identifies them."""
 
     train: FeatureSource | None
-    test: FeatureSource | None
+    tests: dict[str, tuple[FeatureSource, Any]]  # natural and the controls: (source, image set)
     synth: FeatureSource | None
-    test_ds: Any
     synth_ds: Any
     channels: int
     key_fields: dict
@@ -256,6 +258,9 @@ def _validate(cfg: DictConfig, result: dict) -> Plan:
         weight_decay=float(tr.weight_decay), lr_milestones=tuple(int(m) for m in tr.lr_milestones),
         lr_gamma=float(tr.get("lr_gamma", 0.1)), seed=int(tr.seed),
     )
+    steps = resolve_steps(tr.get("steps"))
+    if steps is not None:  # only then: readouts stored before train.steps keep their keys
+        train_kwargs["steps"] = steps
     return Plan(device, kinds, target, int(tr.seed), size, fs, train_kwargs)
 
 
@@ -264,7 +269,8 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
     torch.manual_seed(plan.seed)
     np.random.seed(plan.seed)
     # Lazy: the weights are loaded (or drawn) only if some features are not in the cache.
-    encoder = build_encoder(bb.name, str(bb.weights), str(bb.padding), bb.taps, str(data.normalize), lazy=True)
+    encoder = build_encoder(bb.name, str(bb.weights), str(bb.padding), bb.taps, str(data.normalize), lazy=True,
+                            init=str(bb.get("init", "torchvision")))
     extractor = FeatureExtractor(encoder, plan.feature_size, plan.device)
     taps = encoder.describe(plan.size)
     c = sum(t.channels for t in taps)
@@ -279,11 +285,14 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
                   "normalize": str(data.normalize)}
     num_workers = resolve_num_workers(data.get("num_workers", "auto"), plan.device)
     train_ds = make_dataset(data, "train")
-    test_ds = make_dataset(data, "test") if "natural" in plan.kinds else None
+    test_ds = make_dataset(data, "test") if any(k not in SYNTHETIC_KINDS for k in plan.kinds) else None
     counts = {split: ds.counts for split, ds in (("train", train_ds), ("test", test_ds)) if hasattr(ds, "counts")}
     if counts:  # folder data: images read, unreadable ones skipped, files of other types ignored
         result["images"] = counts
-    synth_kinds = [k for k in plan.kinds if k != "natural"]
+    tiles, seed = int(cfg.input.get("tiles", DEFAULT_TILES)), int(cfg.input.get("noise_seed", 0))
+    test_sets = {k: test_ds if k == "natural" else ControlImages(test_ds, k, tiles=tiles, seed=seed)
+                 for k in plan.kinds if k not in SYNTHETIC_KINDS}
+    synth_kinds = [k for k in plan.kinds if k in SYNTHETIC_KINDS]
     synth_ds = (SyntheticImages(synth_kinds, plan.size, seed=int(cfg.input.get("noise_seed", 0)), file=cfg.input.get("file"))
                 if synth_kinds else None)
     settings = cache_settings(cfg.cache)
@@ -295,9 +304,10 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
     def source(name, ds, workers):
         return None if ds is None else open_features(name, ds, extractor, c, key_fields, settings, workers, progress)
 
-    return Sources(source("train", train_ds, num_workers), source("test", test_ds, num_workers),
+    tests = {k: (source(k, ds, num_workers), ds) for k, ds in test_sets.items()}
+    return Sources(source("train", train_ds, num_workers), tests,
                    source("synthetic", synth_ds, 0),  # a few images already in memory: no workers
-                   test_ds, synth_ds, c, key_fields, train_ds.identity(), settings, synth_kinds)
+                   synth_ds, c, key_fields, train_ds.identity(), settings, synth_kinds)
 
 
 def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, result: dict,
@@ -305,8 +315,11 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
     """Train f_pem (seeded), or reuse the one trained for this very configuration."""
     ro = cfg.readout
     torch.manual_seed(plan.seed)
-    readout = build_readout(sources.channels, int(ro.kernel), int(ro.depth), int(ro.padding),
-                            plan.feature_size).to(plan.device)
+    readout = build_readout(sources.channels, int(ro.kernel), int(ro.depth), int(ro.padding), plan.feature_size)
+    standardize = str(ro.get("standardize", "none")) == "channel"
+    if standardize:  # its statistics come from the training features (or from the store)
+        readout = torch.nn.Sequential(Standardize(sources.channels), readout)
+    readout = readout.to(plan.device)
     settings = sources.settings
     # A job that differs only in its evaluation input reuses the trained readout.
     store = ReadoutStore.for_training(sources.train, settings, {
@@ -321,12 +334,16 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
         with open(log_path, "w") as fh:
             fh.writelines(json.dumps(h) + "\n" for h in history)
     else:
+        if standardize:
+            readout[0].fit(sources.train.batches(np.arange(sources.train.n), plan.train_kwargs["batch_size"]))
         history = fit(readout, sources.train, plan.target.to(plan.device), log_path=log_path, progress=progress,
                       **plan.train_kwargs)
         if store is not None:
             store.save(readout, history)
     readout.eval()
     result["train_loss"] = history[-1]["loss"]
+    step_losses = [v for h in history for v in h.get("step_losses", [])]
+    result["training"] = outcome(step_losses) if step_losses else None  # None: reused from before steps were logged
     with atomic_path(job_dir / READOUT_FILE) as tmp:
         torch.save(readout.state_dict(), tmp)
     return readout
@@ -343,9 +360,10 @@ def _evaluate(readout: torch.nn.Module, plan: Plan, sources: Sources, result: di
     bs = _prediction_batch_size(plan.device)
     synth_preds = _predict_all(readout, sources.synth, plan.size, bs) if sources.synth else None
     for kind in plan.kinds:
-        if kind == "natural":
-            preds, names = _predict_all(readout, sources.test, plan.size, bs), list(sources.test_ds.names)
-            images = [sources.test_ds[i] for i in range(min(N_FIGURE_IMAGES, len(sources.test_ds)))]
+        if kind in sources.tests:
+            src, ds = sources.tests[kind]
+            preds, names = _predict_all(readout, src, plan.size, bs), list(ds.names)
+            images = [ds[i] for i in range(min(N_FIGURE_IMAGES, len(ds)))]
         else:
             j = sources.synth_kinds.index(kind)
             preds, names, images = synth_preds[j : j + 1], [kind], [sources.synth_ds[j]]
@@ -358,8 +376,8 @@ def _evaluate(readout: torch.nn.Module, plan: Plan, sources: Sources, result: di
                  summary.n_nan, result["floor_mae"])
         arrays[f"{kind}_images"] = np.stack([quicklook.to_uint8(im) for im in images])
         arrays[f"{kind}_pred"] = preds[: len(images)].astype(np.float32)
-        panels += [(kind if kind != "natural" else names[i].replace("test_", "#"), arrays[f"{kind}_images"][i], preds[i])
-                   for i in range(len(images))]
+        panels += [(kind if kind in SYNTHETIC_KINDS else names[i].replace("test_", "#"), arrays[f"{kind}_images"][i],
+                    preds[i]) for i in range(len(images))]
     result["metrics"] = metrics
     return rows, arrays, panels
 

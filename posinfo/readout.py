@@ -113,6 +113,35 @@ class Readout(nn.Sequential):
                 nn.init.zeros_(m.bias)
 
 
+class Standardize(nn.Module):
+    """Each feature channel standardised with its mean and std over the training set
+    (``readout.standardize=channel``): the statistics are buffers, so they are stored and
+    reused with the readout."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, channels, 1, 1))
+
+    @torch.no_grad()
+    def fit(self, batches) -> "Standardize":
+        """Set the statistics from feature batches (B×C×H×W), accumulated in float64."""
+        n, s1, s2 = 0, 0.0, 0.0
+        for x in batches:
+            x = x.double()
+            n += x.shape[0] * x.shape[2] * x.shape[3]
+            s1 = s1 + x.sum(dim=(0, 2, 3))
+            s2 = s2 + (x * x).sum(dim=(0, 2, 3))
+        mean = s1 / n
+        std = (s2 / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)  # a dead channel stays finite
+        self.mean.copy_(mean.view_as(self.mean))
+        self.std.copy_(std.view_as(self.std))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 def build_readout(in_channels: int, kernel: int = 3, depth: int = 1, padding: int = 0, in_size: int = 28) -> Readout:
     validate(in_size, kernel, depth, padding)
     return Readout(in_channels, kernel, depth, padding)

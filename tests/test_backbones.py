@@ -170,3 +170,22 @@ def test_random_weights_follow_torchvisions_init_and_the_seed(name):
     bns = [k for k in a.state_dict() if k.endswith("running_var")]
     assert all(torch.all(a.state_dict()[k] == 1) for k in bns)
     assert not any(p.is_meta for p in a.parameters())
+
+
+def test_init_pytorch_is_pytorchs_default_initialisation_not_torchvisions():
+    torch.manual_seed(0)
+    tv = build_encoder("vgg16", "random")
+    torch.manual_seed(0)
+    pt = build_encoder("vgg16", "random", init="pytorch")
+    tv_sd, pt_sd = tv.state_dict(), pt.state_dict()
+    last = next(k for k in reversed(list(pt_sd)) if k.endswith("weight"))  # conv5_3
+    bias = last.replace("weight", "bias")
+    assert torch.count_nonzero(tv_sd[bias]) == 0 and torch.count_nonzero(pt_sd[bias]) > 0  # non-zero biases
+    ratio = (tv_sd[last].std() / pt_sd[last].std()).item()
+    assert 2.2 < ratio < 2.6, ratio  # conv5_3's spread 2.4× smaller than torchvision's Kaiming normal
+    torch.manual_seed(0)
+    again = build_encoder("vgg16", "random", init="pytorch", lazy=True)
+    torch.rand(10)  # the weights come from the RNG state at build time, lazy or not
+    assert all(torch.equal(a, b) for a, b in zip(again.materialize().state_dict().values(), pt_sd.values()))
+    with pytest.raises(PosinfoError, match="unknown backbone.init 'kaiming'"):
+        build_encoder("vgg16", "random", init="kaiming")

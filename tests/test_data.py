@@ -372,3 +372,52 @@ def test_folder_identity_tracks_file_changes(tmp_path):
     _save(tmp_path / "b.png", w=60, h=50, seed=3)
     os.utime(tmp_path / "b.png", ns=(st.st_atime_ns, st.st_mtime_ns))
     assert ds.identity() != ident2
+
+
+@pytest.mark.parametrize("kind", ["shuffled", "rotated"])
+def test_controls_are_exact_permutations_of_the_natural_pixels(kind):
+    from posinfo.data import ControlImages
+
+    base = EmbeddedImages("test", n=3, size=32)
+    ctl = ControlImages(base, kind, tiles=4, seed=0)
+    assert len(ctl) == 3 and ctl.names[0] == f"{kind}_{base.names[0]}"
+    for i in range(3):
+        a, b = base[i], ctl[i]
+        assert not torch.equal(a, b)
+        assert torch.equal(a.flatten(1).sort(dim=1).values, b.flatten(1).sort(dim=1).values)  # same pixels, per channel
+    if kind == "rotated":
+        assert torch.equal(ctl[0][:, 0, 0], base[0][:, -1, -1])
+    else:
+        # every 8×8 tile of the shuffled image is a tile of the natural one, each used once
+        tiles = lambda x: [x[:, r:r + 8, c:c + 8] for r in range(0, 32, 8) for c in range(0, 32, 8)]
+        src = tiles(base[0])
+        used = [next(j for j, t in enumerate(src) if torch.equal(t, u)) for u in tiles(ctl[0])]
+        assert sorted(used) == list(range(16)) and used != list(range(16))
+        assert torch.equal(ctl[0], ControlImages(base, kind, tiles=4, seed=0)[0])  # fixed permutation
+        assert ctl.identity() != ControlImages(base, kind, tiles=2, seed=0).identity()
+    with pytest.raises(PosinfoError, match="input.tiles=5 does not divide data.image_size=32"):
+        ControlImages(base, "shuffled", tiles=5)
+
+
+def test_photos_are_deterministic_crops_of_disjoint_photographs():
+    from posinfo.data import PHOTOS_TEST, PHOTOS_TRAIN, PhotoCrops
+
+    assert not set(PHOTOS_TRAIN) & set(PHOTOS_TEST)
+    a, b = PhotoCrops("train", n=16, size=32), PhotoCrops("train", n=16, size=32)
+    assert all(torch.equal(a[i], b[i]) for i in range(16))  # deterministic
+    assert a.names[14].endswith("astronaut") and not torch.equal(a[0], a[14])  # a new crop of the same photo
+    test = PhotoCrops("test", size=32)
+    assert len(test) == 60 and len(PhotoCrops("train", size=32)) == 240  # the documented defaults
+    assert {n.split("_", 2)[2] for n in test.names} == {p.split(".")[0] for p in PHOTOS_TEST}
+    x = a[0]
+    assert x.shape == (3, 32, 32) and 0 <= float(x.min()) and float(x.max()) <= 1 and float(x.std()) > 0.01
+    assert a.identity() != PhotoCrops("train", n=16, size=32, seed=1).identity()
+
+
+def test_a_job_on_photos_with_the_controls(make_cfg, tmp_path):
+    from posinfo.job import run
+
+    res = run(make_cfg("data=photos", "backbone=posenet", "readout.padding=1", "input=controls"), tmp_path / "j",
+              progress=False)
+    assert res["status"] == "ok" and set(res["metrics"]) == {"natural", "shuffled", "rotated"}
+    assert res["metrics"]["natural"]["n_images"] == 4

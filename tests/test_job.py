@@ -138,12 +138,15 @@ def test_job_differing_only_in_input_reuses_the_trained_readout(make_cfg, tmp_pa
 def test_posenet_without_padding_has_no_position_information(make_cfg, tmp_path):
     # The control the paper rests on: no padding, no encoder -> translation equivariant.
     cfg = make_cfg(
-        "backbone=posenet", "target=hor", "input=natural", "data.num_train=96", "data.num_test=24",
+        "backbone=posenet", "target=hor", "input=controls", "data.num_train=96", "data.num_test=24",
         "train.epochs=6", "train.batch_size=16",
     )
     res = run(cfg, tmp_path / "job")
-    m = res["metrics"]["natural"]
-    assert abs(m["mae"] - res["floor_mae"]) < 0.01 and abs(m["spc"]) < 0.1, m
+    assert set(res["metrics"]) == {"natural", "shuffled", "rotated"}
+    for kind, m in res["metrics"].items():  # at the floor on every control too
+        assert abs(m["mae"] - res["floor_mae"]) < 0.01 and abs(m["spc"]) < 0.1, (kind, m)
+    per_image = pd.read_csv(tmp_path / "job" / "per_image.csv")
+    assert per_image.groupby("input").size().to_dict() == {"natural": 24, "rotated": 24, "shuffled": 24}
 
 
 def test_input_file_replaces_the_synthetic_image(make_cfg, tmp_path):
@@ -218,3 +221,20 @@ def test_features_beyond_float16_that_were_not_predicted_fail_with_a_fix():
     _check_float16_range(np.full(3, 6e4, np.float32), "m")
     with pytest.raises(Exception, match="beyond float16's range.*cache.dtype=float32"):
         _check_float16_range(np.array([1.0, 7e4], np.float32), "m")
+
+
+def test_readout_standardize_channel_stores_the_training_statistics_with_the_readout(make_cfg, tmp_path):
+    from posinfo import cache as cache_mod
+
+    cfg = make_cfg("backbone=vgg16", "backbone.weights=random", "input=natural", "readout.standardize=channel")
+    res = run(cfg, tmp_path / "job", progress=False)
+    assert res["status"] == "ok"
+    sd = torch.load(tmp_path / "job" / "readout.pt", weights_only=True)
+    (entry,) = [e for e in cache_mod.list_entries(tmp_path / "cache") if e.meta["fields"]["images"]["split"] == "train"]
+    feats = np.load(entry.path).astype(np.float64)  # N×H×W×C, as cached
+    np.testing.assert_allclose(sd["0.mean"].flatten().numpy(), feats.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sd["0.std"].flatten().numpy(), np.maximum(feats.std(axis=(0, 1, 2)), 1e-6), rtol=1e-3)
+    again = run(cfg, tmp_path / "job2", progress=False)  # reused from the store, statistics included
+    assert again["readout_reused"] and again["metrics"] == res["metrics"]
+    plain = run(make_cfg("backbone=vgg16", "backbone.weights=random", "input=natural"), tmp_path / "job3", progress=False)
+    assert not plain["readout_reused"] and plain["metrics"] != res["metrics"]
