@@ -25,7 +25,6 @@ COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
 FULL_WIDTH = 7.0  # inches: the text width
 FONT = 7  # pt: the size of a paper's caption text
 MAX_CONFIGS = 8  # prediction columns in one Figure-4 grid
-PAPER_LABEL = "paper (Islam et al. 2020)"
 MAX_LEGEND = 20  # configurations in one bar figure's legend
 
 
@@ -213,7 +212,7 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
         from matplotlib.lines import Line2D
 
         handles.append(Line2D([], [], ls="none", marker="_", ms=8, mew=1.2, color="k"))
-        labels.append(PAPER_LABEL + ", same configuration and weights")
+        labels.append("paper, same setup")  # Islam et al. 2020, same configuration and weights
     if handles:
         ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=ncol if legend else 1,
                   frameon=False, handlelength=1.2, columnspacing=0.8, borderaxespad=0.2)
