@@ -383,12 +383,11 @@ def _create(
     )
     t0 = time.perf_counter()
     try:
-        arr = np.lib.format.open_memmap(tmp_data, mode="w+", dtype=np.dtype(dtype), shape=shape)
-        try:
-            _reserve(tmp_data, cache_dir, key)
-        except BaseException:
-            del arr  # unmap now: the traceback must not keep the file (and its disk) busy
-            raise
+        # The header and the (sparse) size first, unmapped at once: a failed reservation must not
+        # leave a map that keeps the file, and its disk, busy.
+        np.lib.format.open_memmap(tmp_data, mode="w+", dtype=np.dtype(dtype), shape=shape).flush()
+        _reserve(tmp_data, cache_dir, key)
+        arr = np.lib.format.open_memmap(tmp_data, mode="r+")
         fill(arr)
         arr.flush()
         del arr

@@ -14,9 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from conftest import CONF, run_sweep
 from posinfo.grid import expand as expand_grid
-
-from conftest import CONF, ROOT, run_sweep
 
 PRESETS = ["quickstart", "table1", "table2a", "table2b", "table3", "table4", "table6"]
 WEIGHTS = ["saliency_weights=/w/sod.pt", "segmentation_weights=/w/ss.pt"]
