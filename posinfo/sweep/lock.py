@@ -72,7 +72,8 @@ class SweepLock:
         except Timeout:
             why = f"sweep folder {self.sweep_dir} is in use by {_owner_text(self.sweep_dir)}"
             if not wait:
-                raise PosinfoError(f"{why}: wait for it to finish, stop it, or add sweep.wait=true to wait") from None
+                raise PosinfoError(f"{why}: wait for it to finish, stop it, add sweep.wait=true to wait, or give "
+                                   "this sweep a folder of its own with name=TAG") from None
             print(f"posinfo: {why}; waiting (sweep.wait=true)", file=sys.stderr, flush=True)
             self.lock.acquire()
         said = False
