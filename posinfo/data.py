@@ -246,6 +246,7 @@ class FolderImages(torch.utils.data.Dataset):
         self.names: list[str] = names
         self.n = len(names)
         self.counts = {"read": self.n, "unreadable": bad, "ignored": ignored}
+        self._identity: tuple[tuple, dict] | None = None  # (the files' stats, the identity)
         logger.info("data folder '%s': %d images at %d px", self.root, self.n, self.size)
 
     def __len__(self) -> int:
@@ -255,7 +256,16 @@ class FolderImages(torch.utils.data.Dataset):
         return _load_resized(self.root / self.names[int(i)], self.size)
 
     def identity(self) -> dict:
-        """Root, size, n and each file's (relpath, content hash) or (relpath, byte size, mtime_ns)."""
+        """Root, size, n and each file's (relpath, content hash) or (relpath, byte size, mtime_ns).
+
+        Hashed again only when a file's stat changes: a job asks for it for the cache key, the
+        readout store and each control built on the set, and content hashing reads every file."""
+        stats = tuple((st.st_size, st.st_mtime_ns, st.st_ino) for st in (os.stat(self.root / r) for r in self.names))
+        if self._identity is None or self._identity[0] != stats:
+            self._identity = (stats, self._compute_identity())
+        return self._identity[1]
+
+    def _compute_identity(self) -> dict:
         files = []
         for rel in self.names:
             if self.identity_by == "content":

@@ -226,3 +226,20 @@ def test_a_warning_every_job_logs_is_shown_once_with_its_count(tmp_path):
     for job in sd.glob("*/job.log"):  # each job's own log keeps it
         assert "skipping unreadable image" in job.read_text()
     assert not (sd / ".posinfo_warnings").exists()
+
+
+def test_a_folders_content_identity_reads_each_file_once_per_image_set(tmp_path, monkeypatch):
+    import posinfo.data as data_mod
+    from posinfo.data import ControlImages
+
+    for i in range(3):
+        _png(tmp_path / f"{i}.png", 40 * i)
+    reads = []
+    real = data_mod._file_hash
+    monkeypatch.setattr(data_mod, "_file_hash", lambda p: (reads.append(p), real(p))[1])
+    ds = FolderImages(tmp_path, size=16)
+    first = ds.identity()
+    # the cache key, the readout store and two controls all ask for it
+    assert ds.identity() == first and ControlImages(ds, "rotated").identity()["base"] == first
+    assert ControlImages(ds, "shuffled", tiles=2).identity()["base"] == first
+    assert len(reads) == 3
