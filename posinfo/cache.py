@@ -60,7 +60,6 @@ KEY_LENGTH = 20
 DTYPES = ("float16", "float32")
 # Free disk space left untouched when deciding whether an entry fits.
 DISK_MARGIN_BYTES = 1_000_000_000
-ENV_VAR = CACHE_DIR_ENV
 
 _DATA_SUFFIX = ".npy"
 _META_SUFFIX = ".json"
@@ -342,7 +341,7 @@ def _fits(cache_dir: Path, key: str, size: int, max_gb: float) -> bool:
     except OSError as e:
         raise PosinfoError(
             f"cannot create feature cache dir {cache_dir}: {e.strerror or e} "
-            f"(set cache.dir or ${ENV_VAR}, or cache.enabled=false)"
+            f"(set cache.dir or ${CACHE_DIR_ENV}, or cache.enabled=false)"
         ) from e
     free = shutil.disk_usage(cache_dir).free
     if size > free - DISK_MARGIN_BYTES:
@@ -606,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--dir", type=Path, default=None,
-        help=f"cache directory (default: ${ENV_VAR} or ~/.cache/posinfo)",
+        help=f"cache directory (default: ${CACHE_DIR_ENV} or ~/.cache/posinfo)",
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("ls", help="list entries")

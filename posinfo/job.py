@@ -30,7 +30,7 @@ from posinfo.errors import PosinfoError
 from posinfo.features import FeatureExtractor, FeatureSource
 from posinfo.io import atomic_path, user_path, write_json
 from posinfo.metrics import Scorer, summarize
-from posinfo.names import (DEFAULT_TILES, INPUT_KINDS, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
+from posinfo.names import (DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
                            READOUT_FILE, RESULT_FILE, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.schema import check_config
@@ -109,10 +109,7 @@ def _weights_identity(backbone: DictConfig, seed: int) -> str:
 
 
 def _validate_inputs(inp: DictConfig) -> list[str]:
-    kinds = list(inp.kinds)
-    bad = [k for k in kinds if k not in INPUT_KINDS]
-    if bad or not kinds:
-        raise PosinfoError(f"unknown input kind(s) {bad or kinds}: choose from {', '.join(INPUT_KINDS)} (or input=all)")
+    kinds = list(inp.kinds)  # each a known kind: checked with the typed config (schema.check_config)
     if inp.get("file") and len([k for k in kinds if k in SYNTHETIC_KINDS]) != 1:
         raise PosinfoError(
             f"input.file={inp.file} needs exactly one synthetic input to replace: use input=noise (or black/white) with it"
