@@ -327,6 +327,37 @@ def get_or_create(
     return arr
 
 
+def get_prefix(cache_dir: Path, fields: dict, shape: tuple[int, ...], dtype: str,
+               verify: bool = True) -> np.ndarray | None:
+    """The first ``shape[0]`` items of a complete entry that differs from ``fields`` only in a
+    larger ``images.n``, when the entry for ``fields`` itself does not exist; else None.
+
+    Only for image sets whose item i does not depend on n (``prefix_stable`` datasets: the
+    embedded images, photo crops): a sweep over ``data.num_train`` then extracts its largest
+    set once. The smallest such entry is used."""
+    cache_dir = Path(cache_dir).expanduser()
+    images = fields.get("images")
+    if not isinstance(images, dict) or not isinstance(images.get("n"), int) or _read_meta(cache_dir, make_key(fields)):
+        return None
+    want = json.loads(json.dumps(fields, sort_keys=True, default=_json_default))
+    best: tuple[int, Entry] | None = None
+    for e in list_entries(cache_dir):
+        got = e.meta.get("fields")
+        n = (got or {}).get("images", {}).get("n") if isinstance(got, dict) else None
+        if not isinstance(n, int) or n <= images["n"] or (best and n >= best[0]):
+            continue
+        if {**got, "images": {**got["images"], "n": images["n"]}} == want:
+            best = (n, e)
+    if best is None:
+        return None
+    n, e = best
+    arr = _open_complete(cache_dir, e.key, (n, *shape[1:]), dtype, verify=verify)
+    if arr is None:
+        return None
+    log.info("feature cache hit %s: its first %d of %d items", e.key, shape[0], n)
+    return arr[: shape[0]]
+
+
 def _fits(cache_dir: Path, key: str, size: int, max_gb: float) -> bool:
     """Whether an entry of ``size`` bytes may be written (one warning line if not)."""
     limit = max_gb * 1e9

@@ -137,6 +137,7 @@ class EmbeddedImages(torch.utils.data.Dataset):
 
     TRAIN_AVAILABLE = 2000
     TEST_AVAILABLE = 500
+    prefix_stable = True  # image i does not depend on n: a cached larger set serves a smaller one
 
     def __init__(self, split: str, n: int | None = None, size: int = 224, seed: int = 0) -> None:
         if split not in _SPLIT_IDS:
@@ -430,6 +431,8 @@ class PhotoCrops(torch.utils.data.Dataset):
     drawn from (seed, split, i), between 0.5 and 0.9 of its shorter side, then resized to
     size×size. Photographs keep their natural orientation: their layout may carry position
     (a sky at the top), which the controls (input=controls) measure."""
+
+    prefix_stable = True  # crop i does not depend on n: a cached larger set serves a smaller one
 
     def __init__(self, split: str, n: int | None = None, size: int = 224, seed: int = 0) -> None:
         if split not in _SPLIT_IDS:

@@ -41,14 +41,14 @@ def open_features(name: str, dataset: Any, extractor: FeatureExtractor, channels
     fs = extractor.size
     if settings.enabled:
         fields = {**key_fields, "images": dataset.identity(), "dtype": settings.dtype}
-        arr = cache.get_or_create(
-            settings.dir, fields,
-            (len(dataset), fs, fs, channels),  # channels-last: see features.CachedFeatures
-            settings.dtype,
-            lambda out: fill(out, dataset, extractor, num_workers, progress),
-            settings.max_gb,
-            verify=settings.verify,
-        )
+        shape = (len(dataset), fs, fs, channels)  # channels-last: see features.CachedFeatures
+        arr = None
+        if getattr(dataset, "prefix_stable", False):  # a larger set's entry holds these images first
+            arr = cache.get_prefix(settings.dir, fields, shape, settings.dtype, verify=settings.verify)
+        if arr is None:
+            arr = cache.get_or_create(settings.dir, fields, shape, settings.dtype,
+                                      lambda out: fill(out, dataset, extractor, num_workers, progress),
+                                      settings.max_gb, verify=settings.verify)
         if arr is not None:
             return CachedFeatures(arr, extractor.device)
     log.info("%s features computed per batch (uncached)", name)

@@ -445,3 +445,36 @@ def test_cli_lists_and_clears_a_jobs_entries_and_its_stored_readout(make_cfg, tm
     assert cache.main(["--dir", d, "clear"]) == 0
     assert "removed 2 entries" in capsys.readouterr().out
     assert cache.list_entries(d) == [] and cache.list_readouts(d) == []
+
+
+def test_prefix_of_a_larger_entry_serves_a_smaller_set(tmp_path):
+    """Same fields but a larger images.n: its first items, no fill; any other difference: no."""
+    big = _expected((8, 4, 4, 3))
+    fields = _fields(images={"kind": "embedded", "split": "train", "n": 8})
+    cache.get_or_create(tmp_path, fields, big.shape, "float32", Filler(big), max_gb=1)
+    small = {**fields, "images": {"kind": "embedded", "split": "train", "n": 5}}
+    arr = cache.get_prefix(tmp_path, small, (5, 4, 4, 3), "float32")
+    assert arr.shape == (5, 4, 4, 3) and np.array_equal(arr, big[:5])
+    other = {**fields, "images": {"kind": "embedded", "split": "test", "n": 5}}
+    assert cache.get_prefix(tmp_path, other, (5, 4, 4, 3), "float32") is None
+    assert cache.get_prefix(tmp_path, {**small, "padding": "reflect"}, (5, 4, 4, 3), "float32") is None
+    larger = {**fields, "images": {"kind": "embedded", "split": "train", "n": 9}}
+    assert cache.get_prefix(tmp_path, larger, (9, 4, 4, 3), "float32") is None
+    # An exact entry, once there, is the one used.
+    cache.get_or_create(tmp_path, small, (5, 4, 4, 3), "float32", Filler(big[:5] + 1), max_gb=1)
+    assert cache.get_prefix(tmp_path, small, (5, 4, 4, 3), "float32") is None
+
+
+def test_job_on_fewer_embedded_images_reuses_the_larger_entry(make_cfg, tmp_path):
+    """A data.num_train sweep extracts its largest set once; the smaller job's readout and
+    metrics equal those of a job that extracted its own images."""
+    from posinfo.job import run
+
+    run(make_cfg("backbone=posenet", "input=natural", "data.num_train=12"), tmp_path / "big", progress=False)
+    entries = len(cache.list_entries(tmp_path / "cache"))
+    small = run(make_cfg("backbone=posenet", "input=natural", "data.num_train=7"), tmp_path / "small", progress=False)
+    assert len(cache.list_entries(tmp_path / "cache")) == entries  # nothing extracted
+    alone = run(make_cfg("backbone=posenet", "input=natural", "data.num_train=7", f"cache.dir={tmp_path / 'c2'}"),
+                tmp_path / "alone", progress=False)
+    assert small["metrics"]["natural"]["spc"] == pytest.approx(alone["metrics"]["natural"]["spc"], abs=1e-6)
+    assert small["metrics"]["natural"]["mae"] == pytest.approx(alone["metrics"]["natural"]["mae"], abs=1e-6)
