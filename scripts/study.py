@@ -1,0 +1,557 @@
+"""The study behind docs/science.md: real pretrained VGG16s against random weights and PosENet,
+on embedded and photo data, with the controls, training-set sizes, step budgets, input
+normalisation, channel standardisation and tap scales; 3 seeds, 95% intervals everywhere.
+
+    python scripts/study.py                      # run what is missing (resumes), write docs/science.md
+    python scripts/study.py --report-only        # rewrite docs/science.md from the finished jobs
+    python scripts/study.py --parts main,size    # some parts only
+    python scripts/study.py --smoke --out /tmp/s --doc /tmp/s/science.md   # tiny: checks the pipeline
+
+Every job runs through ``sweep.py -m`` (one sweep folder per part under ``--out``, default
+outputs/study), so it resumes, caches features and reuses trained readouts like any sweep;
+the tables come from posinfo.analysis (the same collection and intervals as analyze.py).
+The weights are the two trained VGG16 files of ``--weights`` (default: $POSINFO_TEST_WEIGHTS,
+else ../shared/weights). About 2 h on a 2-core CPU, the paper-step part a third of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from posinfo.errors import PosinfoError  # noqa: E402
+from posinfo.names import PAPER_STEPS  # noqa: E402
+
+PAPER = {"hor": (0.742, 0.149), "gau": (0.814, 0.109), "horstp": (0.945, 0.153)}  # Table 1, VGG16 (SPC, MAE)
+ALL_INPUTS = ["natural", "shuffled", "rotated", "black", "white", "noise"]
+WEIGHT_LABELS = {"vgg16_imagenet.pth": "ImageNet", "vgg16_hed.pth": "edge (HED)", "random": "random"}
+
+
+@dataclass
+class Part:
+    name: str
+    what: str
+    overrides: list[str]
+
+
+@dataclass
+class Scale:
+    """Sizes of one study run: the full study, or a tiny smoke run of the same grid."""
+
+    seeds: str = "0,1,2"
+    targets: str = "hor,gau,horstp"
+    photo_targets: str = "hor,gau"
+    n_main: int = 1000
+    n_sizes: str = "2000,1000,500,250"  # largest first: its features serve the smaller sets
+    n_sizes_other: str = "1000,500,250"
+    n_photos: int = 240
+    n_scale: int = 500
+    steps: str = "paper"
+    extra: tuple[str, ...] = ()
+
+
+SMOKE = Scale(seeds="0,1", targets="hor", photo_targets="hor", n_main=12, n_sizes="12,8", n_sizes_other="8",
+              n_photos=8, n_scale=8, steps="30", extra=("data.image_size=32", "data.num_test=4", "train.epochs=2",
+                                            "train.batch_size=4", "train.lr_milestones=[1]", "device=cpu"))
+
+
+def parts(w: Path, s: Scale) -> list[Part]:
+    imagenet, hed = str(w / "vgg16_imagenet.pth"), str(w / "vgg16_hed.pth")
+    vgg = f"backbone=vgg16 backbone.weights={imagenet},{hed},random"
+    two = f"backbone=vgg16 backbone.weights={imagenet},random"
+    every = f"input.kinds=[{','.join(ALL_INPUTS)}]"
+    seeds = f"train.seed={s.seeds}"
+    pose = "backbone=posenet readout.padding=0,2"
+    return [
+        # First: its largest set's features then serve every smaller set (cache.get_prefix).
+        Part("size", "training-set size, hor, ImageNet VGG16", [
+            "backbone=vgg16", f"backbone.weights={imagenet}", "target=hor", "input=natural",
+            f"data.num_train={s.n_sizes}", seeds]),
+        Part("main", "VGG16 weights × target, every input; embedded data", [
+            *vgg.split(), f"target={s.targets}", every, f"data.num_train={s.n_main}", seeds]),
+        Part("posenet", "PosENet readout padding 0 and 2 × target, every input; embedded data", [
+            *pose.split(), f"target={s.targets}", every, f"data.num_train={s.n_main}", seeds]),
+        Part("size_other", "training-set size, hor, edge-detection and random VGG16", [
+            "backbone=vgg16", f"backbone.weights={hed},random", "target=hor", "input=natural",
+            f"data.num_train={s.n_sizes_other}", seeds]),
+        Part("photos", "VGG16 weights × target, every input; photographs", [
+            "data=photos", *vgg.split(), f"target={s.photo_targets}", every, f"data.num_train={s.n_photos}", seeds]),
+        Part("photos_posenet", "PosENet padding 0 and 2; photographs", [
+            "data=photos", *pose.split(), f"target={s.photo_targets}", every, f"data.num_train={s.n_photos}",
+            seeds]),
+        Part("scale", "data.normalize × readout.standardize, hor", [
+            *two.split(), "data.normalize=none,imagenet", "readout.standardize=none,channel", "target=hor",
+            "input=natural", f"data.num_train={s.n_scale}", seeds]),
+        Part("scale_hed", "readout.standardize, hor, edge-detection VGG16", [
+            "backbone=vgg16", f"backbone.weights={hed}", "readout.standardize=none,channel", "target=hor",
+            "input=natural", f"data.num_train={s.n_scale}", seeds]),
+        Part("budget", "the paper's step budget, hor, ImageNet VGG16", [
+            "backbone=vgg16", f"backbone.weights={imagenet}", f"train.steps={s.steps}", "target=hor", "input=natural",
+            f"data.num_train={s.n_main}", seeds]),
+    ]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_part(part: Part, out: Path, extra: tuple[str, ...], timing: dict) -> None:
+    cmd = [sys.executable, str(REPO / "sweep.py"), "-m", *part.overrides, *extra, f"hydra.sweep.dir={out / part.name}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    print(f"[study] {part.name}: {part.what}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seconds = time.perf_counter() - t0
+    (out / f"{part.name}.log").write_text(proc.stdout)
+    tail = [line for line in proc.stdout.splitlines() if line.startswith("posinfo")][-1:]
+    print(f"[study] {part.name}: {seconds / 60:.1f} min{': ' + tail[0] if tail else ''}", flush=True)
+    timing[part.name] = timing.get(part.name, 0.0) + seconds
+    if proc.returncode != 0:
+        raise SystemExit(f"study part {part.name} failed (exit {proc.returncode}); its log: {out / (part.name + '.log')}")
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def load_cells(out: Path, names: list[str]):
+    """One aggregated cell per (part, configuration, input), with seeds' intervals."""
+    import pandas as pd
+
+    from posinfo.analysis.cells import aggregate
+    from posinfo.analysis.collect import collect
+
+    frames = []
+    for name in names:
+        if (out / name).is_dir():
+            df = collect([out / name])
+            if not df.empty:
+                frames.append(df.assign(part=name))
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    cells = aggregate(df)
+    cells["label"] = [label(r) for _, r in cells.iterrows()]
+    return cells
+
+
+def label(row) -> str:
+    if row.get("backbone") == "posenet":
+        return f"PosENet, readout padding {int(row.get('readout.padding', 0) or 0)}"
+    w = str(row.get("backbone.weights") or "")
+    return WEIGHT_LABELS.get(Path(w).name, w)
+
+
+def ci(cell, m: str = "spc") -> str:
+    v, lo, hi = cell.get(m), cell.get(f"{m}_lo"), cell.get(f"{m}_hi")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    s = f"{v:.3f}".replace("0.", ".", 1)
+    if lo is not None and not math.isnan(lo):
+        s += f" [{lo:.2f}, {hi:.2f}]".replace("0.", ".")
+    return s + (" ⚠" if cell.get("unstable") else "")
+
+
+def pick(cells, **eq):
+    g = cells
+    for k, v in eq.items():
+        if k not in g.columns:
+            return None
+        g = g[g[k].astype(str) == str(v)]
+    return None if g.empty else g.iloc[0]
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def seed_values(cell, m: str = "spc") -> list[float]:
+    """The per-seed values behind a cell (read from its jobs' result.json)."""
+    out = []
+    for d in cell["job_dirs"]:
+        r = json.loads((Path(d) / "result.json").read_text())
+        out.append(float(r["metrics"][cell["input"]][m]))
+    return out
+
+
+def diff(a, b, m: str = "spc") -> tuple[float, float, float]:
+    """Mean of a − b with a 95% Welch interval over seeds."""
+    from scipy import stats
+
+    x, y = np.array(seed_values(a, m)), np.array(seed_values(b, m))
+    d = x.mean() - y.mean()
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        return d, d, d
+    dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    half = stats.t.ppf(0.975, dof) * se
+    return d, d - half, d + half
+
+
+def fmt_diff(t) -> str:
+    d, lo, hi = t
+    return f"{d:+.3f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def verdict(t, more: str, less: str, same: str) -> str:
+    return more if t[1] > 0 else less if t[2] < 0 else same
+
+
+# ----------------------------------------------------------------------------- tap scales
+
+
+def tap_scales(w: Path, smoke: bool) -> list[list[str]]:
+    """Mean |x| of each VGG16 tap over 16 embedded training images, per weights and normalisation."""
+    import torch
+
+    from posinfo.backbones import build_encoder
+    from posinfo.data import EmbeddedImages
+
+    size, n = (32, 4) if smoke else (224, 16)
+    images = torch.stack([EmbeddedImages("train", n=n, size=size)[i] for i in range(n)])
+    rows = []
+    for weights in (str(w / "vgg16_imagenet.pth"), str(w / "vgg16_hed.pth"), "random"):
+        for normalize in ("none", "imagenet"):
+            torch.manual_seed(0)
+            enc = build_encoder("vgg16", weights, "zeros", None, normalize).eval()
+            with torch.inference_mode():
+                taps = enc(images)
+            rows.append([WEIGHT_LABELS[Path(weights).name], normalize,
+                         *[f"{t.abs().mean().item():.3g}" for t in taps]])
+    return rows
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _errorbars(ax, xs, cells, color, name, marker="o"):
+    ys = [c["spc"] for c in cells]
+    lo = [c["spc"] - c["spc_lo"] if not math.isnan(c["spc_lo"]) else 0 for c in cells]
+    hi = [c["spc_hi"] - c["spc"] if not math.isnan(c["spc_hi"]) else 0 for c in cells]
+    ax.errorbar(xs, ys, yerr=[lo, hi], color=color, label=name, marker=marker, capsize=3)
+
+
+def figure_size(cells, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    g = cells[cells.part.isin(["size", "size_other"])]
+    for (name, sub), color in zip(g.groupby("label", sort=False), ("C0", "C1", "C2")):
+        sub = sub.sort_values("data.num_train", key=lambda s: s.astype(int))
+        _errorbars(ax, sub["data.num_train"].astype(int).tolist(), [r for _, r in sub.iterrows()], color, name)
+    ax.axhline(PAPER["hor"][0], color="k", ls="--", lw=1, label="paper, ImageNet VGG16 (10,553 photos)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images (embedded)")
+    ax.set_ylabel("SPC, hor (natural test images)")
+    ax.set_title("VGG16: position information vs training-set size (3 seeds, 95% CI)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure_controls(cells, parts_: list[str], target: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = cells[cells.part.isin(parts_) & (cells.target == target)]
+    labels = list(dict.fromkeys(g.label))
+    kinds = [k for k in ALL_INPUTS if k in set(g.input)]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / max(1, len(kinds))
+    for j, kind in enumerate(kinds):
+        xs, ys, err = [], [], [[], []]
+        for i, lab in enumerate(labels):
+            c = pick(g, label=lab, input=kind)
+            if c is None or c["spc"] is None or math.isnan(c["spc"]):
+                continue
+            xs.append(i + (j - (len(kinds) - 1) / 2) * width)
+            ys.append(c["spc"])
+            err[0].append(0 if math.isnan(c["spc_lo"]) else c["spc"] - c["spc_lo"])
+            err[1].append(0 if math.isnan(c["spc_hi"]) else c["spc_hi"] - c["spc"])
+        ax.bar(xs, ys, width, yerr=err, capsize=2, label=kind)
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set_ylabel(f"SPC, {target}")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def training_summary(cell) -> str:
+    """Steps, mean final training loss and converged seeds of a cell's jobs."""
+    outs = [json.loads((Path(d) / "result.json").read_text()).get("training") or {} for d in cell["job_dirs"]]
+    steps = {o.get("steps") for o in outs}
+    loss = np.mean([o.get("final_loss", math.nan) for o in outs])
+    conv = sum(bool(o.get("converged")) for o in outs)
+    return f"{'/'.join(str(s) for s in sorted(steps, key=str))} | {loss:.4f} | {conv} of {len(outs)}"
+
+
+def section_inputs(cells, part_names: list[str], targets: list[str], title: str) -> list[str]:
+    lines = [f"### {title}", ""]
+    for target in targets:
+        g = cells[cells.part.isin(part_names) & (cells.target == target)]
+        if g.empty:
+            continue
+        kinds = [k for k in ALL_INPUTS if k in set(g.input)]
+        rows = []
+        for lab in dict.fromkeys(g.label):
+            nat = pick(g, label=lab, input="natural")
+            rows.append([lab, *[ci(pick(g, label=lab, input=k)) if pick(g, label=lab, input=k) is not None else "–"
+                                for k in kinds], ci(nat, "mae") if nat is not None else "–"])
+        floor = g.floor_mae.dropna()
+        paper = f" Paper (ImageNet VGG16, DUTS-TR → PASCAL-S, natural): SPC {PAPER[target][0]}, MAE {PAPER[target][1]}." \
+            if target in PAPER else ""
+        lines += [f"`{target}`: SPC per evaluation input, and MAE on natural images (floor MAE "
+                  f"{floor.iloc[0]:.3f}).{paper}", "",
+                  md_table(["weights", *kinds, "MAE natural"], rows), ""]
+    return lines
+
+
+def section_size(cells) -> list[str]:
+    g = cells[cells.part.isin(["size", "size_other"])]
+    if g.empty:
+        return []
+    ns = sorted({int(v) for v in g["data.num_train"]})
+    rows = []
+    for lab in dict.fromkeys(g.label):
+        row = [lab]
+        for n in ns:
+            c = pick(g, label=lab, **{"data.num_train": n})
+            row.append("–" if c is None else f"{ci(c)}<br>MAE {ci(c, 'mae')}")
+        rows.append(row)
+    return ["### Training-set size (`hor`, embedded data, natural test images, 15 epochs)", "",
+            md_table(["weights", *[f"N = {n}" for n in ns]], rows), "",
+            "![SPC vs training-set size](figures/science_size.png)", ""]
+
+
+def section_budget(cells, n_main: int) -> list[str]:
+    g = cells[cells.part == "budget"]
+    base = cells[(cells.part == "size") & (cells["data.num_train"].astype(str) == str(n_main))]
+    if g.empty:
+        return []
+    rows = []
+    for lab in dict.fromkeys(g.label):
+        for name, src in (("15 epochs", base), (f"train.steps=paper ({PAPER_STEPS})", g)):
+            c = pick(src, label=lab)
+            if c is not None:
+                rows.append([lab, name, ci(c), ci(c, "mae"), training_summary(c)])
+    return [f"### Step budget (`hor`, {n_main} embedded training images)", "",
+            md_table(["weights", "budget", "SPC", "MAE", "steps", "final train loss", "converged seeds"], rows), ""]
+
+
+def section_scale(cells, scale_rows: list[list[str]]) -> list[str]:
+    g = cells[cells.part.isin(["scale", "scale_hed"])]
+    lines = []
+    if not g.empty:
+        rows = []
+        for lab in dict.fromkeys(g.label):
+            for norm in ("none", "imagenet"):
+                for std in ("none", "channel"):
+                    sub = g[(g.label == lab) & (g["data.normalize"].astype(str) == norm)
+                            & (g["readout.standardize"].fillna("none").astype(str) == std)]
+                    if not sub.empty:
+                        c = sub.iloc[0]
+                        rows.append([lab, norm, std, ci(c), ci(c, "mae"), training_summary(c).split(" | ")[1]])
+        n = int(g["data.num_train"].iloc[0])
+        lines += [f"### Input normalisation and channel standardisation (`hor`, {n} embedded training images)", "",
+                  md_table(["weights", "data.normalize", "readout.standardize", "SPC", "MAE", "final train loss"], rows),
+                  ""]
+    if scale_rows:
+        lines += ["### Tap scales: mean |x| of each tap (16 embedded images, before the readout)", "",
+                  md_table(["weights", "data.normalize", "f1", "f2", "f3", "f4", "f5"], scale_rows), ""]
+    return lines
+
+
+def conclusions(cells, s: Scale) -> list[str]:
+    """Each conclusion from the rows above: a difference of seed means with its 95% Welch interval."""
+    out = ["## Conclusions", "",
+           "Each line is computed from the tables above: a difference of means over seeds with its 95% "
+           "Welch interval; *more*/*less* only where the interval excludes zero.", ""]
+    size = cells[cells.part.isin(["size", "size_other"])]
+    ns = sorted({int(v) for v in size["data.num_train"]}) if not size.empty else []
+
+    def sz(lab, n):
+        return pick(size, label=lab, **{"data.num_train": n})
+
+    # 1. The gap to the paper.
+    gap = []
+    if len(ns) > 1 and sz("ImageNet", ns[-1]) is not None:
+        hi, lo = sz("ImageNet", ns[-1]), sz("ImageNet", ns[0])
+        gap.append(f"training images {ns[0]} → {ns[-1]}: SPC {fmt_diff(diff(hi, lo))} "
+                   f"({verdict(diff(hi, lo), 'raises it', 'lowers it', 'no detectable change')}; "
+                   f"{ci(hi)} at {ns[-1]} against the paper's {PAPER['hor'][0]})")
+    b, base = pick(cells[cells.part == "budget"], label="ImageNet"), sz("ImageNet", s.n_main)
+    if b is not None and base is not None:
+        d = diff(b, base)
+        gap.append(f"the paper's {PAPER_STEPS} steps instead of 15 epochs ({s.n_main} images): SPC {fmt_diff(d)} "
+                   f"({verdict(d, 'raises it', 'lowers it', 'no detectable change')})")
+    sc = cells[cells.part == "scale"]
+    if not sc.empty:
+        def scale_cell(norm, std):
+            g = sc[(sc.label == "ImageNet") & (sc["data.normalize"].astype(str) == norm)
+                   & (sc["readout.standardize"].fillna("none").astype(str) == std)]
+            return None if g.empty else g.iloc[0]
+        ref = scale_cell("none", "none")
+        for (norm, std), what in ((("imagenet", "none"), "data.normalize=imagenet"),
+                                  (("none", "channel"), "readout.standardize=channel")):
+            c = scale_cell(norm, std)
+            if c is not None and ref is not None:
+                d = diff(c, ref)
+                gap.append(f"{what} ({s.n_scale} images): SPC {fmt_diff(d)} "
+                           f"({verdict(d, 'raises it', 'lowers it', 'no detectable change')})")
+    if gap:
+        out += ["**1. The gap to the paper's `hor` .742 (ImageNet VGG16).** " + "; ".join(gap) + ".", ""]
+    # 2. ImageNet against random initialisation.
+    rows = []
+    for n in ns:
+        a, r = sz("ImageNet", n), sz("random", n)
+        if a is not None and r is not None:
+            rows.append([f"embedded, `hor`, N = {n}", fmt_diff(diff(a, r))])
+    for part, data in (("main", "embedded"), ("photos", "photos")):
+        g = cells[(cells.part == part) & (cells.input == "natural")]
+        for target in dict.fromkeys(g.target):
+            a, r = pick(g, label="ImageNet", target=target), pick(g, label="random", target=target)
+            if a is not None and r is not None:
+                rows.append([f"{data}, `{target}`", fmt_diff(diff(a, r))])
+    if rows:
+        more = sum(diff_sign(r[1]) > 0 for r in rows)
+        less = sum(diff_sign(r[1]) < 0 for r in rows)
+        out += [f"**2. ImageNet training against random initialisation** (SPC, ImageNet − random, natural test "
+                f"images): ImageNet carries more position information in {more} of {len(rows)} comparisons, less "
+                f"in {less}, and no detectable difference in {len(rows) - more - less}.", "",
+                md_table(["comparison", "SPC ImageNet − random [95% CI]"], rows), ""]
+    # 3. Position from content.
+    rows = []
+    for part, data in (("main", "embedded"), ("photos", "photos"), ("posenet", "embedded"),
+                       ("photos_posenet", "photos")):
+        g = cells[cells.part == part]
+        for lab in dict.fromkeys(g.label):
+            for target in dict.fromkeys(g.target):
+                nat = pick(g, label=lab, target=target, input="natural")
+                cells_c = [pick(g, label=lab, target=target, input=k) for k in ("shuffled", "rotated")]
+                if nat is None or any(c is None for c in cells_c):
+                    continue
+                rows.append([f"{data}, `{target}`", lab, ci(nat), *[fmt_diff(diff(nat, c)) for c in cells_c]])
+    if rows:
+        out += ["**3. How much position comes from the image content.** natural − shuffled and natural − rotated "
+                "(SPC): a positive difference is position carried by the images' layout; natural ≈ shuffled ≈ "
+                "rotated means the network's own position code (padding) carries it.", "",
+                md_table(["data, target", "weights", "SPC natural", "natural − shuffled", "natural − rotated"], rows),
+                ""]
+    return out
+
+
+def diff_sign(text: str) -> int:
+    """+1 / −1 when a formatted difference's interval excludes zero, else 0."""
+    lo, hi = (float(v) for v in text.split("[")[1].rstrip("]").split(","))
+    return 1 if lo > 0 else -1 if hi < 0 else 0
+
+
+def write_report(out: Path, doc: Path, w: Path, s: Scale, smoke: bool, scale_rows: list[list[str]] | None) -> None:
+    names = [p.name for p in parts(w, s)]
+    cells = load_cells(out, names)
+    if cells.empty:
+        raise SystemExit(f"no finished study jobs under {out}: run python scripts/study.py first")
+    figs = doc.parent / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    figure_size(cells, figs / "science_size.png")
+    figure_controls(cells, ["main", "posenet"], "hor", figs / "science_controls.png",
+                    "Embedded images, hor: SPC per evaluation input (3 seeds, 95% CI)")
+    figure_controls(cells, ["photos", "photos_posenet"], "hor", figs / "science_photos.png",
+                    "Photographs, hor: SPC per evaluation input (3 seeds, 95% CI)")
+    timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").is_file() else {}
+    total = sum(timing.values()) / 60
+    n_jobs = len({d for dirs in cells.job_dirs for d in dirs})
+    lines = [
+        "# The study: what real pretrained VGG16s encode here, and why the paper's numbers differ", "",
+        "Generated by `python scripts/study.py` (it resumes; `--report-only` rewrites this page from the finished "
+        f"jobs). {n_jobs} jobs, {total:.0f} min of sweeps on this machine"
+        f"{' (a smoke run: tiny sizes, not a result)' if smoke else ''}; per part: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items()) + ".", "",
+        "Protocol: the paper's readout (3×3 conv, depth 1, padding 0, f1…f5 resized to 28×28, SGD lr 0.1, "
+        "batch 32, 15 epochs, lr ×0.1 after epoch 10) unless a row says otherwise; 224-px images; 100 embedded "
+        "(dead-leaves) test images, or 60 crops of 4 held-out photographs (`data=photos`). Every cell: the mean "
+        "over 3 seeds of the readout with its 95% t interval; ⚠: seeds span more than 0.1 SPC. Weights: "
+        "`vgg16_imagenet.pth` (the original ImageNet VGG16), `vgg16_hed.pth` (VGG16 fine-tuned for edge "
+        "detection), torchvision's random initialisation (seeded), PosENet (no encoder: the readout sees the "
+        "28×28 image).", "",
+    ]
+    lines += conclusions(cells, s)
+    lines += ["## Tables", ""]
+    lines += section_inputs(cells, ["main", "posenet"], s.targets.split(","),
+                            f"Every input, embedded data ({s.n_main} training images)")
+    lines += ["![controls, embedded](figures/science_controls.png)", ""]
+    lines += section_inputs(cells, ["photos", "photos_posenet"], s.photo_targets.split(","),
+                            f"Every input, photographs ({s.n_photos} training crops of 14 photographs)")
+    lines += ["![controls, photographs](figures/science_photos.png)", ""]
+    lines += section_size(cells)
+    lines += section_budget(cells, s.n_main)
+    lines += section_scale(cells, scale_rows or [])
+    doc.write_text("\n".join(lines) + "\n")
+    print(f"[study] wrote {doc} and {figs}/science_*.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", default=os.environ.get("POSINFO_TEST_WEIGHTS", str(REPO.parent / "shared" / "weights")))
+    ap.add_argument("--out", default=str(REPO / "outputs" / "study"))
+    ap.add_argument("--doc", default=str(REPO / "docs" / "science.md"))
+    ap.add_argument("--parts", default=None, help="comma-separated part names (default: all)")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline in a few minutes")
+    args = ap.parse_args(argv)
+    w = Path(args.weights).expanduser().resolve()
+    missing = [f for f in ("vgg16_imagenet.pth", "vgg16_hed.pth") if not (w / f).is_file()]
+    if missing:
+        raise SystemExit(f"--weights={w} lacks {', '.join(missing)}: point --weights (or POSINFO_TEST_WEIGHTS) "
+                         "at the folder with the two trained VGG16 files")
+    s = SMOKE if args.smoke else Scale()
+    out = Path(args.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = parts(w, s)
+    if args.parts:
+        wanted = args.parts.split(",")
+        unknown = sorted(set(wanted) - {p.name for p in chosen})
+        if unknown:
+            raise SystemExit(f"--parts: unknown {unknown}: choose from {', '.join(p.name for p in chosen)}")
+        chosen = [p for p in chosen if p.name in wanted]
+    if not args.report_only:
+        timing_path = out / "timing.json"
+        timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+        for part in chosen:
+            run_part(part, out, s.extra, timing)
+            timing_path.write_text(json.dumps(timing, indent=1))
+    try:
+        scale_rows = tap_scales(w, args.smoke)
+    except PosinfoError as e:
+        print(f"[study] tap scales skipped: {e}")
+        scale_rows = None
+    write_report(out, Path(args.doc).expanduser().resolve(), w, s, args.smoke, scale_rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
