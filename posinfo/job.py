@@ -368,6 +368,7 @@ def _evaluate(readout: torch.nn.Module, plan: Plan, sources: Sources, result: di
         rows += [(kind, name, s, m) for name, (s, m) in zip(names, scores)]
         summary = summarize([s for s, _ in scores], [m for _, m in scores])
         metrics[kind] = summary.as_dict()
+        metrics[kind]["border_mae"] = np.mean([scorer.border_mae(p) for p in preds], axis=0).round(6).tolist()
         log.info("%-7s SPC %s  MAE %.3f  (%d images, %d NaN)  floor MAE %.3f", kind,
                  "nan" if summary.spc is None else f"{summary.spc:.3f}", summary.mae, summary.n_images,
                  summary.n_nan, result["floor_mae"])
@@ -376,6 +377,11 @@ def _evaluate(readout: torch.nn.Module, plan: Plan, sources: Sources, result: di
         panels += [(kind if kind in SYNTHETIC_KINDS else names[i].replace("test_", "#"), arrays[f"{kind}_images"][i],
                     preds[i]) for i in range(len(images))]
     result["metrics"] = metrics
+    result["border_profile"] = {  # the bins of every input's border_mae (docs/method.md, "Border profiles")
+        "start_px": scorer.bin_starts,
+        "pixel_fraction": (scorer.bin_pixels / scorer.bin_pixels.sum()).round(6).tolist(),
+        "floor_mae": scorer.floor_border_mae(targets.floor_constant(plan.target)).round(6).tolist(),
+    }
     return rows, arrays, panels
 
 

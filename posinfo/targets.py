@@ -64,5 +64,9 @@ def floor_mae(target: torch.Tensor) -> float:
     The L1-optimal constant is the median, clipped to the sigmoid's range [0, 1].
     """
     t = target.flatten().to(torch.float64)
-    c = t.median().clamp(0.0, 1.0)
-    return float((t - c).abs().mean())
+    return float((t - floor_constant(target)).abs().mean())
+
+
+def floor_constant(target: torch.Tensor) -> float:
+    """The no-information prediction: the target's median, clipped to [0, 1]."""
+    return float(target.flatten().to(torch.float64).median().clamp(0.0, 1.0))

@@ -42,6 +42,12 @@ def test_posenet_job_writes_the_whole_job_directory(make_cfg, tmp_path):
     assert npz["natural_pred"].shape == (4, 64, 64) and npz["noise_pred"].shape == (1, 64, 64)
     assert Image.open(tmp_path / "job" / "predictions.png").size[0] > 200
     assert res["metrics"] == saved["metrics"]
+    # Border profile: 8 bins of 4 px at 64 px; weighted by their pixels they give the whole-image MAE.
+    prof = saved["border_profile"]
+    assert prof["start_px"] == [0, 4, 8, 12, 16, 20, 24, 28] and sum(prof["pixel_fraction"]) == pytest.approx(1)
+    for kind, m in saved["metrics"].items():
+        assert np.dot(m["border_mae"], prof["pixel_fraction"]) == pytest.approx(m["mae"], abs=1e-5), kind
+    assert np.dot(prof["floor_mae"], prof["pixel_fraction"]) == pytest.approx(saved["floor_mae"], abs=1e-5)
 
 
 def test_same_command_twice_gives_identical_metrics(make_cfg, tmp_path):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from posinfo.errors import PosinfoError
-from posinfo.metrics import Scorer, is_constant, summarize
+from posinfo.metrics import Scorer, border_bins, border_distance, is_constant, summarize
 from posinfo.readout import OneMapConv2d, build_readout, output_size
 from posinfo.targets import make
 
@@ -158,3 +158,28 @@ def test_training_outcome_rule():
     falling = outcome(list(np.linspace(1.0, 0.1, 100)))  # still falling 40% per tenth at the end
     assert not falling["converged"] and falling["rel_change_last20"] > 0.3
     assert resolve_steps("paper") == 4950 and resolve_steps(None) is None and resolve_steps("120") == 120
+
+
+def test_border_bins_average_to_the_whole_image_mae():
+    target = make("gau", 50).numpy()
+    scorer = Scorer(target)
+    pred = np.random.default_rng(0).random((50, 50))
+    prof = scorer.border_mae(pred)
+    assert len(prof) == 8 and scorer.bin_pixels.sum() == 2500
+    assert np.dot(prof, scorer.bin_pixels) / 2500 == pytest.approx(scorer.mae(pred))
+    d = border_distance(5, 7)
+    assert d[0].tolist() == [0] * 7 and d[2].tolist() == [0, 1, 2, 2, 2, 1, 0]
+    labels, starts = border_bins(224, 224)
+    assert starts == [0, 14, 28, 42, 56, 70, 84, 98] and labels[0, 100] == 0 and labels[111, 112] == 7
+    assert labels[13, 50] == 0 and labels[14, 50] == 1
+
+
+def test_a_prediction_exact_at_the_border_and_wrong_in_the_centre_has_that_profile():
+    target = make("hor", 64).numpy()
+    scorer = Scorer(target)
+    pred = target.copy()
+    inner = border_distance(64, 64) >= 16  # bins 5…8 (4 px each at 64 px)
+    pred[inner] = np.clip(pred[inner] + 0.25, None, 2.0)
+    prof = scorer.border_mae(pred)
+    assert prof[:4].tolist() == [0, 0, 0, 0]
+    assert prof[4:] == pytest.approx([0.25] * 4)

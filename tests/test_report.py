@@ -49,7 +49,7 @@ def _set(cfg: dict, dotted: str, value) -> None:
 
 def make_job(root: Path, base: dict, *, backbone="vgg16", target="hor", inputs=("natural",), spc=0.5, mae=0.2,
              n_nan=0, n_images=4, seed=0, experiment="table1", status="ok", error=None, predictions=True,
-             folder=None, extra: dict | None = None, **fields) -> Path:
+             folder=None, extra: dict | None = None, border: list | None = None, **fields) -> Path:
     """A job directory as posinfo.job writes it. ``fields``: dotted config keys with '.' as '__'."""
     cfg = copy.deepcopy(base)
     _set(cfg, "backbone.name", backbone)
@@ -76,6 +76,11 @@ def make_job(root: Path, base: dict, *, backbone="vgg16", target="hor", inputs=(
     }
     if status == "ok":
         res["metrics"] = {k: {"spc": spc_of[k], "mae": mae, "n_images": count[k], "n_nan": nan_of[k]} for k in inputs}
+        if border is not None:
+            for k in inputs:
+                res["metrics"][k]["border_mae"] = border
+            res["border_profile"] = {"start_px": [14 * i for i in range(len(border))],
+                                     "pixel_fraction": [1 / len(border)] * len(border), "floor_mae": [0.25] * len(border)}
         rows = [(k, f"{k}{i}", spc_of[k] if i >= nan_of[k] else np.nan, mae) for k in inputs for i in range(count[k])]
         pd.DataFrame(rows, columns=["input", "image", "spc", "mae"]).to_csv(d / "per_image.csv", index=False)
         if predictions:
@@ -457,3 +462,18 @@ def test_unconverged_cells_are_marked(tmp_path, base_config):
     ours = next(r for r in rows if r[:2] == ["vgg16", "ours"])
     assert cell(rows, rows[0], ours, "hor SPC").endswith("†") and not cell(rows, rows[0], ours, "gau SPC").endswith("†")
     assert "†: training had not converged" in md
+
+
+def test_border_profiles_reach_results_csv_average_over_seeds_and_get_a_figure(tmp_path, base_config):
+    for seed, prof in ((0, [0.1, 0.2, 0.3]), (1, [0.3, 0.2, 0.1])):
+        make_job(tmp_path / "s", base_config, seed=seed, border=prof)
+    make_job(tmp_path / "s", base_config, seed=0, border=[0.2, 0.2, 0.2], readout__padding=1)
+    df = collect([tmp_path / "s"])
+    assert [c for c in df.columns if c.startswith("border_mae_")] == ["border_mae_1", "border_mae_2", "border_mae_3"]
+    cells = aggregate(df)
+    assert len(cells) == 2  # the profile never splits a configuration's seeds
+    two = cells[cells.n_ok == 2].iloc[0]
+    assert [two[f"border_mae_{i}"] for i in (1, 2, 3)] == [pytest.approx(0.2)] * 3
+    figs = [f for f in figures.draw_all(cells, tmp_path / "figs") if "border" in f.path.name]
+    assert [f.path.name for f in figs] == ["table1_border_profile.png"]
+    _check_figure(figs[0])

@@ -19,6 +19,8 @@ from posinfo.names import BACKBONES, INPUT_KINDS, PADDINGS, STRIPES, TARGETS
 # A job's interval columns are the bootstrap over its test images (posinfo.analysis.intervals).
 INTERVAL_COLUMNS = ("spc_lo", "spc_hi", "mae_lo", "mae_hi")
 METRICS = ("spc", "mae", "n_images", "n_nan", "floor_mae", "converged", *INTERVAL_COLUMNS)
+# results.csv's border profile: MAE per border-distance bin, border_mae_1 (outer ring) … (job: result.json).
+BORDER_PREFIX = "border_mae_"
 # Fields that distinguish replicates, not configurations.
 REPLICATE_FIELDS = ("train.seed",)
 _AGGREGATES = ("spc_std", "mae_std", "n_ok", "n_failed", "n_missing", "seeds", "job_dirs", "ci", "seed_spcs",
@@ -84,7 +86,13 @@ def config_fields(df: pd.DataFrame) -> list[str]:
     """Columns of ``df`` that identify a configuration (replicates differ only outside these)."""
     skip = {"job_dir", "status", "error", "input", "paper_table", "paper_spc", "paper_mae", *METRICS, *REPLICATE_FIELDS,
             *_AGGREGATES}
-    return [c for c in df.columns if c not in skip]
+    return [c for c in df.columns if c not in skip and not c.startswith(BORDER_PREFIX)]
+
+
+def border_columns(df: pd.DataFrame) -> list[str]:
+    """The border-profile columns (MAE per distance bin, outer ring first), in bin order."""
+    cols = [c for c in df.columns if str(c).startswith(BORDER_PREFIX)]
+    return sorted(cols, key=lambda c: int(c[len(BORDER_PREFIX):]))
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
@@ -112,6 +120,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
             paper_table=g.paper_table.dropna().iloc[0] if g.paper_table.notna().any() else None,
             paper_spc=g.paper_spc.dropna().iloc[0] if g.paper_spc.notna().any() else np.nan,
             paper_mae=g.paper_mae.dropna().iloc[0] if g.paper_mae.notna().any() else np.nan,
+            **{c: ok[c].dropna().astype(float).mean() for c in border_columns(ok)},
         )
         cells.append(cell)
     return pd.DataFrame(cells)

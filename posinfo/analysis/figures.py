@@ -1,8 +1,9 @@
 """Cells -> figures sized for a paper, 3.3 in (one column) or 7 in (full width): ``prediction_grid``
 (the paper's Figure 4: image | target | one prediction per configuration, a row per target, from
 each job's predictions.npz), ``spc_bars`` (SPC per configuration and target, the paper's value
-marked on each bar) and ``spc_vs_level`` (SPC against the feature level a single tap reads, for
-Table 3 sweeps); each is drawn only when its data exist, and saved as PNG (300 dpi) and PDF."""
+marked on each bar), ``spc_vs_level`` (SPC against the feature level a single tap reads, for
+Table 3 sweeps) and ``border_profile`` (MAE against the distance to the nearest image border, one
+line per configuration, the no-information floor dashed); each is drawn only when its data exist, and saved as PNG (300 dpi) and PDF."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from posinfo.analysis.cells import as_text, label_cells, sort_key
+from posinfo.analysis.cells import as_text, border_columns, label_cells, sort_key
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ def draw_all(cells: pd.DataFrame, out: str | Path) -> list[Figure]:
     out = Path(out)
     figures = []
     for name, g in cells.groupby("experiment"):
-        for suffix, draw in (("predictions", prediction_grid), ("spc_bars", spc_bars), ("spc_vs_level", spc_vs_level)):
+        for suffix, draw in (("predictions", prediction_grid), ("spc_bars", spc_bars), ("spc_vs_level", spc_vs_level),
+                             ("border_profile", border_profile)):
             try:
                 fig = draw(g, out / f"{name}_{suffix}.png")
             except Exception as e:  # one bad figure must not cost the tables
@@ -277,4 +279,53 @@ def spc_vs_level(g: pd.DataFrame, path: Path) -> Figure | None:
     order = sorted(range(len(labels)), key=lambda i: (labels[i].endswith("(paper)"), i))
     ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower left", bbox_to_anchor=(0, 1.01),
               ncol=2, frameon=False, handlelength=1.8, columnspacing=0.8)
+    return _save(fig, path)
+
+
+def _profile_bins(job_dir: str) -> dict | None:
+    import json
+
+    try:
+        return json.loads((Path(job_dir) / "result.json").read_text())["border_profile"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def border_profile(g: pd.DataFrame, path: Path) -> Figure | None:
+    """MAE vs distance to the nearest border (bin starts, px), a panel per target, a line per
+    configuration on the main input; the no-information floor per bin dashed."""
+    kind = _main_input(g)
+    cols = border_columns(g)
+    ok = g[(g.input == kind) & (g.n_ok > 0)].dropna(subset=cols[:1]) if cols and kind else g.iloc[0:0]
+    if ok.empty:
+        return None
+    plt = _plt()
+    targets = _ordered(ok.target_label, key=lambda t: t.split(" [")[0])
+    configs = _config_order(ok)
+    legend = len(configs) <= MAX_LEGEND
+    width = min(FULL_WIDTH, COLUMN_WIDTH * len(targets)) if len(targets) > 1 else COLUMN_WIDTH
+    fig, axes = plt.subplots(1, len(targets), figsize=(width, 2.4 + (0.15 * min(len(configs), 8) if legend else 0)),
+                             squeeze=False, sharey=True)
+    colors = plt.get_cmap("tab10" if len(configs) <= 10 else "tab20")
+    for ax, t in zip(axes[0], targets):
+        sub = ok[ok.target_label == t]
+        bins = _profile_bins(sub.job_dirs.iloc[0][0])
+        xs = bins["start_px"][: len(cols)] if bins else list(range(len(cols)))
+        for j, c in enumerate(configs):
+            row = sub[sub.config_label == c]
+            if not row.empty:
+                ax.plot(xs, row.iloc[0][cols].astype(float).tolist(), marker="o", ms=2, lw=1, color=colors(j % colors.N),
+                        label=c)
+        if bins:
+            ax.plot(xs, bins["floor_mae"][: len(cols)], ls="--", lw=1, color="k", label="floor (no information)")
+        ax.set_title(t, fontsize=FONT)
+        ax.set_xlabel("distance to the nearest border (px, bin start)")
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0, 0].set_ylabel(f"MAE ({kind})")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if legend:
+        fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), frameon=False, fontsize=FONT - 1)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.06 * math.ceil(len(labels) / 4)))
+    else:
+        fig.tight_layout()
     return _save(fig, path)
