@@ -20,12 +20,13 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from posinfo.errors import PosinfoError
 from posinfo.io import user_path
+from posinfo.names import PADDINGS
+from posinfo.partialconv import PartialConv2d, make_partial
 
 log = logging.getLogger(__name__)
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 NAMES = ("posenet", "vgg16", *RESNETS)
-PADDINGS = ("zeros", "none", "reflect", "replicate", "circular")
 
 # level -> graph node. VGG16: relu1_2 ... relu5_3, each the last op before a max-pool.
 _VGG16_NODES = {1: "features.3", 2: "features.8", 3: "features.15", 4: "features.22", 5: "features.29"}
@@ -175,6 +176,11 @@ def _check_padding(name: str, padding: str) -> None:
 
 def _set_padding(model: nn.Module, padding: str) -> None:
     if padding == "zeros":
+        return
+    if padding == "partial":  # pretrained weights kept: posinfo.partialconv
+        if make_partial(model) == 0:
+            raise PosinfoError("backbone.padding=partial: this model has no padded convolution to re-weight; "
+                               "use backbone.padding=zeros")
         return
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -346,7 +352,8 @@ def build_encoder(
     used = ("features.",) if name == "vgg16" else ("conv1.", "bn1.", "layer")
     source, file_sd = _weights_source(name, weights, model, used)
     _set_padding(model, padding)
-    body = create_feature_extractor(model, return_nodes={node: tap for tap, node in nodes.items()})
+    body = create_feature_extractor(model, return_nodes={node: tap for tap, node in nodes.items()},
+                                    tracer_kwargs={"leaf_modules": [PartialConv2d]})
     rng_state = torch.get_rng_state()  # random weights: the state at build time, lazy or not
 
     def materialize(body: nn.Module) -> None:

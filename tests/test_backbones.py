@@ -50,6 +50,55 @@ def test_padding_modes_reach_every_padded_conv():
     assert sum(c.padding[0] > 0 for c in convs) > 10
 
 
+def test_partial_padding_is_zero_padding_inside_and_reweighted_at_the_border():
+    from posinfo.partialconv import PartialConv2d, make_partial
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+    x = torch.randn(1, 2, 9, 9)
+    zero = conv(x)
+    make_partial(conv)
+    assert isinstance(conv, PartialConv2d)
+    part = conv(x)
+    assert torch.allclose(part[..., 1:-1, 1:-1], zero[..., 1:-1, 1:-1], atol=1e-6)  # interior: the same
+    # Corner (0, 0): the 2×2 in-image part of the 3×3 window, scaled by 9/4, plus the bias.
+    direct = (conv.weight[:, :, 1:, 1:] * x[0, :, :2, :2]).sum(dim=(1, 2, 3)) * 9 / 4 + conv.bias
+    assert torch.allclose(part[0, :, 0, 0], direct, atol=1e-5)
+    # Edge (0, 4): a 2×3 part, scaled by 9/6.
+    direct = (conv.weight[:, :, 1:, :] * x[0, :, :2, 3:6]).sum(dim=(1, 2, 3)) * 9 / 6 + conv.bias
+    assert torch.allclose(part[0, :, 0, 4], direct, atol=1e-5)
+    # An averaging filter keeps a constant image constant up to the rim (zero padding darkens it).
+    with torch.no_grad():
+        conv.weight.fill_(1 / 18), conv.bias.zero_()
+    assert torch.allclose(conv(torch.ones(1, 2, 9, 9)), torch.ones(1, 4, 9, 9), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet18"])
+def test_partial_padding_keeps_the_weights_and_every_tap(name, tmp_path):
+    from posinfo.partialconv import PartialConv2d
+
+    torch.manual_seed(0)
+    zero = build_encoder(name, "random")
+    path = tmp_path / "w.pt"
+    torch.save({k: v for k, v in zero.body.state_dict().items()}, path)
+    sd = torch.load(path)
+    full = torchvision.models.get_model(name).state_dict()
+    torch.save({k: sd.get(k, v) for k, v in full.items()}, path)
+    zero = build_encoder(name, str(path))
+    part = build_encoder(name, str(path), padding="partial")
+    assert sum(isinstance(m, PartialConv2d) for m in part.modules()) > 10
+    assert set(part.body.state_dict()) == set(zero.body.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    fz, fp = zero(x), part(x)
+    assert [f.shape for f in fz] == [f.shape for f in fp]
+    assert not torch.allclose(fz[0], fp[0])  # the border differs
+
+
+def test_partial_padding_on_posenet_is_one_line():
+    with pytest.raises(PosinfoError, match="does not apply to posenet"):
+        build_encoder("posenet", "none", padding="partial")
+
+
 def test_encoder_is_frozen_and_stays_in_eval_mode():
     enc = build_encoder("resnet18", "random")
     enc.train()
