@@ -367,6 +367,59 @@ class SyntheticImages(torch.utils.data.Dataset):
         return {"kind": "synthetic", "inputs": self.names, "size": self.size, "pixels_sha256": h.hexdigest()}
 
 
+def canvas(img: torch.Tensor, border: int, color: str, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """``img`` (3×H×W) in the middle of a (H+2·border)×(W+2·border) canvas of ``color``: black,
+    white, mean (the image's own channel means) or noise (uniform in [0, 1] from ``rng``)."""
+    if border < 0:
+        raise PosinfoError(f"data.canvas.border={border}: must be an integer ≥ 0")
+    c, h, w = img.shape
+    if color == "noise":
+        rng = rng or np.random.default_rng(0)
+        out = torch.from_numpy(rng.random((c, h + 2 * border, w + 2 * border), dtype=np.float32)).to(img.dtype)
+    elif color in ("black", "white"):
+        out = torch.full((c, h + 2 * border, w + 2 * border), 0.0 if color == "black" else 1.0, dtype=img.dtype)
+    elif color == "mean":
+        out = img.mean(dim=(1, 2), keepdim=True).expand(c, h + 2 * border, w + 2 * border).clone()
+    else:
+        raise PosinfoError(f"data.canvas.color={color}: must be one of black, white, mean, noise")
+    out[:, border:border + h, border:border + w] = img
+    return out
+
+
+class CanvasImages(torch.utils.data.Dataset):
+    """Each image of ``base`` on a canvas ``border`` pixels wider on every side, resized back to
+    the base's size (bilinear, antialiased): the content shrinks and the borders the network
+    sees are the canvas's (Kayhan & van Gemert, CVPR 2020). Noise canvases are seeded per image
+    from (seed, split, index), so train and test never share one."""
+
+    def __init__(self, base: torch.utils.data.Dataset, border: int, color: str, seed: int = 0) -> None:
+        canvas(torch.zeros(3, 1, 1), int(border), color)  # validates
+        self.base, self.border, self.color, self.seed = base, int(border), color, int(seed)
+        self.size, self.n, self.names = int(base.size), len(base), list(base.names)
+        self.split = getattr(base, "split", "train")
+        self.prefix_stable = getattr(base, "prefix_stable", False)
+        for attr in ("counts",):  # folder data: what was read
+            if hasattr(base, attr):
+                setattr(self, attr, getattr(base, attr))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i) -> torch.Tensor:
+        img = self.base[int(i)]
+        rng = np.random.default_rng([self.seed, _SPLIT_IDS.get(self.split, 0), 13, int(i)])
+        big = canvas(img, self.border, self.color, rng)
+        out = torch.nn.functional.interpolate(big[None], size=(self.size, self.size), mode="bilinear",
+                                              align_corners=False, antialias=True)[0]
+        return out.clamp(0.0, 1.0)
+
+    def identity(self) -> dict:
+        out = {**self.base.identity(), "canvas": {"border": self.border, "color": self.color}}
+        if self.color == "noise":
+            out["canvas"]["seed"] = self.seed
+        return out
+
+
 class ControlImages(torch.utils.data.Dataset):
     """A control built from the test images: ``shuffled`` cuts each into ``tiles`` × ``tiles``
     tiles and permutes them (a fixed permutation per image, from ``seed`` and its index):

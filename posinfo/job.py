@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 import posinfo
 from posinfo import cache, quicklook, targets
 from posinfo.backbones import build_encoder, overflows_float16
-from posinfo.data import ControlImages, EmbeddedImages, FolderImages, PhotoCrops, SyntheticImages
+from posinfo.data import CanvasImages, ControlImages, EmbeddedImages, FolderImages, PhotoCrops, SyntheticImages
 from posinfo.errors import PosinfoError
 from posinfo.features import FeatureExtractor, FeatureSource
 from posinfo.io import atomic_path, user_path, write_json
@@ -75,6 +75,15 @@ def resolve_num_workers(spec: Any, device: torch.device) -> int:
 
 
 def make_dataset(data: DictConfig, split: str):
+    """The images of one split, on their canvas when ``data.canvas.border`` > 0."""
+    ds = _source_dataset(data, split)
+    border = int(OmegaConf.select(data, "canvas.border", default=0) or 0)
+    if border == 0:
+        return ds
+    return CanvasImages(ds, border, str(OmegaConf.select(data, "canvas.color", default="black")))
+
+
+def _source_dataset(data: DictConfig, split: str):
     n = data.num_train if split == "train" else data.num_test
     size = int(data.image_size)
     if data.name == "embedded":

@@ -20,6 +20,7 @@ TARGET_RANGES = ("unit", "signed")
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 BACKBONES = ("posenet", "vgg16", *RESNETS)
 PADDINGS = ("zeros", "none", "reflect", "replicate", "circular", "partial")
+CANVAS_COLORS = ("black", "white", "mean", "noise")  # data.canvas.color
 
 INPUT_KINDS = ("natural", "black", "white", "noise", "shuffled", "rotated")
 SYNTHETIC_KINDS = ("black", "white", "noise")

@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterable, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from posinfo.errors import PosinfoError
-from posinfo.names import (BACKBONES, CACHE_DTYPES, DATA_SOURCES, INPUT_KINDS, NORMALIZATIONS, PADDINGS,
-                           DEFAULT_TILES, TARGET_RANGES, TARGETS, default_cache_dir)
+from posinfo.names import (BACKBONES, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, INPUT_KINDS,
+                           NORMALIZATIONS, PADDINGS, TARGET_RANGES, TARGETS, default_cache_dir)
 
 # ----------------------------------------------------------------------------- rules
 
@@ -122,6 +122,17 @@ class ReadoutConfig:
 
 
 @dataclass
+class CanvasConfig:
+    border: int = _f(0, integer(0))
+    color: str = _f("black", one_of(CANVAS_COLORS))
+
+
+def _nested(cls: type) -> Any:
+    """A nested group (``data.canvas``): its fields are keys ``<group>.<name>.<field>``."""
+    return field(default_factory=cls, metadata={"nested": cls})
+
+
+@dataclass
 class DataConfig:
     name: str = _f(MISSING, one_of(DATA_SOURCES))
     train_dir: Optional[str] = _f(None, OPTIONAL_TEXT)
@@ -132,6 +143,7 @@ class DataConfig:
     normalize: str = _f("none", one_of(NORMALIZATIONS))
     num_workers: str = _f("auto", WORKERS)
     identity: str = _f("content", one_of(("content", "stat")))
+    canvas: CanvasConfig = _nested(CanvasConfig)  # pixels around each image before the resize (posinfo.data)
 
 
 @dataclass
@@ -181,15 +193,29 @@ def register() -> None:
     OmegaConf.register_new_resolver("posinfo.cache_dir", lambda: str(default_cache_dir()), replace=True)
 
 
+def _leaves(cls: type, prefix: str) -> Iterable[tuple[str, Any]]:
+    """(dotted key, field) of every typed value of a group, nested groups flattened."""
+    for f in fields(cls):
+        if "nested" in f.metadata:
+            yield from _leaves(f.metadata["nested"], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+def group_keys(group: str) -> list[str]:
+    """A group's keys below it (``data``: ``name``, …, ``canvas.border``, ``canvas.color``)."""
+    return [k for k, _ in _leaves(GROUPS[group], "")]
+
+
 def defaults() -> dict[str, Any]:
     """Every typed key with a default, and that default (lists as lists)."""
     out = {}
     for g, cls in GROUPS.items():
-        for f in fields(cls):
+        for key, f in _leaves(cls, f"{g}."):
             if f.default_factory is not MISSING_FACTORY:
-                out[f"{g}.{f.name}"] = f.default_factory()
+                out[key] = f.default_factory()
             elif f.default is not MISSING:
-                out[f"{g}.{f.name}"] = f.default
+                out[key] = f.default
     return out
 
 
@@ -199,15 +225,18 @@ def with_defaults(config: dict) -> dict:
     the option's default, which is what it did."""
     out = json.loads(json.dumps(config, default=str))
     for key, value in defaults().items():
-        group, name = key.split(".", 1)
-        if isinstance(out.get(group), dict) and name not in out[group]:
-            out[group][name] = value
+        group, *path, name = key.split(".")
+        node = out.get(group)
+        for part in path:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict) and name not in node:
+            node[name] = value
     return out
 
 
 def rules() -> dict[str, Rule]:
     """Every typed key (``group.field`` and the top-level knobs) and its rule."""
-    out = {f"{g}.{f.name}": f.metadata["rule"] for g, cls in GROUPS.items() for f in fields(cls)}
+    out = {key: f.metadata["rule"] for g, cls in GROUPS.items() for key, f in _leaves(cls, f"{g}.")}
     out.update(TOP_LEVEL)
     return out
 
@@ -346,7 +375,7 @@ def check_overrides(overrides: list[str], conf_dir: Path) -> str | None:
             return f"{key}: no such key{_near(group, top, cutoff=0.75)}; the top-level keys are {', '.join(top)}"
         if group in GROUPS and key not in known:
             return f"{key}: no such key{_near(key, [k for k in known if k.startswith(group + '.')])}; " \
-                   f"the keys of {group} are {', '.join(f.name for f in fields(GROUPS[group]))}"
+                   f"the keys of {group} are {', '.join(group_keys(group))}"
         for v in _override_values(o):
             error = check_value(key, v, known.get(key))
             if error:

@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 from posinfo.data import (
+    CanvasImages,
     EmbeddedImages,
+    canvas,
     FolderImages,
     IMAGE_EXTS,
     noise_image,
@@ -421,3 +423,33 @@ def test_a_job_on_photos_with_the_controls(make_cfg, tmp_path):
               progress=False)
     assert res["status"] == "ok" and set(res["metrics"]) == {"natural", "shuffled", "rotated"}
     assert res["metrics"]["natural"]["n_images"] == 4
+
+
+@pytest.mark.parametrize("color", ["black", "white", "mean", "noise"])
+def test_canvas_has_the_border_of_its_width_and_colour_and_the_content_unchanged(color):
+    img = EmbeddedImages("test", n=1, size=32)[0]
+    out = canvas(img, 5, color, np.random.default_rng(1))
+    assert out.shape == (3, 42, 42)
+    assert torch.equal(out[:, 5:37, 5:37], img)
+    ring = torch.cat([out[:, :5].flatten(1), out[:, -5:].flatten(1), out[:, :, :5].flatten(1), out[:, :, -5:].flatten(1)], 1)
+    if color == "noise":
+        assert 0.4 < ring.mean() < 0.6 and ring.std() > 0.25
+    else:
+        want = {"black": torch.zeros(3, 1), "white": torch.ones(3, 1), "mean": img.mean(dim=(1, 2))[:, None]}[color]
+        assert torch.allclose(ring, want.expand_as(ring))
+
+
+def test_canvas_images_are_the_resized_canvas_seeded_per_split_and_index():
+    base_tr, base_te = EmbeddedImages("train", n=2, size=32), EmbeddedImages("test", n=2, size=32)
+    tr, te = CanvasImages(base_tr, 8, "noise"), CanvasImages(base_te, 8, "noise")
+    x = tr[1]
+    assert x.shape == (3, 32, 32) and torch.equal(x, tr[1])  # deterministic
+    assert not torch.equal(tr[0][:, :2], tr[1][:, :2]) and not torch.equal(tr[0][:, :2], te[0][:, :2])
+    black = CanvasImages(base_tr, 8, "black")[0]
+    ref = torch.nn.functional.interpolate(canvas(base_tr[0], 8, "black")[None], size=(32, 32), mode="bilinear",
+                                          antialias=True)[0].clamp(0, 1)
+    assert torch.allclose(black, ref)
+    assert black[:, :5].max() < 1e-6 and black[:, 16].std() > 0.01  # 8 of 48 px → 5.3 of 32: black
+    assert tr.identity() != CanvasImages(base_tr, 8, "black").identity() != base_tr.identity()
+    with pytest.raises(PosinfoError, match="data.canvas.border=-1"):
+        CanvasImages(base_tr, -1, "black")

@@ -181,6 +181,9 @@ BAD = [
     (["backbone=vgg16", "backbone.weights=/no/weights.pt"], "/no/weights.pt"),
     (["backbone=vgg16", "backbone.weights={bad_weights}"], "missing keys"),
     (["data=folder", "data.train_dir={empty}", "data.test_dir={empty}"], "{empty}"),
+    (["data.canvas.border=-8"], "data.canvas.border=-8: must be an integer ≥ 0"),
+    (["data.canvas.border=8", "data.canvas.color=grey"], "data.canvas.color=grey: must be one of black, white, mean, noise"),
+    (["backbone.padding=partial"], "backbone.padding=partial does not apply to posenet"),
 ]
 if not torch.cuda.is_available():
     BAD.append((["device=cuda"], "device=cuda"))
@@ -244,3 +247,20 @@ def test_readout_standardize_channel_stores_the_training_statistics_with_the_rea
     assert again["readout_reused"] and again["metrics"] == res["metrics"]
     plain = run(make_cfg("backbone=vgg16", "backbone.weights=random", "input=natural"), tmp_path / "job3", progress=False)
     assert not plain["readout_reused"] and plain["metrics"] != res["metrics"]
+
+
+def test_canvas_border_changes_the_images_and_their_cache_key_and_border_0_changes_nothing(make_cfg, tmp_path):
+    from posinfo.job import make_dataset
+
+    plain = make_cfg("backbone=posenet", "input=natural")
+    zero = make_cfg("backbone=posenet", "input=natural", "data.canvas.border=0", "data.canvas.color=white")
+    wide = make_cfg("backbone=posenet", "input=natural", "data.canvas.border=16", "data.canvas.color=white")
+    assert make_dataset(zero.data, "test").identity() == make_dataset(plain.data, "test").identity()
+    ds = make_dataset(wide.data, "test")
+    assert ds.identity()["canvas"] == {"border": 16, "color": "white"} and len(ds) == 4
+    img = ds[0]
+    assert img.shape == (3, 64, 64) and torch.all(img[:, :5, :] > 0.99)  # 16 of 96 px → 10 of 64: white
+    a = run(plain, tmp_path / "a", progress=False)
+    b = run(wide, tmp_path / "b", progress=False)
+    assert a["metrics"]["natural"]["spc"] != b["metrics"]["natural"]["spc"]
+    assert len(cache.list_entries(tmp_path / "cache")) == 4  # two image sets each

@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 from conftest import CONF, run_sweep
 from posinfo.grid import expand as expand_grid
 
-PRESETS = ["quickstart", "table1", "table2a", "table2b", "table3", "table4", "table6"]
+PRESETS = ["quickstart", "table1", "table2a", "table2b", "table3", "table4", "table6", "canvas", "padding"]
+PADDING_MODES = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 WEIGHTS = ["saliency_weights=/w/sod.pt", "segmentation_weights=/w/ss.pt"]
 TARGETS3 = ("hor", "gau", "horstp")
 
@@ -92,6 +93,8 @@ def test_every_preset_file_is_tested_and_documented():
         ("table3", [], grid(["vgg16"], ["hor", "gau"], taps=((1,), (2,), (3,), (4,), (5,), None)), ["natural"]),
         ("table4", [], grid(["posenet"], TARGETS3, paddings=(0, 1, 2)) | grid(["vgg16"], TARGETS3, bpads=("zeros", "none")),
          ["natural"]),
+        ("padding", [], grid(["vgg16"], ["hor", "gau"], bpads=PADDING_MODES)
+         | grid(["resnet50"], ["hor", "gau"], bpads=[m for m in PADDING_MODES if m != "none"]), ["natural"]),
     ],
 )
 def test_preset_grid(preset, cli, expected, inputs):
@@ -104,6 +107,16 @@ def test_preset_grid(preset, cli, expected, inputs):
     assert all(c["input"]["kinds"] == inputs for c in configs)
     assert all(c["experiment_name"] == preset for c in configs)
     assert all(c["data"]["name"] == "embedded" and c["train"]["epochs"] == 15 for c in configs)
+
+
+def test_canvas_grid_is_every_border_and_colour_for_posenet_and_vgg16():
+    configs = job_configs("canvas")
+    cells = {(c["backbone"]["name"], c["data"]["canvas"]["border"], c["data"]["canvas"]["color"], c["target"]["name"],
+              c["train"]["seed"]) for c in configs}
+    assert len(configs) == len(cells) == 2 * 5 * 4 * 2 * 3
+    assert {b for _, b, *_ in cells} == {0, 8, 16, 32, 64}
+    assert {c for _, _, c, *_ in cells} == {"black", "white", "mean", "noise"}
+    assert all(c["readout"]["padding"] == 0 and c["input"]["kinds"] == ["natural"] for c in configs)
 
 
 def test_table6_grid_uses_the_supplied_weights():
@@ -162,6 +175,9 @@ E2E_EXTRA = {
     # 224 px: BatchNorm's default running statistics do not normalise), so its readout
     # diverges; ResNet-18 stays near 1 and exercises the same code path.
     "table1": ["backbone=posenet,vgg16,resnet18"],
+    # two borders × two colours, and the partial-padding rows: the code paths, in seconds
+    "canvas": ["data.canvas.border=0,8", "data.canvas.color=black,noise", "target=hor"],
+    "padding": ["+experiment/padding=vgg16_partial,resnet50_partial", "target=hor"],
 }
 # VGG16 without padding needs >= 196 px to keep f5 (Table 4's taps shrink to 2 px at 224).
 IMAGE_SIZE = {"table4": "data.image_size=224"}

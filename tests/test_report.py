@@ -477,3 +477,15 @@ def test_border_profiles_reach_results_csv_average_over_seeds_and_get_a_figure(t
     figs = [f for f in figures.draw_all(cells, tmp_path / "figs") if "border" in f.path.name]
     assert [f.path.name for f in figs] == ["table1_border_profile.png"]
     _check_figure(figs[0])
+
+
+def test_a_canvas_sweep_gets_spc_against_border_per_colour(tmp_path, base_config):
+    for border, spc in ((0, 0.2), (16, 0.5), (64, 0.8)):
+        for color in ("black", "white"):
+            make_job(tmp_path / "c", base_config, experiment="canvas", spc=spc + (color == "white") * 0.05,
+                     data__canvas__border=border, data__canvas__color=color)
+    cells = aggregate(collect([tmp_path / "c"]))
+    assert len(cells) == 6
+    figs = [f for f in figures.draw_all(cells, tmp_path / "figs") if "border" in f.path.name]
+    assert [f.path.name for f in figs] == ["canvas_spc_vs_border.png"]
+    _check_figure(figs[0])

@@ -27,7 +27,8 @@ _AGGREGATES = ("spc_std", "mae_std", "n_ok", "n_failed", "n_missing", "seeds", "
                "unstable", "unconverged")
 
 _SHORT = {"readout.kernel": "k", "readout.depth": "depth", "readout.padding": "pad", "backbone.padding": "backbone pad",
-          "backbone.taps": "taps", "backbone.weights": "weights", "pretraining": "", "train.seed": "seed"}
+          "backbone.taps": "taps", "backbone.weights": "weights", "pretraining": "", "train.seed": "seed",
+          "data.canvas.border": "border", "data.canvas.color": "canvas"}
 # Config columns that are never a table's row field: labels, or restated by the target label.
 _NOT_ROW_FIELDS = ("experiment", "backbone", "target", "target.range", "input_set", "readout", "train",
                    "target_label", "config_label")

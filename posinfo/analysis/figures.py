@@ -2,7 +2,8 @@
 (the paper's Figure 4: image | target | one prediction per configuration, a row per target, from
 each job's predictions.npz), ``spc_bars`` (SPC per configuration and target, the paper's value
 marked on each bar), ``spc_vs_level`` (SPC against the feature level a single tap reads, for
-Table 3 sweeps) and ``border_profile`` (MAE against the distance to the nearest image border, one
+Table 3 sweeps), ``spc_vs_border`` (SPC against the canvas border, a line per canvas colour) and
+``border_profile`` (MAE against the distance to the nearest image border, one
 line per configuration, the no-information floor dashed); each is drawn only when its data exist, and saved as PNG (300 dpi) and PDF."""
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def draw_all(cells: pd.DataFrame, out: str | Path) -> list[Figure]:
     figures = []
     for name, g in cells.groupby("experiment"):
         for suffix, draw in (("predictions", prediction_grid), ("spc_bars", spc_bars), ("spc_vs_level", spc_vs_level),
-                             ("border_profile", border_profile)):
+                             ("border_profile", border_profile), ("spc_vs_border", spc_vs_border)):
             try:
                 fig = draw(g, out / f"{name}_{suffix}.png")
             except Exception as e:  # one bad figure must not cost the tables
@@ -326,6 +327,45 @@ def border_profile(g: pd.DataFrame, path: Path) -> Figure | None:
     if legend:
         fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), frameon=False, fontsize=FONT - 1)
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.06 * math.ceil(len(labels) / 4)))
+    else:
+        fig.tight_layout()
+    return _save(fig, path)
+
+
+def spc_vs_border(g: pd.DataFrame, path: Path) -> Figure | None:
+    """SPC against data.canvas.border (px added on every side), a panel per target, a line per
+    configuration but the border (e.g. one per backbone × canvas colour), 95% intervals as bars."""
+    col = "data.canvas.border"
+    kind = _main_input(g)
+    if col not in g or kind is None:
+        return None
+    ok = g[(g.input == kind) & (g.n_ok > 0) & g.spc.notna() & g[col].notna()]
+    if ok.empty or ok[col].nunique() < 2:
+        return None
+    plt = _plt()
+    ok = ok.assign(line=[re.sub(r"\s*border=\S+", "", c) for c in ok.config_label])
+    targets = _ordered(ok.target_label, key=lambda t: t.split(" [")[0])
+    lines = _ordered(ok.line, key=_natural)
+    fig, axes = plt.subplots(1, len(targets), figsize=(FULL_WIDTH if len(targets) > 1 else COLUMN_WIDTH, 2.6),
+                             squeeze=False, sharey=True)
+    colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
+    for ax, t in zip(axes[0], targets):
+        for j, name in enumerate(lines):
+            sub = ok[(ok.target_label == t) & (ok.line == name)].sort_values(col, key=lambda s: s.astype(int))
+            if sub.empty:
+                continue
+            rows = [r for _, r in sub.iterrows()]
+            ax.errorbar(sub[col].astype(int).tolist(), [r.spc for r in rows], yerr=_interval_errors(rows),
+                        color=colors(j % colors.N), marker="o", ms=3, lw=1, capsize=1, label=name)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(t, fontsize=FONT)
+        ax.set_xlabel("canvas border (px on every side)")
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0, 0].set_ylabel(f"SPC ({kind})")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if len(labels) <= MAX_LEGEND:
+        fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), frameon=False, fontsize=FONT - 1)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.07 * math.ceil(len(labels) / 4)))
     else:
         fig.tight_layout()
     return _save(fig, path)
