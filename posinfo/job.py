@@ -30,7 +30,7 @@ from posinfo.errors import PosinfoError
 from posinfo.features import FeatureExtractor, FeatureSource
 from posinfo.io import atomic_path, user_path, write_json
 from posinfo.metrics import Scorer, summarize
-from posinfo.names import (DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
+from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
                            READOUT_FILE, RESULT_FILE, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.schema import check_config
@@ -235,10 +235,16 @@ def _stages(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> Non
     t0 = time.perf_counter()
     readout = _train_or_reuse(cfg, plan, sources, job_dir, result, progress)
     timing["train_s"] = round(time.perf_counter() - t0, 3)
-    sources.train = None  # its batch buffer: evaluation holds one batch at a time, not two
+    channels = bool(OmegaConf.select(cfg, "analysis.channels", default=False))
+    if not channels:
+        sources.train = None  # its batch buffer: evaluation holds one batch at a time, not two
     t0 = time.perf_counter()
     rows, arrays, panels = _evaluate(readout, plan, sources, result)
     timing["eval_s"] = round(time.perf_counter() - t0, 3)
+    if channels:
+        t0 = time.perf_counter()
+        _channels(cfg, plan, sources, job_dir, result)
+        timing["channels_s"] = round(time.perf_counter() - t0, 3)
     _write_outputs(cfg, job_dir, result, rows, arrays, panels)
     timing["total_s"] = round(time.perf_counter() - t_start, 3)
 
@@ -250,6 +256,9 @@ def _validate(cfg: DictConfig, result: dict) -> Plan:
     device = resolve_device(cfg.device)
     result["device"] = str(device)
     kinds = _validate_inputs(cfg.input)
+    if OmegaConf.select(cfg, "analysis.channels", default=False) and "natural" not in kinds:
+        raise PosinfoError(f"analysis.channels=true scores channels on natural test images, but input.kinds={list(kinds)}: "
+                           "use input=natural (or any input set with natural)")
     size, fs = int(data.image_size), int(ro.feature_size)
     target = targets.make(cfg.target.name, size, str(cfg.target.get("range", "unit")))
     build_readout(3, int(ro.kernel), int(ro.depth), int(ro.padding), fs)  # validates
@@ -320,12 +329,8 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
                     progress: bool) -> torch.nn.Module:
     """Train f_pem (seeded), or reuse the one trained for this very configuration."""
     ro = cfg.readout
-    torch.manual_seed(plan.seed)
-    readout = build_readout(sources.channels, int(ro.kernel), int(ro.depth), int(ro.padding), plan.feature_size)
+    readout = _new_readout(sources.channels, ro, plan)
     standardize = str(ro.get("standardize", "none")) == "channel"
-    if standardize:  # its statistics come from the training features (or from the store)
-        readout = torch.nn.Sequential(Standardize(sources.channels), readout)
-    readout = readout.to(plan.device)
     settings = sources.settings
     # A job that differs only in its evaluation input reuses the trained readout.
     store = ReadoutStore.for_training(sources.train, settings, {
@@ -353,6 +358,45 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
     with atomic_path(job_dir / READOUT_FILE) as tmp:
         torch.save(readout.state_dict(), tmp)
     return readout
+
+
+def _new_readout(channels: int, ro: DictConfig, plan: Plan) -> torch.nn.Module:
+    """An untrained readout on ``channels`` channels, initialised from the job's seed."""
+    torch.manual_seed(plan.seed)
+    readout = build_readout(channels, int(ro.kernel), int(ro.depth), int(ro.padding), plan.feature_size)
+    if str(ro.get("standardize", "none")) == "channel":  # its statistics come from the training features
+        readout = torch.nn.Sequential(Standardize(channels), readout)
+    return readout.to(plan.device)
+
+
+def _channels(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, result: dict) -> None:
+    """analysis.channels=true: score each channel alone, retrain on top-k / random-k / the rest."""
+    from posinfo import channels as ch
+
+    test_src = sources.tests["natural"][0]
+    bs = _prediction_batch_size(plan.device)
+    scorer = Scorer(plan.target.numpy())
+    target = plan.target.to(plan.device)
+
+    def train_eval(idx: np.ndarray) -> tuple[float | None, float]:
+        sub = ch.ChannelSubset(sources.train, idx)
+        readout = _new_readout(len(idx), cfg.readout, plan)
+        if isinstance(readout, torch.nn.Sequential) and isinstance(readout[0], Standardize):
+            readout[0].fit(sub.batches(np.arange(sub.n), plan.train_kwargs["batch_size"]))
+        fit(readout, sub, target, progress=False, **plan.train_kwargs)
+        readout.eval()
+        preds = _predict_all(readout, ch.ChannelSubset(test_src, idx), plan.size, bs)
+        summary = summarize([scorer.spc(p) for p in preds], [scorer.mae(p) for p in preds])
+        return summary.spc, summary.mae
+
+    scores = ch.channel_scores(sources.train, plan.target)
+    counts = [(f["name"], f["channels"]) for f in result["features"]]
+    ch.write_csv(job_dir / CHANNELS_CSV, scores, counts)
+    out = ch.concentration(scores, train_eval, plan.seed)
+    result["channels"] = out
+    ch.figure(job_dir / CHANNELS_PNG, out, scores, counts,
+              f"{cfg.backbone.name} | {cfg.target.name}: position per channel")
+    log.info(ch.summary_line(out))
 
 
 def _evaluate(readout: torch.nn.Module, plan: Plan, sources: Sources, result: dict):

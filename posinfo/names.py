@@ -44,6 +44,8 @@ JOB_LOG = "job.log"  # Hydra's job log: hydra.job.name is "job" (conf/hydra/defa
 STATUS_FILE = ".posinfo_status.json"
 TRAIN_LOG = "train_log.jsonl"
 PER_IMAGE_FILE = "per_image.csv"
+CHANNELS_CSV = "channels.csv"  # analysis.channels=true: each channel's score (posinfo.channels)
+CHANNELS_PNG = "channels.png"
 READOUT_FILE = "readout.pt"
 PREDICTIONS_PNG = "predictions.png"
 PREDICTIONS_NPZ = "predictions.npz"

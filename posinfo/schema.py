@@ -168,9 +168,14 @@ class CacheConfig:
     verify: bool = _f(True, BOOLEAN)
 
 
+@dataclass
+class AnalysisConfig:
+    channels: bool = _f(False, BOOLEAN)
+
+
 GROUPS: dict[str, type] = {
     "backbone": BackboneConfig, "target": TargetConfig, "input": InputConfig, "readout": ReadoutConfig,
-    "data": DataConfig, "train": TrainConfig, "cache": CacheConfig,
+    "data": DataConfig, "train": TrainConfig, "cache": CacheConfig, "analysis": AnalysisConfig,
 }
 # Top-level knobs of conf/config.yaml (the primary config stays open: presets add keys).
 TOP_LEVEL: dict[str, Rule] = {

@@ -23,7 +23,7 @@ BAD = [
     (["readout.kernl=3"], "readout.kernl: no such key (did you mean readout.kernel?); the keys of readout are kernel, "
                           "depth, padding, feature_size, standardize"),
     (["data.num_workers=-2"], "data.num_workers=-2: must be auto or an integer ≥ 0"),
-    (["forse=true"], "forse: no such key (did you mean force?); the top-level keys are backbone, cache, data, device, "
+    (["forse=true"], "forse: no such key (did you mean force?); the top-level keys are analysis, backbone, cache, data, device, "
                      "dry_run, experiment, force, input, name, readout, sweep, target, train"),
     (["cache.dtype=float64"], "cache.dtype=float64: must be one of float16, float32"),
     (["device=gpu"], "device=gpu: must be auto, cpu, cuda or cuda:N"),

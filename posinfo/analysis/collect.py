@@ -173,7 +173,7 @@ def _tidy(jobs: list[dict]) -> pd.DataFrame:
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
     fields = [k for k in FIELDS if k != "pretraining" or k in keys] + [k for k in varying if k not in FIELDS]
     choice_groups = sorted({g for j in jobs for g in j["choices"]
-                            if g not in ("backbone", "target", "data", "input", "experiment", "cache")
+                            if g not in ("backbone", "target", "data", "input", "experiment", "cache", "analysis")
                             and not g.startswith("hydra")})
     rows = []
     for j, f in zip(jobs, flat):
