@@ -20,13 +20,14 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from posinfo.errors import PosinfoError
 from posinfo.io import user_path
-from posinfo.names import PADDINGS
+from posinfo.names import NORMALIZATIONS, PADDINGS
 from posinfo.partialconv import PartialConv2d, make_partial
 
 log = logging.getLogger(__name__)
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 NAMES = ("posenet", "vgg16", *RESNETS)
+ZOO = ("timm", "torchvision")  # any model of either library: posinfo.zoo
 
 # level -> graph node. VGG16: relu1_2 ... relu5_3, each the last op before a max-pool.
 _VGG16_NODES = {1: "features.3", 2: "features.8", 3: "features.15", 4: "features.22", 5: "features.29"}
@@ -72,16 +73,21 @@ class Encoder(nn.Module):
         nodes: dict[str, str],
         normalize: str,
         materialize: Callable[[nn.Module], None] | None = None,
+        mean_std: tuple | None = None,
     ):
         super().__init__()
         self.name = name
         self.body = body
         self.nodes = nodes  # tap name -> graph node
-        if normalize not in ("none", "imagenet"):
-            raise PosinfoError(f"unknown data.normalize '{normalize}': use 'none' or 'imagenet'")
+        if normalize not in NORMALIZATIONS:
+            raise PosinfoError(f"unknown data.normalize '{normalize}': use {', '.join(NORMALIZATIONS)}")
+        if normalize == "model" and body is None:
+            raise PosinfoError(f"data.normalize=model uses a pretrained model's own statistics, and {name} has none: "
+                               "use data.normalize=none or imagenet")
         self.normalize = normalize
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        mean, std = mean_std or (IMAGENET_MEAN, IMAGENET_STD)  # torchvision's VGG/ResNet weights: ImageNet's
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.requires_grad_(False)
         self.eval()
         # Plain attributes, not submodules: neither appears in state_dict() or .to().
@@ -111,7 +117,7 @@ class Encoder(nn.Module):
         if self._pending is not None:
             raise RuntimeError("a lazy Encoder runs only after materialize() (and .to(device))")
         x = images
-        if self.normalize == "imagenet":
+        if self.normalize in ("imagenet", "model"):
             x = (x - self.mean) / self.std
         if self.body is None:
             return [x]
@@ -172,6 +178,23 @@ def _check_padding(name: str, padding: str) -> None:
         raise PosinfoError(
             f"backbone.padding=none is only defined for vgg16, not {name} (its residual additions need matching sizes): use zeros, reflect, replicate or circular"
         )
+
+
+def _check_padding_any(model: nn.Module, padding: str, what: str) -> None:
+    """backbone.padding for an arbitrary model (on the meta device): a known mode, and ``none``
+    only where the architecture still runs without padding (residual sums need equal sizes)."""
+    if padding not in PADDINGS:
+        raise PosinfoError(f"unknown backbone.padding '{padding}': choose one of {', '.join(PADDINGS)}")
+    if padding != "none":
+        return
+    trial = copy.deepcopy(model)
+    _set_padding(trial, "none")
+    try:
+        with torch.no_grad():
+            trial(torch.zeros(1, 3, 224, 224, device="meta"))
+    except Exception as e:
+        raise PosinfoError(f"backbone.padding=none does not work for {what} ({str(e).splitlines()[0][:100]}): "
+                           "use zeros, reflect, replicate, circular or partial") from None
 
 
 def _set_padding(model: nn.Module, padding: str) -> None:
@@ -323,6 +346,10 @@ def build_encoder(
     normalize: str = "none",
     lazy: bool = False,
     init: str = "torchvision",
+    model: str | None = None,
+    nodes: list[str] | None = None,
+    pos_embed: str = "keep",
+    image_size: int = 224,
 ) -> Encoder:
     """Build the frozen encoder ``name`` with ``weights`` (imagenet | random | file path).
 
@@ -331,8 +358,16 @@ def build_encoder(
     way, drawn from the global RNG state at the time of this call. A weights file is
     always checked here (memory-mapped), so a wrong file fails before any work.
     """
+    if name in ZOO:  # any torchvision / timm model
+        from posinfo import zoo
+
+        return zoo.build(name, model, weights, padding, taps, nodes, normalize, lazy, pos_embed, image_size)
+    if model or nodes or pos_embed != "keep":
+        key = "backbone.model" if model else "backbone.nodes" if nodes else "backbone.pos_embed"
+        raise PosinfoError(f"{key} applies to backbone=timm or backbone=torchvision, not {name}: "
+                           f"use backbone=torchvision backbone.model={name}, or drop {key}")
     if name not in NAMES:
-        raise PosinfoError(f"unknown backbone '{name}': choose one of {', '.join(NAMES)}")
+        raise PosinfoError(f"unknown backbone '{name}': choose one of {', '.join(NAMES + ZOO)}")
     if init not in INITS:
         raise PosinfoError(f"unknown backbone.init '{init}': choose one of {', '.join(INITS)}")
     levels = _levels(name, taps)

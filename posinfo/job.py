@@ -107,6 +107,10 @@ def _weights_identity(backbone: DictConfig, seed: int) -> str:
     w = str(backbone.weights)
     if backbone.name == "posenet":
         return "none"
+    if w == "imagenet" and backbone.name in ("timm", "torchvision"):
+        from posinfo.zoo import pretrained_identity
+
+        return pretrained_identity(str(backbone.name), str(backbone.model))
     if w == "imagenet":
         import torchvision
 
@@ -284,8 +288,11 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
     torch.manual_seed(plan.seed)
     np.random.seed(plan.seed)
     # Lazy: the weights are loaded (or drawn) only if some features are not in the cache.
+    nodes = bb.get("nodes")
     encoder = build_encoder(bb.name, str(bb.weights), str(bb.padding), bb.taps, str(data.normalize), lazy=True,
-                            init=str(bb.get("init", "torchvision")))
+                            init=str(bb.get("init", "torchvision")), model=bb.get("model"),
+                            nodes=[str(n) for n in nodes] if nodes else None,
+                            pos_embed=str(bb.get("pos_embed", "keep")), image_size=plan.size)
     extractor = FeatureExtractor(encoder, plan.feature_size, plan.device)
     taps = encoder.describe(plan.size)
     c = sum(t.channels for t in taps)
@@ -295,9 +302,11 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
                                              int(cfg.readout.padding))
     log.info("%s taps %s -> %d channels at %d×%d", bb.name, [(t.name, t.size[0]) for t in taps], c,
              plan.feature_size, plan.feature_size)
-    key_fields = {"backbone": bb.name, "weights": _weights_identity(bb, plan.seed), "padding": str(bb.padding),
+    key_fields = {"backbone": encoder.name, "weights": _weights_identity(bb, plan.seed), "padding": str(bb.padding),
                   "taps": [t.name for t in taps], "feature_size": plan.feature_size, "image_size": plan.size,
                   "normalize": str(data.normalize)}
+    if str(bb.get("pos_embed", "keep")) != "keep":  # only then: the keys of every other entry stay as they were
+        key_fields["pos_embed"] = str(bb.pos_embed)
     num_workers = resolve_num_workers(data.get("num_workers", "auto"), plan.device)
     train_ds = make_dataset(data, "train")
     test_ds = make_dataset(data, "test") if any(k not in SYNTHETIC_KINDS for k in plan.kinds) else None

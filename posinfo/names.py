@@ -18,7 +18,7 @@ STRIPES = ("horstp", "verstp")
 TARGET_RANGES = ("unit", "signed")
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-BACKBONES = ("posenet", "vgg16", *RESNETS)
+BACKBONES = ("posenet", "vgg16", *RESNETS, "timm", "torchvision")  # the last two: any model (posinfo.zoo)
 PADDINGS = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 CANVAS_COLORS = ("black", "white", "mean", "noise")  # data.canvas.color
 
@@ -34,7 +34,7 @@ DATA_SOURCES = ("embedded", "folder", "photos")
 # Training budgets and the convergence rule (posinfo.train; docs/method.md, "Training outcome").
 PAPER_STEPS = 4950  # the paper's protocol: ceil(10,553 / 32) = 330 batches × 15 epochs
 CONVERGED_REL_CHANGE = 0.02  # converged: the loss fell by at most this over the last tenth of the steps
-NORMALIZATIONS = ("none", "imagenet")
+NORMALIZATIONS = ("none", "imagenet", "model")  # model: the pretrained weights' own mean/std
 CACHE_DTYPES = ("float16", "float32")
 
 # ----------------------------------------------------------------------------- files of a job folder

@@ -15,7 +15,21 @@ def job_problems(cfg: DictConfig) -> list[str]:
     out: list[str] = []
     bb, data = cfg.backbone, cfg.data
     weights = str(bb.weights)
-    if bb.name != "posenet" and weights == "imagenet":
+    if bb.name in ("timm", "torchvision"):
+        from posinfo.errors import PosinfoError
+        from posinfo.zoo import check_model, pretrained_problem
+
+        try:
+            check_model(str(bb.name), bb.get("model"))
+        except PosinfoError as e:
+            return [str(e)]
+        if weights == "imagenet":
+            problem = pretrained_problem(str(bb.name), str(bb.model))
+            if problem:
+                out.append(problem)
+        elif weights not in ("random", "none") and not user_path(weights).is_file():
+            out.append(f"backbone.weights file '{weights}' does not exist: give a checkpoint path, or imagenet, or random")
+    elif bb.name != "posenet" and weights == "imagenet":
         from posinfo.backbones import imagenet_problem
 
         problem = imagenet_problem(str(bb.name))

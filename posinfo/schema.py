@@ -75,6 +75,7 @@ STEPS = Rule("null (the epochs as given), an integer ≥ 1, or paper (4950 steps
 BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
 TEXT = Rule("a non-empty string", lambda v: isinstance(v, str) and v.strip() != "")
 OPTIONAL_TEXT = Rule("a string or null", lambda v: v is None or isinstance(v, str))
+NODE = Rule("a graph node name or a feature index", lambda v: (isinstance(v, str) and v.strip() != "") or _is_int(v))
 WORKERS = Rule("auto or an integer ≥ 0", lambda v: v == "auto" or (_is_int(v) and v >= 0)
                or (isinstance(v, str) and v.isdigit()))
 
@@ -95,6 +96,10 @@ class BackboneConfig:
     padding: str = _f("zeros", one_of(PADDINGS))
     taps: Optional[List[int]] = _f(None, optional(list_of(integer(0), "level indices (integers ≥ 0)", nonempty=True), "all levels"))
     init: str = _f("torchvision", one_of(("torchvision", "pytorch")))
+    model: Optional[str] = _f(None, OPTIONAL_TEXT)  # backbone=timm|torchvision: the model's name
+    nodes: Optional[List[str]] = _f(None, optional(list_of(NODE, "graph nodes or timm feature indices", nonempty=True),
+                                                   "the default taps"))
+    pos_embed: str = _f("keep", one_of(("keep", "zero", "shuffle")))
 
 
 @dataclass

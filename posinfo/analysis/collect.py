@@ -184,7 +184,7 @@ def _tidy(jobs: list[dict]) -> pd.DataFrame:
             "status": j["status"],
             "error": j["error"],
             "experiment": ch.get("experiment") or cfg.get("experiment_name") or _experiment_from(j["overrides"]),
-            "backbone": (cfg.get("backbone") or {}).get("name", ch.get("backbone")),
+            "backbone": _backbone_label(cfg.get("backbone") or {}, ch.get("backbone")),
             "target": (cfg.get("target") or {}).get("name", ch.get("target")),
             "input": None,
             "input_set": (cfg.get("input") or {}).get("name", ch.get("input")),
@@ -214,6 +214,12 @@ def _tidy(jobs: list[dict]) -> pd.DataFrame:
         return df
     df = attach_paper(df)
     return df.drop(columns=[WEIGHTS_LABEL]).reset_index(drop=True)
+
+
+def _backbone_label(bb: dict, choice: str | None) -> str | None:
+    """The backbone's name; for any-model backbones the model too: ``timm/convnext_tiny``."""
+    name = bb.get("name", choice)
+    return f"{name}/{bb['model']}" if name in ("timm", "torchvision") and bb.get("model") else name
 
 
 def _experiment_from(overrides: list[str]) -> str | None:

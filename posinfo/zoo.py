@@ -1,0 +1,417 @@
+"""Any torchvision or timm model as the frozen encoder: ``backbone=timm backbone.model=NAME`` or
+``backbone=torchvision backbone.model=NAME`` (docs/method.md, "Any backbone").
+
+- **timm**: the model's own ``forward_intermediates`` (CNNs and ViT-family models alike); the
+  levels are its ``feature_info`` entries (stage outputs; a ViT's blocks), ViT patch tokens
+  come back as an (H/p)×(W/p) map with the prefix (class, register, distillation) tokens
+  dropped. ViT-family models are built with ``dynamic_img_size`` where timm has it, else at
+  ``data.image_size``.
+- **torchvision**: any classification model; the levels are found from its graph
+  (``get_graph_node_names``): of the outputs of its top two levels of modules, the last one at
+  each spatial resolution, i.e. the output of each stage before the next downsampling.
+- Default taps: every level up to 4, else 4 evenly spaced (first and last included);
+  ``backbone.taps`` picks levels by index, ``backbone.nodes`` names graph nodes (torchvision)
+  or feature indices (timm) directly.
+- ``backbone.pos_embed``: ``keep``, ``zero`` (the learned position embedding set to zero after
+  loading) or ``shuffle`` (the patch positions' embeddings permuted with a fixed seed: same
+  norms, positions scrambled).
+
+Weights load lazily (only when some features are not cached), like the built-in backbones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from posinfo.errors import PosinfoError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("timm", "torchvision")
+MAX_DEFAULT_TAPS = 4
+POS_EMBED = ("keep", "zero", "shuffle")
+SHUFFLE_SEED = 0
+# torchvision's transformers give tokens, not maps: timm has them with spatial outputs.
+_TV_TOKEN_MODELS = ("vit_", "swin_", "swin3d", "maxvit", "mvit", "s3d", "r3d", "r2plus1d", "mc3")
+_HEAD_PREFIXES = ("head.", "fc.", "classifier.", "heads.", "head_dist.", "last_linear.")
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def _closest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+    return f"; closest: {', '.join(close)}" if close else ""
+
+
+def check_model(kind: str, model: str | None) -> None:
+    """One line for a missing or unknown model name (with the closest valid names)."""
+    if not model:
+        raise PosinfoError(f"backbone={kind} needs backbone.model: e.g. backbone.model="
+                           f"{'convnext_tiny' if kind == 'timm' else 'efficientnet_b0'}")
+    if kind == "timm":
+        import timm
+
+        names = timm.list_models()
+        if model not in names and model.split(".")[0] not in names:
+            raise PosinfoError(f"backbone.model={model}: no such timm model{_closest(model, names)} "
+                               "(python -c \"import timm; print(timm.list_models('*vit*'))\" lists them)")
+    else:
+        import torchvision
+
+        names = torchvision.models.list_models(module=torchvision.models)
+        if model not in names:
+            raise PosinfoError(f"backbone.model={model}: no such torchvision classification model"
+                               f"{_closest(model, names)}")
+        if model.startswith(_TV_TOKEN_MODELS):
+            raise PosinfoError(f"backbone.model={model}: torchvision's {model} has no spatial feature maps between "
+                               f"its blocks: use backbone=timm backbone.model=<its timm name> (e.g. vit_base_patch16_224)")
+
+
+# ----------------------------------------------------------------------------- bodies
+
+
+class TimmBody(nn.Module):
+    """A timm model's intermediate maps at ``indices``, as {tap name: NCHW map}."""
+
+    def __init__(self, model: nn.Module, indices: list[int], names: list[str]):
+        super().__init__()
+        self.model, self.indices, self.names = model, list(indices), list(names)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = self.model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW", intermediates_only=True)
+        return dict(zip(self.names, maps))
+
+
+class GraphBody(nn.Module):
+    """A torchvision model cut at graph nodes (``create_feature_extractor``), as {tap name: map}."""
+
+    def __init__(self, model: nn.Module, nodes: dict[str, str]):
+        super().__init__()
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        from posinfo.partialconv import PartialConv2d
+
+        self.names = list(nodes)
+        self.model = create_feature_extractor(model, return_nodes={node: tap for tap, node in nodes.items()},
+                                              tracer_kwargs={"leaf_modules": [PartialConv2d]})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(x)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _timm_model(model: str, pretrained: bool, image_size: int) -> nn.Module:
+    import timm
+
+    kwargs: dict = {}
+    try:  # ViT family: any image size (positions resampled); others ignore the flag or refuse it
+        return timm.create_model(model, pretrained=pretrained, dynamic_img_size=True, **kwargs)
+    except TypeError:
+        pass
+    try:
+        return timm.create_model(model, pretrained=pretrained, img_size=image_size)
+    except TypeError:
+        return timm.create_model(model, pretrained=pretrained)
+
+
+def _tv_model(model: str) -> nn.Module:
+    import torchvision
+
+    return torchvision.models.get_model(model, weights=None)
+
+
+def _levels_timm(m: nn.Module, model: str) -> list[tuple[str, str]]:
+    """(tap name, node) for every level of a timm model: its feature_info entries."""
+    info = getattr(m, "feature_info", None)
+    if not hasattr(m, "forward_intermediates") or not info:
+        raise PosinfoError(f"backbone.model={model}: this timm model has no spatial intermediate features "
+                           "(no forward_intermediates): choose a CNN or ViT-family model")
+    return [(str(f["module"]), str(i)) for i, f in enumerate(info)]
+
+
+def _module_outputs(m: nn.Module, nodes: list[str]) -> list[tuple[str, str]]:
+    """The graph node that ends each top-level module, or each child of a top-level container
+    (a stage of blocks), in graph order."""
+    prefixes = []
+    for name, child in m.named_children():
+        kids = [f"{name}.{k}" for k, _ in child.named_children()]
+        container = isinstance(child, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and len(kids) > 1
+        prefixes += kids if container else [name]
+    last: dict[str, str] = {}
+    for n in nodes:
+        for p in prefixes:
+            if n == p or n.startswith(p + "."):
+                last[p] = n
+    order = {n: i for i, n in enumerate(nodes)}
+    return sorted(((p, n) for p, n in last.items()), key=lambda pn: order[pn[1]])
+
+
+def _levels_torchvision(m: nn.Module, model: str) -> list[tuple[str, str]]:
+    """(tap name, node): of the nodes that end a module (a top-level one, or a block of a stage),
+    the last at each spatial resolution: each stage's output before the next downsampling.
+    Shapes from a meta-device pass."""
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    _, nodes = get_graph_node_names(m)
+    candidates = dict((n, p) for p, n in _module_outputs(m, nodes)
+                      if not p.startswith(("flatten", "classifier", "fc", "avgpool", "head")))
+    probe = create_feature_extractor(m, return_nodes={n: n for n in candidates})
+    with torch.no_grad():
+        out = probe(torch.zeros(1, 3, 224, 224, device="meta"))
+    maps = [(n, tuple(v.shape)) for n, v in out.items() if isinstance(v, torch.Tensor) and v.dim() == 4]
+    levels: list[tuple[str, str]] = []
+    for i, (n, shape) in enumerate(maps):
+        nxt = maps[i + 1][1] if i + 1 < len(maps) else None
+        if shape[-1] > 1 and (nxt is None or nxt[-1] < shape[-1]):
+            levels.append((candidates[n], n))
+    if not levels:
+        raise PosinfoError(f"backbone.model={model}: no spatial feature maps found in its graph: "
+                           "name the nodes with backbone.nodes=[...]")
+    return levels
+
+
+def default_taps(n_levels: int) -> list[int]:
+    """Every level up to MAX_DEFAULT_TAPS, else that many evenly spaced (first and last kept)."""
+    if n_levels <= MAX_DEFAULT_TAPS:
+        return list(range(n_levels))
+    return sorted({int(round(v)) for v in np.linspace(0, n_levels - 1, MAX_DEFAULT_TAPS)})
+
+
+def _choose(levels: list[tuple[str, str]], taps: list[int] | None, nodes: list[str] | None, kind: str,
+            model: str, all_nodes: Callable[[], list[str]]) -> dict[str, str]:
+    if taps and nodes:
+        raise PosinfoError("backbone.taps and backbone.nodes both set: give one (levels by index, or nodes by name)")
+    if nodes:
+        if kind == "timm":
+            bad = [n for n in nodes if not str(n).isdigit() or int(n) >= len(levels)]
+            if bad:
+                raise PosinfoError(f"backbone.nodes={list(nodes)}: timm feature indices of {model} run 0…{len(levels) - 1}")
+            return {levels[int(n)][0]: str(int(n)) for n in nodes}
+        known = all_nodes()
+        bad = [n for n in nodes if n not in known]
+        if bad:
+            raise PosinfoError(f"backbone.nodes: {bad[0]} is not a node of {model}{_closest(str(bad[0]), known)}")
+        return {str(n): str(n) for n in nodes}
+    picks = default_taps(len(levels)) if taps is None else [int(t) for t in taps]
+    bad = [t for t in picks if not 0 <= t < len(levels)]
+    if bad or len(set(picks)) != len(picks):
+        raise PosinfoError(f"backbone.taps={list(taps or [])} is not valid for {model}: choose distinct levels "
+                           f"0…{len(levels) - 1} ({', '.join(n for n, _ in levels)})")
+    return {levels[t][0]: levels[t][1] for t in sorted(picks)}
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def pretrained_identity(kind: str, model: str) -> str:
+    """What 'imagenet' weights are for this model (a cache-key field)."""
+    if kind == "timm":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(model.split(".")[0] if "." not in model else model)
+        tag = (cfg.hf_hub_id or cfg.url or "") if cfg is not None else ""
+        return f"timm:{model}:{tag}"
+    import torchvision
+
+    return str(torchvision.models.get_model_weights(model).DEFAULT)
+
+
+def model_mean_std(kind: str, model: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The pretrained weights' own input normalisation (data.normalize=model)."""
+    if kind == "timm":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(model)
+        if cfg is not None and cfg.mean and cfg.std:
+            return tuple(cfg.mean), tuple(cfg.std)
+    else:
+        import torchvision
+
+        t = torchvision.models.get_model_weights(model).DEFAULT.transforms()
+        return tuple(t.mean), tuple(t.std)
+    from posinfo.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def pretrained_problem(kind: str, model: str) -> str | None:
+    """None if the pretrained weights are cached here or fetchable; else the job's one-line error."""
+    import urllib.request
+
+    if kind == "torchvision":
+        import torchvision
+
+        w = torchvision.models.get_model_weights(model).DEFAULT
+        if (Path(torch.hub.get_dir()) / "checkpoints" / w.url.rsplit("/", 1)[-1]).is_file():
+            return None
+        url = w.url
+    else:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(model)
+        if cfg is None or not (cfg.hf_hub_id or cfg.url):
+            return f"backbone.model={model}: timm has no pretrained weights for it: use backbone.weights=random or a file"
+        if cfg.hf_hub_id:
+            from huggingface_hub import try_to_load_from_cache
+
+            for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+                if isinstance(try_to_load_from_cache(cfg.hf_hub_id, f), str):
+                    return None
+            url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors"
+        else:
+            if (Path(torch.hub.get_dir()) / "checkpoints" / cfg.url.rsplit("/", 1)[-1]).is_file():
+                return None
+            url = cfg.url
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5.0):
+            return None
+    except Exception as e:  # URLError, timeout, HTTP error: not fetchable from here
+        return _unavailable(kind, model, f"not cached, and {type(e).__name__} fetching it")
+
+
+def _unavailable(kind: str, model: str, reason: str) -> str:
+    fetch = (f"python -c \"import timm; timm.create_model('{model}', pretrained=True)\"" if kind == "timm" else
+             f"python -c \"import torchvision; torchvision.models.get_model('{model}', weights='DEFAULT')\"")
+    return (f"cannot load {kind}'s pretrained weights for {model} ({reason}): download them once where there is "
+            f"network ({fetch}), or use backbone.weights=random or backbone.weights=/path/to/checkpoint")
+
+
+def _load_file(path: str) -> dict:
+    from posinfo.backbones import _file_state_dict
+
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        from posinfo.io import user_path
+
+        p = user_path(path)
+        if not p.is_file():
+            raise PosinfoError(f"backbone.weights file '{path}' does not exist: give a checkpoint path, or imagenet, or random")
+        return load_file(str(p))
+    return _file_state_dict(path)
+
+
+def _check_keys(m: nn.Module, sd: dict, source: str, kind: str, model: str) -> dict:
+    """``sd`` restricted to ``m``'s keys, after insisting that every non-head weight is there and fits."""
+    expected = m.state_dict()
+    missing = [k for k in expected if k not in sd and not k.startswith(_HEAD_PREFIXES)]
+    unexpected = [k for k in sd if k not in expected and not k.startswith(_HEAD_PREFIXES)]
+    wrong = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+        parts = [f"{what}: {show(keys)}" for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                                             ("wrong shapes", wrong)) if keys]
+        raise PosinfoError(f"backbone.weights '{source}' does not fit {kind}'s {model} ({'; '.join(parts)}): "
+                           f"give a checkpoint of that very architecture")
+    return {k: v for k, v in sd.items() if k in expected}
+
+
+def _apply_pos_embed(m: nn.Module, mode: str, model: str) -> None:
+    if mode == "keep":
+        return
+    pe = getattr(m, "pos_embed", None)
+    if not isinstance(pe, torch.Tensor) or pe.numel() == 0:
+        raise PosinfoError(f"backbone.pos_embed={mode}: {model} has no learned position embedding (pos_embed): "
+                           "use backbone.pos_embed=keep")
+    with torch.no_grad():
+        if mode == "zero":
+            pe.zero_()
+            return
+        prefix = 0 if getattr(m, "no_embed_class", False) else int(getattr(m, "num_prefix_tokens", 0))
+        n = pe.shape[1] - prefix
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(SHUFFLE_SEED))
+        pe[:, prefix:] = pe[:, prefix:][:, perm].clone()
+
+
+# ----------------------------------------------------------------------------- the encoder
+
+
+def build(kind: str, model: str, weights: str, padding: str, taps: list[int] | None, nodes: list[str] | None,
+          normalize: str, lazy: bool, pos_embed: str, image_size: int):
+    """The frozen Encoder of a torchvision or timm model (see the module docstring)."""
+    from posinfo.backbones import Encoder, _check_padding_any, _set_padding
+
+    check_model(kind, model)
+    if pos_embed not in POS_EMBED:
+        raise PosinfoError(f"backbone.pos_embed={pos_embed}: must be one of {', '.join(POS_EMBED)}")
+    make = (lambda pretrained: _timm_model(model, pretrained, image_size)) if kind == "timm" else \
+        (lambda pretrained: _tv_model(model))
+    try:
+        with torch.device("meta"):
+            skeleton = make(False)
+    except (NotImplementedError, RuntimeError):  # a builder that computes with tensors (RegNet's widths)
+        with torch.random.fork_rng(devices=[]):
+            skeleton = make(False).to("meta")
+    levels = _levels_timm(skeleton, model) if kind == "timm" else _levels_torchvision(skeleton, model)
+    if pos_embed != "keep":
+        _apply_pos_embed_check(skeleton, pos_embed, model)
+    chosen = _choose(levels, taps, nodes, kind, model, lambda: _all_nodes(skeleton))
+    _check_padding_any(skeleton, padding, f"{kind}'s {model}")
+    _set_padding(skeleton, padding)
+
+    def body_of(m: nn.Module) -> nn.Module:
+        if kind == "timm":
+            return TimmBody(m, [int(v) for v in chosen.values()], list(chosen))
+        return GraphBody(m, chosen)
+
+    file_sd = None
+    if weights not in ("imagenet", "random"):
+        file_sd = _check_keys(skeleton, _load_file(weights), weights, kind, model)
+    elif weights == "random":
+        log.warning("backbone %s uses random weights (a control, not pretrained weights)", model)
+    rng_state = torch.get_rng_state()
+    mean_std = model_mean_std(kind, model) if normalize == "model" else None
+
+    def real() -> nn.Module:
+        if weights == "imagenet":
+            try:
+                if kind == "timm":
+                    m = make(True)
+                else:
+                    import torchvision
+
+                    m = torchvision.models.get_model(model, weights="DEFAULT")
+            except Exception as e:  # offline, missing file, hash mismatch
+                reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+                raise PosinfoError(_unavailable(kind, model, reason)) from None
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(rng_state)
+                m = make(False)
+            if file_sd is not None:
+                m.load_state_dict(file_sd, strict=False)
+        _apply_pos_embed(m, pos_embed, model)
+        _set_padding(m, padding)
+        return m.eval()
+
+    body = body_of(skeleton)
+
+    def materialize(b: nn.Module) -> None:
+        b.model = body_of(real()).model
+
+    encoder = Encoder(f"{kind}/{model}", body, chosen, normalize, materialize, mean_std=mean_std)
+    return encoder if lazy else encoder.materialize()
+
+
+def _apply_pos_embed_check(m: nn.Module, mode: str, model: str) -> None:
+    pe = getattr(m, "pos_embed", None)
+    if not isinstance(pe, torch.Tensor) or pe.numel() == 0:
+        raise PosinfoError(f"backbone.pos_embed={mode}: {model} has no learned position embedding (pos_embed): "
+                           "use backbone.pos_embed=keep")
+
+
+def _all_nodes(m: nn.Module) -> list[str]:
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    return get_graph_node_names(m)[1]
