@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import posinfo
-from posinfo import cache, quicklook, targets
+from posinfo import cache, location, quicklook, targets
 from posinfo.backbones import build_encoder, overflows_float16
 from posinfo.data import CanvasImages, ControlImages, EmbeddedImages, FolderImages, PhotoCrops, SyntheticImages
 from posinfo.errors import PosinfoError
@@ -211,6 +211,12 @@ class Plan:
     size: int
     feature_size: int
     train_kwargs: dict
+    cells: int | None = None  # target=grid: the grid's side
+    labels: torch.Tensor | None = None  # target=grid: each readout output position's cell
+
+    @property
+    def classes(self) -> int | None:
+        return None if self.cells is None else self.cells * self.cells
 
 
 @dataclass
@@ -264,9 +270,19 @@ def _validate(cfg: DictConfig, result: dict) -> Plan:
         raise PosinfoError(f"analysis.channels=true scores channels on natural test images, but input.kinds={list(kinds)}: "
                            "use input=natural (or any input set with natural)")
     size, fs = int(data.image_size), int(ro.feature_size)
-    target = targets.make(cfg.target.name, size, str(cfg.target.get("range", "unit")))
     build_readout(3, int(ro.kernel), int(ro.depth), int(ro.padding), fs)  # validates
-    result["floor_mae"] = targets.floor_mae(target)
+    cells = labels = None
+    if cfg.target.name == "grid":
+        cells = int(cfg.target.get("cells", location.DEFAULT_CELLS))
+        labels = location.labels(cells, output_size(fs, int(ro.kernel), int(ro.depth), int(ro.padding)))
+        target = location.display_map(cells, size)
+        result["floor_mae"], result["chance"] = None, location.chance(cells)
+        if OmegaConf.select(cfg, "analysis.channels", default=False):
+            raise PosinfoError("analysis.channels=true scores channels against a map target, not target=grid: "
+                               "use target=hor or gau with it")
+    else:
+        target = targets.make(cfg.target.name, size, str(cfg.target.get("range", "unit")))
+        result["floor_mae"] = targets.floor_mae(target)
     _check_folders(data)
     late = [int(m) for m in tr.lr_milestones if int(m) >= int(tr.epochs)]
     if late:
@@ -280,7 +296,7 @@ def _validate(cfg: DictConfig, result: dict) -> Plan:
     steps = resolve_steps(tr.get("steps"))
     if steps is not None:  # only then: readouts stored before train.steps keep their keys
         train_kwargs["steps"] = steps
-    return Plan(device, kinds, target, int(tr.seed), size, fs, train_kwargs)
+    return Plan(device, kinds, target, int(tr.seed), size, fs, train_kwargs, cells, labels)
 
 
 def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> Sources:
@@ -356,7 +372,8 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
     else:
         if standardize:
             readout[0].fit(sources.train.batches(np.arange(sources.train.n), plan.train_kwargs["batch_size"]))
-        history = fit(readout, sources.train, plan.target.to(plan.device), log_path=log_path, progress=progress,
+        goal = plan.labels if plan.labels is not None else plan.target
+        history = fit(readout, sources.train, goal.to(plan.device), log_path=log_path, progress=progress,
                       **plan.train_kwargs)
         if store is not None:
             store.save(readout, history)
@@ -372,7 +389,7 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
 def _new_readout(channels: int, ro: DictConfig, plan: Plan) -> torch.nn.Module:
     """An untrained readout on ``channels`` channels, initialised from the job's seed."""
     torch.manual_seed(plan.seed)
-    readout = build_readout(channels, int(ro.kernel), int(ro.depth), int(ro.padding), plan.feature_size)
+    readout = build_readout(channels, int(ro.kernel), int(ro.depth), int(ro.padding), plan.feature_size, plan.classes)
     if str(ro.get("standardize", "none")) == "channel":  # its statistics come from the training features
         readout = torch.nn.Sequential(Standardize(channels), readout)
     return readout.to(plan.device)
@@ -408,8 +425,64 @@ def _channels(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, resu
     log.info(ch.summary_line(out))
 
 
+def _inputs(plan: Plan, sources: Sources, predict_fn):
+    """Each evaluation input: (kind, its predictions, image names, a few images for the figure)."""
+    bs = _prediction_batch_size(plan.device)
+    synth_preds = predict_fn(sources.synth, bs) if sources.synth else None
+    for kind in plan.kinds:
+        if kind in sources.tests:
+            src, ds = sources.tests[kind]
+            yield kind, predict_fn(src, bs), list(ds.names), [ds[i] for i in range(min(N_FIGURE_IMAGES, len(ds)))]
+        else:
+            j = sources.synth_kinds.index(kind)
+            yield kind, synth_preds[j : j + 1], [kind], [sources.synth_ds[j]]
+
+
+def _logits_all(readout, source, batch_size: int) -> torch.Tensor:
+    out = []
+    with torch.no_grad():
+        for feats in source.batches(np.arange(source.n), batch_size):
+            out.append(readout(feats).float().cpu())
+    return torch.cat(out)
+
+
+def _evaluate_grid(readout: torch.nn.Module, plan: Plan, sources: Sources, result: dict):
+    """target=grid: location accuracies per image, then the means, for every evaluation input."""
+    from posinfo.metrics import border_bins
+
+    lab, cells = plan.labels, plan.cells
+    bins, starts = border_bins(*lab.shape)
+    rows: list[tuple] = []
+    panels: list[tuple[str, np.ndarray, np.ndarray]] = []
+    arrays: dict[str, np.ndarray] = {"target": plan.target.numpy()}
+    metrics: dict[str, dict] = {}
+    for kind, logits, names, images in _inputs(plan, sources, lambda src, bs: _logits_all(readout, src, bs)):
+        sc = location.scores(logits, lab, cells)
+        rows += [(kind, name, *map(float, v)) for name, v in zip(names, sc)]
+        metrics[kind] = {**dict(zip(location.METRICS, sc.mean(axis=0).tolist())), "chance": location.chance(cells),
+                         "n_images": len(sc),
+                         "border_accuracy": location.border_accuracy(logits, lab, bins).mean(axis=0).round(6).tolist()}
+        log.info("%-7s grid accuracy %.3f (chance %.3f)  rows %.3f  columns %.3f  (%d images)", kind,
+                 metrics[kind]["accuracy"], location.chance(cells), metrics[kind]["row_accuracy"],
+                 metrics[kind]["col_accuracy"], len(sc))
+        shown = logits[: len(images)].argmax(dim=1, keepdim=True).float() / (cells * cells - 1)
+        preds = torch.nn.functional.interpolate(shown, size=(plan.size, plan.size), mode="nearest")[:, 0].numpy()
+        arrays[f"{kind}_images"] = np.stack([quicklook.to_uint8(im) for im in images])
+        arrays[f"{kind}_pred"] = preds.astype(np.float32)
+        panels += [(kind if kind in SYNTHETIC_KINDS else names[i].replace("test_", "#"), arrays[f"{kind}_images"][i],
+                    preds[i]) for i in range(len(images))]
+    result["metrics"] = metrics
+    scale = plan.size / lab.shape[-1]
+    result["border_profile"] = {"start_px": [int(round(s * scale)) for s in starts],
+                                "pixel_fraction": (np.bincount(bins.ravel()) / bins.size).round(6).tolist(),
+                                "floor_mae": None}
+    return rows, arrays, panels
+
+
 def _evaluate(readout: torch.nn.Module, plan: Plan, sources: Sources, result: dict):
     """Per image, then the mean over images, for every evaluation input."""
+    if plan.labels is not None:
+        return _evaluate_grid(readout, plan, sources, result)
     target_np = plan.target.numpy()
     scorer = Scorer(target_np)
     rows: list[tuple[str, str, float, float]] = []
@@ -450,8 +523,9 @@ def _evaluate(readout: torch.nn.Module, plan: Plan, sources: Sources, result: di
 def _write_outputs(cfg: DictConfig, job_dir: Path, result: dict, rows: list, arrays: dict, panels: list) -> None:
     import pandas as pd
 
+    columns = ["input", "image", *(location.METRICS if cfg.target.name == "grid" else ("spc", "mae"))]
     with atomic_path(job_dir / PER_IMAGE_FILE) as tmp:
-        pd.DataFrame(rows, columns=["input", "image", "spc", "mae"]).to_csv(tmp, index=False)
+        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
     with atomic_path(job_dir / PREDICTIONS_NPZ) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)

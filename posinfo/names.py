@@ -13,7 +13,7 @@ from pathlib import Path
 
 # ----------------------------------------------------------------------------- config options
 
-TARGETS = ("hor", "ver", "gau", "horstp", "verstp")
+TARGETS = ("hor", "ver", "gau", "horstp", "verstp", "grid")  # grid: the location target (posinfo.location)
 STRIPES = ("horstp", "verstp")
 TARGET_RANGES = ("unit", "signed")
 

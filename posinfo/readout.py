@@ -95,12 +95,16 @@ class OneMapConv2d(nn.Conv2d):
 
 
 class Readout(nn.Sequential):
-    """``depth`` k×k convs. Hidden: conv C→C, BN, ReLU. Last: conv C→1, BN(1), sigmoid."""
+    """``depth`` k×k convs. Hidden: conv C→C, BN, ReLU. Last: conv C→1, BN(1), sigmoid; or, with
+    ``classes`` (the location target), conv C→classes giving logits."""
 
-    def __init__(self, in_channels: int, kernel: int = 3, depth: int = 1, padding: int = 0):
+    def __init__(self, in_channels: int, kernel: int = 3, depth: int = 1, padding: int = 0, classes: int | None = None):
         layers: list[nn.Module] = []
         for i in range(depth):
             last = i == depth - 1
+            if last and classes:
+                layers.append(nn.Conv2d(in_channels, classes, kernel, padding=padding))
+                break
             if last:
                 layers += [OneMapConv2d(in_channels, kernel, padding=padding), nn.BatchNorm2d(1)]
             else:
@@ -142,6 +146,7 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def build_readout(in_channels: int, kernel: int = 3, depth: int = 1, padding: int = 0, in_size: int = 28) -> Readout:
+def build_readout(in_channels: int, kernel: int = 3, depth: int = 1, padding: int = 0, in_size: int = 28,
+                  classes: int | None = None) -> Readout:
     validate(in_size, kernel, depth, padding)
-    return Readout(in_channels, kernel, depth, padding)
+    return Readout(in_channels, kernel, depth, padding, classes)

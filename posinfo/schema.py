@@ -106,6 +106,7 @@ class BackboneConfig:
 class TargetConfig:
     name: str = _f(MISSING, one_of(TARGETS))
     range: str = _f("unit", one_of(TARGET_RANGES))
+    cells: int = _f(7, integer(2))  # target=grid: cells per side
 
 
 @dataclass

@@ -32,8 +32,12 @@ def _epoch(readout: nn.Module, batches, tgt: torch.Tensor, opt: torch.optim.Opti
     """SGD steps over the batches (at most ``max_steps``); each step's loss and batch size."""
     losses: list[tuple[float, int]] = []
     for feats in batches:
-        pred = predict(readout, feats, tgt.shape[-1])
-        loss = F.mse_loss(pred, tgt.expand_as(pred))
+        if tgt.dtype == torch.long:  # the location target: cell labels at the readout's own resolution
+            logits = readout(feats)
+            loss = F.cross_entropy(logits, tgt.view(1, *tgt.shape[-2:]).expand(len(feats), *tgt.shape[-2:]))
+        else:
+            pred = predict(readout, feats, tgt.shape[-1])
+            loss = F.mse_loss(pred, tgt.expand_as(pred))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -83,7 +87,8 @@ def fit(
     log_path: Path | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """MSE against the same ``target`` (H×W) for every image; SGD with a step schedule.
+    """MSE against the same ``target`` (H×W) for every image, or cross-entropy when ``target`` is a
+    long map of class labels at the readout's output size (the location target); SGD with a step schedule.
 
     ``steps``: exactly that many SGD steps whatever the dataset size (the epochs it takes,
     the last one cut short), the lr milestones scaled in proportion (epoch 10 of 15 → step
@@ -93,7 +98,7 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    tgt = target.view(1, 1, *target.shape[-2:])
+    tgt = target if target.dtype == torch.long else target.view(1, 1, *target.shape[-2:])
     opt = torch.optim.SGD(readout.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n_batches = -(-source.n // batch_size)
     sched, epochs = _schedule(opt, epochs, steps, n_batches, lr_milestones, lr_gamma)

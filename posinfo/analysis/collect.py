@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from posinfo import grid
-from posinfo.analysis.cells import BORDER_PREFIX, INTERVAL_COLUMNS, METRICS
+from posinfo.analysis.cells import BORDER_PREFIX, GRID_METRICS, INTERVAL_COLUMNS, METRICS
 from posinfo.analysis.intervals import per_image_intervals
 from posinfo.analysis.paper import WEIGHTS_LABEL, attach_paper, paper_weights
 from posinfo.errors import PosinfoError
@@ -207,6 +207,7 @@ def _tidy(jobs: list[dict]) -> pd.DataFrame:
         for kind in kinds:
             m = (j["metrics"].get(kind) if kind else None) or {}  # a null entry reads as no metrics
             rows.append({**base, "input": kind, **{k: m.get(k) for k in ("spc", "mae", "n_images", "n_nan")},
+                         **({k: m.get(k) for k in GRID_METRICS} if base["target"] == "grid" else {}),
                          **{k: boot.get(kind, {}).get(k) for k in INTERVAL_COLUMNS},
                          **{f"{BORDER_PREFIX}{i + 1}": v for i, v in enumerate(m.get("border_mae") or [])}})
     df = pd.DataFrame(rows)

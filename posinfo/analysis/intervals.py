@@ -45,16 +45,18 @@ def bootstrap_interval(values: list[float] | np.ndarray) -> tuple[float, float]:
 
 
 def per_image_intervals(job_dir: str | Path) -> dict[str, dict[str, float]]:
-    """Bootstrap intervals of SPC and MAE per evaluated input of one job (empty if no per_image.csv)."""
+    """Bootstrap intervals of SPC and MAE (accuracies for target=grid) per evaluated input of one job
+    (empty if no per_image.csv)."""
     try:
         df = pd.read_csv(Path(job_dir) / PER_IMAGE_FILE)
     except (OSError, ValueError):
         return {}
     out = {}
+    measured = [c for c in ("spc", "mae", "accuracy", "accuracy_norm") if c in df]  # accuracies: target=grid
     for kind, g in df.groupby("input"):
-        spc_lo, spc_hi = bootstrap_interval(g.spc.astype(float).tolist())
-        mae_lo, mae_hi = bootstrap_interval(g.mae.astype(float).tolist())
-        out[str(kind)] = {"spc_lo": spc_lo, "spc_hi": spc_hi, "mae_lo": mae_lo, "mae_hi": mae_hi}
+        out[str(kind)] = {}
+        for m in measured:
+            out[str(kind)][f"{m}_lo"], out[str(kind)][f"{m}_hi"] = bootstrap_interval(g[m].astype(float).tolist())
     return out
 
 

@@ -51,6 +51,8 @@ def _ours_cell(c: Any) -> tuple[str, str]:
     if c["n_ok"] == 0:
         word = "failed" if c["n_failed"] else "missing"
         return word, word
+    if c.get("target") == "grid":  # the location target: accuracy and normalised accuracy
+        return fmt(c.get("accuracy"), _half(c, "accuracy")), fmt(c.get("accuracy_norm"), _half(c, "accuracy_norm"))
     spc = fmt(c["spc"], _half(c, "spc"))
     if c.get("unstable"):
         spc += " unstable (" + "/".join(fmt(v) for v in c["seed_spcs"]) + ")"
@@ -139,11 +141,15 @@ def _add_configuration(t: Table, rg: pd.DataFrame, col_key: str, deviations: dic
 
 
 def _floor_row(block: pd.DataFrame, row_fields: list[str], col_key: str, by_input: bool) -> Row | None:
-    """The floor MAEs of a block's columns (several when cells disagree), or None if it has none."""
+    """The floor MAEs of a block's columns (several when cells disagree; target=grid: chance accuracy and 0),
+    or None if it has none."""
     floors = {
         str(col): ("", "/".join(fmt(v) for v in sorted({round(float(x), 3) for x in fg.floor_mae.dropna()})))
         for col, fg in block.groupby(col_key) if fg.floor_mae.notna().any()
     }
+    if "chance" in block:
+        floors.update({str(col): (fmt(float(fg.chance.dropna().iloc[0])), ".000") for col, fg in block.groupby(col_key)
+                       if (fg.target == "grid").all() and fg.chance.notna().any()})
     if not floors:
         return None
     label = [str(block.iloc[0]["target_label"]) if by_input else ""] + [""] * (len(row_fields) - 1)
@@ -172,6 +178,10 @@ def _notes(g: pd.DataFrame, deviations: dict[str, int], ours_rows: list[tuple[Ro
         f"{PAPER}, Table n, for the same configuration; 'floor' is the MAE of the best constant "
         "prediction for that target: an MAE at its floor means no position information, whatever the SPC."
     ]
+    if (g.target == "grid").any():
+        notes.append("grid (the location target): the two numbers are the accuracy of the cell predicted at each "
+                     "position and the normalised accuracy (accuracy − chance)/(1 − chance), not SPC and MAE; its "
+                     "'floor' row is chance (1/cells²) and 0 (docs/method.md, \"The location target\").")
     if (g.n_nan > 0).any():
         notes.append("NaN k/N: k of N test images got a constant prediction, whose SPC is undefined; the SPC "
                      "shown is the mean over the other images (– if none; the paper prints such cells as .0).")
@@ -244,7 +254,12 @@ def _stripe_notes(g: pd.DataFrame) -> list[str]:
 
 def _header(t: Table) -> tuple[list[str], list[str]]:
     left = [_LABELS.get(f, f) for f in t.row_fields] + ["source"]
-    return left, [f"{c} {m}" for c in t.columns for m in ("SPC", "MAE")]
+    return left, [f"{c} {m}" for c in t.columns for m in _metric_names(c)]
+
+
+def _metric_names(column: str) -> tuple[str, str]:
+    """The two numbers of a column: SPC and MAE; accuracy and normalised accuracy for target=grid."""
+    return ("acc", "acc norm") if str(column).split(" [")[0] == "grid" else ("SPC", "MAE")
 
 
 def to_markdown(tables: list[Table]) -> str:
@@ -290,7 +305,7 @@ def to_latex(tables: list[Table]) -> str:
                 rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
         out.append(" & ".join([""] * n_left + [rf"\multicolumn{{2}}{{c}}{{{_tex(c)}}}" for c in t.columns]) + r" \\")
         out.append("".join(rf"\cmidrule(lr){{{n_left + 2 * i + 1}-{n_left + 2 * i + 2}}}" for i in range(len(t.columns))))
-        out.append(" & ".join([_tex(h) for h in left] + ["SPC", "MAE"] * len(t.columns)) + r" \\")
+        out.append(" & ".join([_tex(h) for h in left] + [m for c in t.columns for m in _metric_names(c)]) + r" \\")
         out.append(r"\midrule")
         for i, r in enumerate(t.rows):
             vals = [_tex(v) for c in t.columns for v in r.cells.get(c, ("", ""))]
