@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 from conftest import CONF, run_sweep
 from posinfo.grid import expand as expand_grid
 
-PRESETS = ["quickstart", "table1", "table2a", "table2b", "table3", "table4", "table6", "canvas", "padding"]
+PRESETS = ["quickstart", "table1", "table2a", "table2b", "table3", "table4", "table6", "canvas", "padding",
+           "vit_pos_embed", "modern_cnns"]
 PADDING_MODES = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 WEIGHTS = ["saliency_weights=/w/sod.pt", "segmentation_weights=/w/ss.pt"]
 TARGETS3 = ("hor", "gau", "horstp")
@@ -119,6 +120,19 @@ def test_canvas_grid_is_every_border_and_colour_for_posenet_and_vgg16():
     assert all(c["readout"]["padding"] == 0 and c["input"]["kinds"] == ["natural"] for c in configs)
 
 
+@pytest.mark.parametrize("preset,models,extra", [
+    ("vit_pos_embed", {"vit_tiny_patch16_224", "deit_tiny_patch16_224"}, {"keep", "zero", "shuffle"}),
+    ("modern_cnns", {"resnet50", "convnext_tiny", "efficientnet_b0", "regnet_y_400mf", "mobilenet_v3_small"}, {"keep"}),
+])
+def test_any_backbone_presets(preset, models, extra):
+    configs = job_configs(preset)
+    cells = {(c["backbone"]["model"], c["backbone"]["pos_embed"], c["target"]["name"], c["train"]["seed"]) for c in configs}
+    assert len(configs) == len(cells) == len(models) * len(extra) * 3 * 3
+    assert {m for m, *_ in cells} == models and {p for _, p, *_ in cells} == extra
+    assert {t for _, _, t, _ in cells} == {"hor", "gau", "grid"}
+    assert all(c["readout"]["standardize"] == "channel" and c["input"]["kinds"] == ["natural"] for c in configs)
+
+
 def test_table6_grid_uses_the_supplied_weights():
     configs = job_configs("table6", *WEIGHTS)
     got = sorted((c["pretraining"], c["backbone"]["name"], c["backbone"]["weights"], c["target"]["name"],
@@ -178,6 +192,11 @@ E2E_EXTRA = {
     # two borders × two colours, and the partial-padding rows: the code paths, in seconds
     "canvas": ["data.canvas.border=0,8", "data.canvas.color=black,noise", "target=hor"],
     "padding": ["+experiment/padding=vgg16_partial,resnet50_partial", "target=hor"],
+    # one model each way, the grid target included; random weights (TINY); 64 px for the ViT's 4×4 tokens
+    "vit_pos_embed": ["backbone.model=vit_tiny_patch16_224", "backbone.pos_embed=keep,zero", "target=hor,grid",
+                      "target.cells=2", "data.image_size=64"],
+    "modern_cnns": ["backbone.model=mobilenet_v3_small,convnext_tiny", "target=hor,grid", "target.cells=2",
+                    "data.image_size=64"],
 }
 # VGG16 without padding needs >= 196 px to keep f5 (Table 4's taps shrink to 2 px at 224).
 IMAGE_SIZE = {"table4": "data.image_size=224"}
