@@ -6,12 +6,9 @@ block, before its pooling. No architecture is copied by hand: torchvision builds
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
@@ -19,9 +16,9 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from posinfo.errors import PosinfoError
-from posinfo.io import user_path
-from posinfo.names import NORMALIZATIONS, PADDINGS
-from posinfo.partialconv import PartialConv2d, make_partial
+from posinfo.encoder import Encoder, file_state_dict, set_padding
+from posinfo.names import PADDINGS
+from posinfo.partialconv import PartialConv2d
 
 log = logging.getLogger(__name__)
 
@@ -39,118 +36,6 @@ _DEFAULT_LEVELS = {"vgg16": [1, 2, 3, 4, 5], **{r: [1, 2, 3, 4] for r in RESNETS
 # Random-init ResNet-101/152 in eval mode reach activations of 1e4–1e7 (no trained BatchNorm
 # statistics to tame the residual sums): beyond float16's 65504.
 _FLOAT16_OVERFLOW = {("resnet101", "random"), ("resnet152", "random")}
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class Tap:
-    """One feature level: the paper's f_pos^i."""
-
-    name: str
-    node: str
-    channels: int
-    size: tuple[int, int]
-
-
-class Encoder(nn.Module):
-    """Frozen feature extractor: images in [0,1] -> list of tap maps.
-
-    ``body`` is None for PosENet, whose "feature" is the image itself. The encoder is
-    always in eval mode and never has gradients: BatchNorm statistics never move.
-
-    A lazy encoder (``build_encoder(..., lazy=True)``) holds its body on the meta device
-    and gets its weights (``materialize``) only before its first forward pass: a job
-    whose features are all in the cache never loads or initialises them. ``describe``
-    reads tap shapes from a weightless meta copy either way.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        body: nn.Module | None,
-        nodes: dict[str, str],
-        normalize: str,
-        materialize: Callable[[nn.Module], None] | None = None,
-        mean_std: tuple | None = None,
-    ):
-        super().__init__()
-        self.name = name
-        self.body = body
-        self.nodes = nodes  # tap name -> graph node
-        if normalize not in NORMALIZATIONS:
-            raise PosinfoError(f"unknown data.normalize '{normalize}': use {', '.join(NORMALIZATIONS)}")
-        if normalize == "model" and body is None:
-            raise PosinfoError(f"data.normalize=model uses a pretrained model's own statistics, and {name} has none: "
-                               "use data.normalize=none or imagenet")
-        self.normalize = normalize
-        mean, std = mean_std or (IMAGENET_MEAN, IMAGENET_STD)  # torchvision's VGG/ResNet weights: ImageNet's
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.requires_grad_(False)
-        self.eval()
-        # Plain attributes, not submodules: neither appears in state_dict() or .to().
-        # (eval() again: a copied feature extractor starts in train mode, with its train graph.)
-        self._skeleton = _Skeleton(copy.deepcopy(body).to("meta").eval() if body is not None else None)
-        self._pending = materialize
-
-    @property
-    def materialized(self) -> bool:
-        return self._pending is None
-
-    def materialize(self) -> "Encoder":
-        """Load or initialise the weights now (a no-op once done); returns self."""
-        if self._pending is not None:
-            fn, self._pending = self._pending, None
-            fn(self.body)
-            self.requires_grad_(False)
-            self.eval()
-        return self
-
-    def train(self, mode: bool = True) -> "Encoder":
-        # A frozen probe: whatever a caller asks, the backbone stays in eval mode.
-        return super().train(False)
-
-    @torch.inference_mode()
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        if self._pending is not None:
-            raise RuntimeError("a lazy Encoder runs only after materialize() (and .to(device))")
-        x = images
-        if self.normalize in ("imagenet", "model"):
-            x = (x - self.mean) / self.std
-        if self.body is None:
-            return [x]
-        out = self.body(x)
-        return [out[t] for t in self.nodes]
-
-    def describe(self, image_size: int) -> list[Tap]:
-        """Each tap's channels and size, from shapes alone (a meta-device pass: no weights, no arithmetic)."""
-        x = torch.zeros(1, 3, image_size, image_size, device="meta")
-        try:
-            if self._skeleton.body is None:
-                maps = [x]
-            else:
-                with torch.no_grad():
-                    out = self._skeleton.body(x)
-                maps = [out[t] for t in self.nodes]
-        except (RuntimeError, ValueError) as e:
-            raise PosinfoError(
-                f"data.image_size={image_size} is too small for backbone '{self.name}' "
-                f"({str(e).splitlines()[0][:120]}): use a larger data.image_size"
-            ) from None
-        names = list(self.nodes) if self.body is not None else ["rgb"]
-        nodes = list(self.nodes.values()) if self.body is not None else ["image"]
-        return [
-            Tap(n, node, int(m.shape[1]), (int(m.shape[2]), int(m.shape[3])))
-            for n, node, m in zip(names, nodes, maps)
-        ]
-
-
-@dataclass
-class _Skeleton:
-    body: nn.Module | None  # on the meta device, eval mode
-
 
 def _levels(name: str, taps: list[int] | None) -> list[int]:
     if name == "posenet":
@@ -178,40 +63,6 @@ def _check_padding(name: str, padding: str) -> None:
         raise PosinfoError(
             f"backbone.padding=none is only defined for vgg16, not {name} (its residual additions need matching sizes): use zeros, reflect, replicate or circular"
         )
-
-
-def _check_padding_any(model: nn.Module, padding: str, what: str) -> None:
-    """backbone.padding for an arbitrary model (on the meta device): a known mode, and ``none``
-    only where the architecture still runs without padding (residual sums need equal sizes)."""
-    if padding not in PADDINGS:
-        raise PosinfoError(f"unknown backbone.padding '{padding}': choose one of {', '.join(PADDINGS)}")
-    if padding != "none":
-        return
-    trial = copy.deepcopy(model)
-    _set_padding(trial, "none")
-    try:
-        with torch.no_grad():
-            trial(torch.zeros(1, 3, 224, 224, device="meta"))
-    except Exception as e:
-        raise PosinfoError(f"backbone.padding=none does not work for {what} ({str(e).splitlines()[0][:100]}): "
-                           "use zeros, reflect, replicate, circular or partial") from None
-
-
-def _set_padding(model: nn.Module, padding: str) -> None:
-    if padding == "zeros":
-        return
-    if padding == "partial":  # pretrained weights kept: posinfo.partialconv
-        if make_partial(model) == 0:
-            raise PosinfoError("backbone.padding=partial: this model has no padded convolution to re-weight; "
-                               "use backbone.padding=zeros")
-        return
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            if padding == "none":
-                # Table 4: the pretrained weights are kept, only the padding goes.
-                m.padding = (0, 0)
-            elif any(p > 0 for p in m.padding):
-                m.padding_mode = padding
 
 
 def _imagenet_unavailable(name: str, reason: str) -> str:
@@ -245,28 +96,6 @@ def imagenet_problem(name: str, timeout_s: float = 5.0) -> str | None:
             return None
     except Exception as e:  # URLError, timeout, HTTP error: not fetchable from here
         return _imagenet_unavailable(name, f"not in the torch hub cache, and {type(e).__name__} fetching it")
-
-
-def _file_state_dict(path: str) -> dict:
-    p = user_path(path)
-    if not p.is_file():
-        raise PosinfoError(
-            f"backbone.weights file '{path}' does not exist: give a path to a state-dict file, or imagenet, or random"
-        )
-    try:
-        try:  # memory-mapped: checking keys and shapes reads no tensor data
-            sd = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # the legacy (pre-zip) format cannot be mapped
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise PosinfoError(f"backbone.weights file '{path}' is not a readable PyTorch state dict ({type(e).__name__}): save it with torch.save(model.state_dict(), path)") from None
-    # Common checkpoint wrappers and DataParallel prefixes.
-    for k in ("state_dict", "model", "model_state_dict", "net"):
-        if isinstance(sd, dict) and k in sd and isinstance(sd[k], dict):
-            sd = sd[k]
-    if not isinstance(sd, dict):
-        raise PosinfoError(f"backbone.weights file '{path}' holds a {type(sd).__name__}, not a state dict: save model.state_dict()")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
 def _check_fits(model: nn.Module, sd: dict, used_prefixes: tuple[str, ...], source: str, name: str) -> None:
@@ -333,7 +162,7 @@ def _weights_source(name: str, weights: str, model: nn.Module, used: tuple[str, 
     if weights == "random":
         log.warning("backbone %s uses random weights (a control, not the paper's ImageNet weights)", name)
         return "random", None
-    file_sd = _file_state_dict(weights)
+    file_sd = file_state_dict(weights)
     _check_fits(model, file_sd, used, weights, name)
     return weights, file_sd
 
@@ -386,7 +215,7 @@ def build_encoder(
     nodes = {f"f{lv}": table[lv] for lv in levels}
     used = ("features.",) if name == "vgg16" else ("conv1.", "bn1.", "layer")
     source, file_sd = _weights_source(name, weights, model, used)
-    _set_padding(model, padding)
+    set_padding(model, padding)
     body = create_feature_extractor(model, return_nodes={node: tap for tap, node in nodes.items()},
                                     tracer_kwargs={"leaf_modules": [PartialConv2d]})
     rng_state = torch.get_rng_state()  # random weights: the state at build time, lazy or not

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from posinfo.backbones import Encoder
+from posinfo.encoder import Encoder
 from posinfo.errors import PosinfoError
 
 log = logging.getLogger(__name__)

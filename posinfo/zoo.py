@@ -239,7 +239,7 @@ def model_mean_std(kind: str, model: str) -> tuple[tuple[float, ...], tuple[floa
 
         t = torchvision.models.get_model_weights(model).DEFAULT.transforms()
         return tuple(t.mean), tuple(t.std)
-    from posinfo.backbones import IMAGENET_MEAN, IMAGENET_STD
+    from posinfo.encoder import IMAGENET_MEAN, IMAGENET_STD
 
     return IMAGENET_MEAN, IMAGENET_STD
 
@@ -287,7 +287,7 @@ def _unavailable(kind: str, model: str, reason: str) -> str:
 
 
 def _load_file(path: str) -> dict:
-    from posinfo.backbones import _file_state_dict
+    from posinfo.encoder import file_state_dict
 
     if str(path).endswith(".safetensors"):
         from safetensors.torch import load_file
@@ -298,7 +298,7 @@ def _load_file(path: str) -> dict:
         if not p.is_file():
             raise PosinfoError(f"backbone.weights file '{path}' does not exist: give a checkpoint path, or imagenet, or random")
         return load_file(str(p))
-    return _file_state_dict(path)
+    return file_state_dict(path)
 
 
 def _check_keys(m: nn.Module, sd: dict, source: str, kind: str, model: str) -> dict:
@@ -340,7 +340,7 @@ def _apply_pos_embed(m: nn.Module, mode: str, model: str) -> None:
 def build(kind: str, model: str, weights: str, padding: str, taps: list[int] | None, nodes: list[str] | None,
           normalize: str, lazy: bool, pos_embed: str, image_size: int):
     """The frozen Encoder of a torchvision or timm model (see the module docstring)."""
-    from posinfo.backbones import Encoder, _check_padding_any, _set_padding
+    from posinfo.encoder import Encoder, check_padding_any, set_padding
 
     check_model(kind, model)
     if pos_embed not in POS_EMBED:
@@ -357,8 +357,8 @@ def build(kind: str, model: str, weights: str, padding: str, taps: list[int] | N
     if pos_embed != "keep":
         _apply_pos_embed_check(skeleton, pos_embed, model)
     chosen = _choose(levels, taps, nodes, kind, model, lambda: _all_nodes(skeleton))
-    _check_padding_any(skeleton, padding, f"{kind}'s {model}")
-    _set_padding(skeleton, padding)
+    check_padding_any(skeleton, padding, f"{kind}'s {model}")
+    set_padding(skeleton, padding)
 
     def body_of(m: nn.Module) -> nn.Module:
         if kind == "timm":
@@ -392,7 +392,7 @@ def build(kind: str, model: str, weights: str, padding: str, taps: list[int] | N
             if file_sd is not None:
                 m.load_state_dict(file_sd, strict=False)
         _apply_pos_embed(m, pos_embed, model)
-        _set_padding(m, padding)
+        set_padding(m, padding)
         return m.eval()
 
     body = body_of(skeleton)
