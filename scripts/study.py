@@ -297,6 +297,41 @@ def figure_controls(cells, parts_: list[str], target: str, path: Path, title: st
     plt.close(fig)
 
 
+def section_border(cells, figs: Path) -> list[str]:
+    """Where the position is known: MAE per distance-to-the-border bin (main part, hor, natural)."""
+    from posinfo.analysis.cells import border_columns
+
+    g = cells[(cells.part.isin(["main", "posenet"])) & (cells.target == "hor") & (cells.input == "natural")]
+    cols = border_columns(g) if not g.empty else []
+    if not cols or g[cols[0]].isna().all():
+        return []
+    bins = json.loads((Path(g.job_dirs.iloc[0][0]) / "result.json").read_text())["border_profile"]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    rows = []
+    for _, c in g.iterrows():
+        prof = [float(c[k]) for k in cols]
+        ax.plot(bins["start_px"], prof, marker="o", ms=3, label=c["label"])
+        rows.append([c["label"], *[f"{v:.3f}" for v in prof]])
+    ax.plot(bins["start_px"], bins["floor_mae"], "k--", lw=1, label="floor (no information)")
+    rows.append(["floor", *[f"{v:.3f}" for v in bins["floor_mae"]]])
+    ax.set_xlabel("distance to the nearest border (px, bin start)")
+    ax.set_ylabel("MAE, hor (natural test images)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(figs / "science_border.png", dpi=120)
+    plt.close(fig)
+    head = ["weights", *[f"{a}–{b - 1} px" for a, b in zip(bins["start_px"], bins["start_px"][1:] + [112])]]
+    return ["### Where the position is known: MAE by distance to the border (`hor`, embedded, natural)", "",
+            "Mean over seeds of each bin's MAE (docs/method.md, \"Border profiles\"); lower is better, the floor row "
+            "is a constant prediction.", "", md_table(head, rows), "",
+            "![MAE by distance to the border](figures/science_border.png)", ""]
+
+
 # ----------------------------------------------------------------------------- the report
 
 
@@ -507,6 +542,7 @@ def write_report(out: Path, doc: Path, w: Path, s: Scale, smoke: bool, scale_row
     lines += section_inputs(cells, ["photos", "photos_posenet"], s.photo_targets.split(","),
                             f"Every input, photographs ({s.n_photos} training crops of 14 photographs)")
     lines += ["![controls, photographs](figures/science_photos.png)", ""]
+    lines += section_border(cells, figs)
     lines += section_size(cells)
     lines += section_budget(cells, s.n_main)
     lines += section_scale(cells, scale_rows or [])
