@@ -167,6 +167,26 @@ def _weights_source(name: str, weights: str, model: nn.Module, used: tuple[str, 
     return weights, file_sd
 
 
+def _check_builtin(name: str, weights: str, padding: str, init: str, model: str | None, nodes: list[str] | None,
+                   pos_embed: str) -> None:
+    """One line for a setting a built-in backbone (VGG16, the ResNets, PosENet) does not take."""
+    if model or nodes or pos_embed != "keep":
+        key = "backbone.model" if model else "backbone.nodes" if nodes else "backbone.pos_embed"
+        raise PosinfoError(f"{key} applies to backbone=timm or backbone=torchvision, not {name}: "
+                           f"use backbone=torchvision backbone.model={name}, or drop {key}")
+    if name not in NAMES:
+        raise PosinfoError(f"unknown backbone '{name}': choose one of {', '.join(NAMES + ZOO)}")
+    if init not in INITS:
+        raise PosinfoError(f"unknown backbone.init '{init}': choose one of {', '.join(INITS)}")
+    if name == "posenet":
+        if padding != "zeros":
+            raise PosinfoError(f"backbone.padding={padding} does not apply to posenet (no encoder): set readout.padding instead")
+        return
+    _check_padding(name, padding)  # before any weights are fetched
+    if weights in (None, "", "none"):
+        raise PosinfoError(f"backbone.weights is empty for {name}: use imagenet, random or a path to a state-dict file")
+
+
 def build_encoder(
     name: str,
     weights: str = "imagenet",
@@ -191,22 +211,10 @@ def build_encoder(
         from posinfo import zoo
 
         return zoo.build(name, model, weights, padding, taps, nodes, normalize, lazy, pos_embed, image_size)
-    if model or nodes or pos_embed != "keep":
-        key = "backbone.model" if model else "backbone.nodes" if nodes else "backbone.pos_embed"
-        raise PosinfoError(f"{key} applies to backbone=timm or backbone=torchvision, not {name}: "
-                           f"use backbone=torchvision backbone.model={name}, or drop {key}")
-    if name not in NAMES:
-        raise PosinfoError(f"unknown backbone '{name}': choose one of {', '.join(NAMES + ZOO)}")
-    if init not in INITS:
-        raise PosinfoError(f"unknown backbone.init '{init}': choose one of {', '.join(INITS)}")
+    _check_builtin(name, weights, padding, init, model, nodes, pos_embed)
     levels = _levels(name, taps)
     if name == "posenet":
-        if padding != "zeros":
-            raise PosinfoError(f"backbone.padding={padding} does not apply to posenet (no encoder): set readout.padding instead")
         return Encoder(name, None, {}, normalize)
-    _check_padding(name, padding)  # before any weights are fetched
-    if weights in (None, "", "none"):
-        raise PosinfoError(f"backbone.weights is empty for {name}: use imagenet, random or a path to a state-dict file")
     # Built on the meta device: only the layers the taps use ever get memory or weights,
     # so VGG16's 120M-parameter classifier is never initialised (1 s per job saved).
     with torch.device("meta"):

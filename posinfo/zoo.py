@@ -113,21 +113,14 @@ class GraphBody(nn.Module):
 def _timm_model(model: str, pretrained: bool, image_size: int) -> nn.Module:
     import timm
 
-    kwargs: dict = {}
     try:  # ViT family: any image size (positions resampled); others ignore the flag or refuse it
-        return timm.create_model(model, pretrained=pretrained, dynamic_img_size=True, **kwargs)
+        return timm.create_model(model, pretrained=pretrained, dynamic_img_size=True)
     except TypeError:
         pass
     try:
         return timm.create_model(model, pretrained=pretrained, img_size=image_size)
     except TypeError:
         return timm.create_model(model, pretrained=pretrained)
-
-
-def _tv_model(model: str) -> nn.Module:
-    import torchvision
-
-    return torchvision.models.get_model(model, weights=None)
 
 
 def _levels_timm(m: nn.Module, model: str) -> list[tuple[str, str]]:
@@ -317,13 +310,19 @@ def _check_keys(m: nn.Module, sd: dict, source: str, kind: str, model: str) -> d
     return {k: v for k, v in sd.items() if k in expected}
 
 
-def _apply_pos_embed(m: nn.Module, mode: str, model: str) -> None:
-    if mode == "keep":
-        return
+def _pos_embed(m: nn.Module, mode: str, model: str) -> torch.Tensor:
+    """The model's learned position embedding; one line if it has none."""
     pe = getattr(m, "pos_embed", None)
     if not isinstance(pe, torch.Tensor) or pe.numel() == 0:
         raise PosinfoError(f"backbone.pos_embed={mode}: {model} has no learned position embedding (pos_embed): "
                            "use backbone.pos_embed=keep")
+    return pe
+
+
+def _apply_pos_embed(m: nn.Module, mode: str, model: str) -> None:
+    if mode == "keep":
+        return
+    pe = _pos_embed(m, mode, model)
     with torch.no_grad():
         if mode == "zero":
             pe.zero_()
@@ -337,78 +336,84 @@ def _apply_pos_embed(m: nn.Module, mode: str, model: str) -> None:
 # ----------------------------------------------------------------------------- the encoder
 
 
+def _maker(kind: str, model: str, image_size: int) -> Callable[[bool], nn.Module]:
+    """model(pretrained) -> a fresh timm or torchvision model."""
+    if kind == "timm":
+        return lambda pretrained: _timm_model(model, pretrained, image_size)
+
+    def tv(pretrained: bool) -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(model, weights="DEFAULT" if pretrained else None)
+
+    return tv
+
+
+def _skeleton(make: Callable[[bool], nn.Module]) -> nn.Module:
+    """The model on the meta device: shapes without weights."""
+    try:
+        with torch.device("meta"):
+            return make(False)
+    except (NotImplementedError, RuntimeError):  # a builder that computes with tensors (RegNet's widths)
+        with torch.random.fork_rng(devices=[]):
+            return make(False).to("meta")
+
+
+def _real(kind: str, model: str, make: Callable[[bool], nn.Module], weights: str, file_sd: dict | None,
+          rng_state: torch.Tensor) -> nn.Module:
+    """The model with its weights: pretrained (fetched now), a file's, or drawn from ``rng_state``."""
+    if weights == "imagenet":
+        try:
+            return make(True)
+        except Exception as e:  # offline, missing file, hash mismatch
+            reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise PosinfoError(_unavailable(kind, model, reason)) from None
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(rng_state)
+        m = make(False)
+    if file_sd is not None:
+        m.load_state_dict(file_sd, strict=False)
+    return m
+
+
 def build(kind: str, model: str, weights: str, padding: str, taps: list[int] | None, nodes: list[str] | None,
           normalize: str, lazy: bool, pos_embed: str, image_size: int):
-    """The frozen Encoder of a torchvision or timm model (see the module docstring)."""
+    """The frozen Encoder of a torchvision or timm model (see the module docstring). Everything is
+    checked on a weightless meta copy first; the weights come only when the encoder is first used."""
     from posinfo.encoder import Encoder, check_padding_any, set_padding
 
     check_model(kind, model)
     if pos_embed not in POS_EMBED:
         raise PosinfoError(f"backbone.pos_embed={pos_embed}: must be one of {', '.join(POS_EMBED)}")
-    make = (lambda pretrained: _timm_model(model, pretrained, image_size)) if kind == "timm" else \
-        (lambda pretrained: _tv_model(model))
-    try:
-        with torch.device("meta"):
-            skeleton = make(False)
-    except (NotImplementedError, RuntimeError):  # a builder that computes with tensors (RegNet's widths)
-        with torch.random.fork_rng(devices=[]):
-            skeleton = make(False).to("meta")
+    make = _maker(kind, model, image_size)
+    skeleton = _skeleton(make)
     levels = _levels_timm(skeleton, model) if kind == "timm" else _levels_torchvision(skeleton, model)
     if pos_embed != "keep":
-        _apply_pos_embed_check(skeleton, pos_embed, model)
+        _pos_embed(skeleton, pos_embed, model)  # checked before any weights are fetched
     chosen = _choose(levels, taps, nodes, kind, model, lambda: _all_nodes(skeleton))
     check_padding_any(skeleton, padding, f"{kind}'s {model}")
     set_padding(skeleton, padding)
-
-    def body_of(m: nn.Module) -> nn.Module:
-        if kind == "timm":
-            return TimmBody(m, [int(v) for v in chosen.values()], list(chosen))
-        return GraphBody(m, chosen)
-
     file_sd = None
     if weights not in ("imagenet", "random"):
         file_sd = _check_keys(skeleton, _load_file(weights), weights, kind, model)
     elif weights == "random":
         log.warning("backbone %s uses random weights (a control, not pretrained weights)", model)
     rng_state = torch.get_rng_state()
-    mean_std = model_mean_std(kind, model) if normalize == "model" else None
 
-    def real() -> nn.Module:
-        if weights == "imagenet":
-            try:
-                if kind == "timm":
-                    m = make(True)
-                else:
-                    import torchvision
-
-                    m = torchvision.models.get_model(model, weights="DEFAULT")
-            except Exception as e:  # offline, missing file, hash mismatch
-                reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-                raise PosinfoError(_unavailable(kind, model, reason)) from None
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.set_rng_state(rng_state)
-                m = make(False)
-            if file_sd is not None:
-                m.load_state_dict(file_sd, strict=False)
-        _apply_pos_embed(m, pos_embed, model)
-        set_padding(m, padding)
-        return m.eval()
-
-    body = body_of(skeleton)
+    def body_of(m: nn.Module) -> nn.Module:
+        if kind == "timm":
+            return TimmBody(m, [int(v) for v in chosen.values()], list(chosen))
+        return GraphBody(m, chosen)
 
     def materialize(b: nn.Module) -> None:
-        b.model = body_of(real()).model
+        m = _real(kind, model, make, weights, file_sd, rng_state)
+        _apply_pos_embed(m, pos_embed, model)
+        set_padding(m, padding)
+        b.model = body_of(m.eval()).model
 
-    encoder = Encoder(f"{kind}/{model}", body, chosen, normalize, materialize, mean_std=mean_std)
+    mean_std = model_mean_std(kind, model) if normalize == "model" else None
+    encoder = Encoder(f"{kind}/{model}", body_of(skeleton), chosen, normalize, materialize, mean_std=mean_std)
     return encoder if lazy else encoder.materialize()
-
-
-def _apply_pos_embed_check(m: nn.Module, mode: str, model: str) -> None:
-    pe = getattr(m, "pos_embed", None)
-    if not isinstance(pe, torch.Tensor) or pe.numel() == 0:
-        raise PosinfoError(f"backbone.pos_embed={mode}: {model} has no learned position embedding (pos_embed): "
-                           "use backbone.pos_embed=keep")
 
 
 def _all_nodes(m: nn.Module) -> list[str]:

@@ -420,18 +420,8 @@ def section_scale(cells, scale_rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def conclusions(cells, s: Scale) -> list[str]:
-    """Each conclusion from the rows above: a difference of seed means with its 95% Welch interval."""
-    out = ["## Conclusions", "",
-           "Each line is computed from the tables above: a difference of means over seeds with its 95% "
-           "Welch interval; *more*/*less* only where the interval excludes zero.", ""]
-    size = cells[cells.part.isin(["size", "size_other"])]
-    ns = sorted({int(v) for v in size["data.num_train"]}) if not size.empty else []
-
-    def sz(lab, n):
-        return pick(size, label=lab, **{"data.num_train": n})
-
-    # 1. The gap to the paper.
+def _gap(cells, s: Scale, sz, ns: list[int]) -> list[str]:
+    """Conclusion 1: what moves ImageNet VGG16's hor SPC towards the paper's."""
     gap = []
     if len(ns) > 1 and sz("ImageNet", ns[-1]) is not None:
         hi, lo = sz("ImageNet", ns[-1]), sz("ImageNet", ns[0])
@@ -444,22 +434,25 @@ def conclusions(cells, s: Scale) -> list[str]:
         gap.append(f"the paper's {PAPER_STEPS} steps instead of 15 epochs ({s.n_main} images): SPC {fmt_diff(d)} "
                    f"({verdict(d, 'raises it', 'lowers it', 'no detectable change')})")
     sc = cells[cells.part == "scale"]
-    if not sc.empty:
-        def scale_cell(norm, std):
-            g = sc[(sc.label == "ImageNet") & (sc["data.normalize"].astype(str) == norm)
-                   & (sc["readout.standardize"].fillna("none").astype(str) == std)]
-            return None if g.empty else g.iloc[0]
-        ref = scale_cell("none", "none")
-        for (norm, std), what in ((("imagenet", "none"), "data.normalize=imagenet"),
-                                  (("none", "channel"), "readout.standardize=channel")):
-            c = scale_cell(norm, std)
-            if c is not None and ref is not None:
-                d = diff(c, ref)
-                gap.append(f"{what} ({s.n_scale} images): SPC {fmt_diff(d)} "
-                           f"({verdict(d, 'raises it', 'lowers it', 'no detectable change')})")
-    if gap:
-        out += ["**1. The gap to the paper's `hor` .742 (ImageNet VGG16).** " + "; ".join(gap) + ".", ""]
-    # 2. ImageNet against random initialisation.
+
+    def scale_cell(norm, std):
+        g = sc[(sc.label == "ImageNet") & (sc["data.normalize"].astype(str) == norm)
+               & (sc["readout.standardize"].fillna("none").astype(str) == std)]
+        return None if g.empty else g.iloc[0]
+
+    ref = scale_cell("none", "none") if not sc.empty else None
+    for (norm, std), what in ((("imagenet", "none"), "data.normalize=imagenet"),
+                              (("none", "channel"), "readout.standardize=channel")):
+        c = scale_cell(norm, std) if ref is not None else None
+        if c is not None:
+            d = diff(c, ref)
+            gap.append(f"{what} ({s.n_scale} images): SPC {fmt_diff(d)} "
+                       f"({verdict(d, 'raises it', 'lowers it', 'no detectable change')})")
+    return ["**1. The gap to the paper's `hor` .742 (ImageNet VGG16).** " + "; ".join(gap) + ".", ""] if gap else []
+
+
+def _imagenet_vs_random(cells, sz, ns: list[int]) -> list[str]:
+    """Conclusion 2: does ImageNet training add or remove position information?"""
     rows = []
     for n in ns:
         a, r = sz("ImageNet", n), sz("random", n)
@@ -471,14 +464,18 @@ def conclusions(cells, s: Scale) -> list[str]:
             a, r = pick(g, label="ImageNet", target=target), pick(g, label="random", target=target)
             if a is not None and r is not None:
                 rows.append([f"{data}, `{target}`", fmt_diff(diff(a, r))])
-    if rows:
-        more = sum(diff_sign(r[1]) > 0 for r in rows)
-        less = sum(diff_sign(r[1]) < 0 for r in rows)
-        out += [f"**2. ImageNet training against random initialisation** (SPC, ImageNet − random, natural test "
-                f"images): ImageNet carries more position information in {more} of {len(rows)} comparisons, less "
-                f"in {less}, and no detectable difference in {len(rows) - more - less}.", "",
-                md_table(["comparison", "SPC ImageNet − random [95% CI]"], rows), ""]
-    # 3. Position from content.
+    if not rows:
+        return []
+    more = sum(diff_sign(r[1]) > 0 for r in rows)
+    less = sum(diff_sign(r[1]) < 0 for r in rows)
+    return [f"**2. ImageNet training against random initialisation** (SPC, ImageNet − random, natural test "
+            f"images): ImageNet carries more position information in {more} of {len(rows)} comparisons, less "
+            f"in {less}, and no detectable difference in {len(rows) - more - less}.", "",
+            md_table(["comparison", "SPC ImageNet − random [95% CI]"], rows), ""]
+
+
+def _content(cells) -> list[str]:
+    """Conclusion 3: how much of the position comes from the images' layout?"""
     rows = []
     for part, data in (("main", "embedded"), ("photos", "photos"), ("posenet", "embedded"),
                        ("photos_posenet", "photos")):
@@ -486,17 +483,30 @@ def conclusions(cells, s: Scale) -> list[str]:
         for lab in dict.fromkeys(g.label):
             for target in dict.fromkeys(g.target):
                 nat = pick(g, label=lab, target=target, input="natural")
-                cells_c = [pick(g, label=lab, target=target, input=k) for k in ("shuffled", "rotated")]
-                if nat is None or any(c is None for c in cells_c):
+                controls = [pick(g, label=lab, target=target, input=k) for k in ("shuffled", "rotated")]
+                if nat is None or any(c is None for c in controls):
                     continue
-                rows.append([f"{data}, `{target}`", lab, ci(nat), *[fmt_diff(diff(nat, c)) for c in cells_c]])
-    if rows:
-        out += ["**3. How much position comes from the image content.** natural − shuffled and natural − rotated "
-                "(SPC): a positive difference is position carried by the images' layout; natural ≈ shuffled ≈ "
-                "rotated means the network's own position code (padding) carries it.", "",
-                md_table(["data, target", "weights", "SPC natural", "natural − shuffled", "natural − rotated"], rows),
-                ""]
-    return out
+                rows.append([f"{data}, `{target}`", lab, ci(nat), *[fmt_diff(diff(nat, c)) for c in controls]])
+    if not rows:
+        return []
+    return ["**3. How much position comes from the image content.** natural − shuffled and natural − rotated "
+            "(SPC): a positive difference is position carried by the images' layout; natural ≈ shuffled ≈ "
+            "rotated means the network's own position code (padding) carries it.", "",
+            md_table(["data, target", "weights", "SPC natural", "natural − shuffled", "natural − rotated"], rows), ""]
+
+
+def conclusions(cells, s: Scale) -> list[str]:
+    """Each conclusion from the rows below: a difference of seed means with its 95% Welch interval."""
+    size = cells[cells.part.isin(["size", "size_other"])]
+    ns = sorted({int(v) for v in size["data.num_train"]}) if not size.empty else []
+
+    def sz(lab, n):
+        return pick(size, label=lab, **{"data.num_train": n})
+
+    return (["## Conclusions", "",
+             "Each line is computed from the tables below: a difference of means over seeds with its 95% "
+             "Welch interval; *raises*/*lowers*, *more*/*less* only where the interval excludes zero.", ""]
+            + _gap(cells, s, sz, ns) + _imagenet_vs_random(cells, sz, ns) + _content(cells))
 
 
 def diff_sign(text: str) -> int:
