@@ -486,6 +486,9 @@ def test_a_canvas_sweep_gets_spc_against_border_per_colour(tmp_path, base_config
                      data__canvas__border=border, data__canvas__color=color)
     cells = aggregate(collect([tmp_path / "c"]))
     assert len(cells) == 6
+    with_border = cells[cells["data.canvas.border"].astype(int) > 0]
+    assert with_border.paper_table.isna().all()  # the paper never ran canvas borders
+    assert cells[cells["data.canvas.border"].astype(int) == 0].paper_table.notna().all()
     figs = [f for f in figures.draw_all(cells, tmp_path / "figs") if "border" in f.path.name]
     assert [f.path.name for f in figs] == ["canvas_spc_vs_border.png"]
     _check_figure(figs[0])

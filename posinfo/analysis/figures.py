@@ -305,8 +305,9 @@ def border_profile(g: pd.DataFrame, path: Path) -> Figure | None:
     configs = _config_order(ok)
     legend = len(configs) <= MAX_LEGEND
     width = min(FULL_WIDTH, COLUMN_WIDTH * len(targets)) if len(targets) > 1 else COLUMN_WIDTH
-    fig, axes = plt.subplots(1, len(targets), figsize=(width, 2.4 + (0.15 * min(len(configs), 8) if legend else 0)),
-                             squeeze=False, sharey=True)
+    ncol = 4 if width > 4 else 2
+    legend_h = 0.16 * math.ceil((len(configs) + 1) / ncol) if legend else 0
+    fig, axes = plt.subplots(1, len(targets), figsize=(width, 2.4 + legend_h), squeeze=False, sharey=True)
     colors = plt.get_cmap("tab10" if len(configs) <= 10 else "tab20")
     for ax, t in zip(axes[0], targets):
         sub = ok[ok.target_label == t]
@@ -325,8 +326,8 @@ def border_profile(g: pd.DataFrame, path: Path) -> Figure | None:
     axes[0, 0].set_ylabel(f"MAE ({kind})")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if legend:
-        fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), frameon=False, fontsize=FONT - 1)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.06 * math.ceil(len(labels) / 4)))
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, fontsize=FONT - 1)
+        fig.tight_layout(rect=(0, (legend_h + 0.05) / (2.4 + legend_h), 1, 1))
     else:
         fig.tight_layout()
     return _save(fig, path)
@@ -346,8 +347,10 @@ def spc_vs_border(g: pd.DataFrame, path: Path) -> Figure | None:
     ok = ok.assign(line=[re.sub(r"\s*border=\S+", "", c) for c in ok.config_label])
     targets = _ordered(ok.target_label, key=lambda t: t.split(" [")[0])
     lines = _ordered(ok.line, key=_natural)
-    fig, axes = plt.subplots(1, len(targets), figsize=(FULL_WIDTH if len(targets) > 1 else COLUMN_WIDTH, 2.6),
-                             squeeze=False, sharey=True)
+    width = FULL_WIDTH if len(targets) > 1 else COLUMN_WIDTH
+    ncol = 4 if width > 4 else 2
+    legend_h = 0.16 * math.ceil(len(lines) / ncol) if len(lines) <= MAX_LEGEND else 0
+    fig, axes = plt.subplots(1, len(targets), figsize=(width, 2.4 + legend_h), squeeze=False, sharey=True)
     colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
     for ax, t in zip(axes[0], targets):
         for j, name in enumerate(lines):
@@ -363,9 +366,9 @@ def spc_vs_border(g: pd.DataFrame, path: Path) -> Figure | None:
         ax.spines[["top", "right"]].set_visible(False)
     axes[0, 0].set_ylabel(f"SPC ({kind})")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    if len(labels) <= MAX_LEGEND:
-        fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), frameon=False, fontsize=FONT - 1)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.07 * math.ceil(len(labels) / 4)))
+    if legend_h:
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, fontsize=FONT - 1)
+        fig.tight_layout(rect=(0, (legend_h + 0.05) / (2.4 + legend_h), 1, 1))
     else:
         fig.tight_layout()
     return _save(fig, path)

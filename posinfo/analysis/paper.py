@@ -64,6 +64,8 @@ def paper_variants(row: dict) -> list[tuple[str, str]]:
         except (TypeError, ValueError):
             return None
 
+    if _beyond_the_paper(row):
+        return []
     k, d, p = num("readout.kernel"), num("readout.depth"), num("readout.padding")
     taps = row.get("backbone.taps")
     all_taps = is_missing(taps) or taps == "all" or (row.get("backbone") == "vgg16" and taps == "[1,2,3,4,5]")
@@ -88,6 +90,17 @@ def paper_variants(row: dict) -> list[tuple[str, str]]:
     elif w in ("VGG-SOD", "VGG-SS") and (k, d, p) == (3, 1, 0) and all_taps and zeros:
         out.append(("table6", f"pretraining={w}"))
     return out
+
+
+def _beyond_the_paper(row: dict) -> bool:
+    """Settings the paper never ran: a canvas border, standardised channels, a changed ViT position embedding."""
+    border = row.get("data.canvas.border")
+    try:
+        if not is_missing(border) and float(border) > 0:
+            return True
+    except (TypeError, ValueError):
+        pass
+    return row.get("readout.standardize") == "channel" or row.get("backbone.pos_embed") in ("zero", "shuffle")
 
 
 def _preferred_tables(group: pd.DataFrame) -> list[str]:
