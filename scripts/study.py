@@ -60,6 +60,8 @@ class Scale:
     n_scale: int = 500
     steps: str = "paper"
     extra: tuple[str, ...] = ()
+    scale_seeds: str = "0,1,2"   # --scale-seeds / --budget-seeds: fewer seeds where time is short
+    budget_seeds: str = "0,1,2"
 
 
 SMOKE = Scale(seeds="0,1", targets="hor", photo_targets="hor", n_main=12, n_sizes="12,8", n_sizes_other="8",
@@ -93,13 +95,13 @@ def parts(w: Path, s: Scale) -> list[Part]:
             seeds]),
         Part("scale", "data.normalize × readout.standardize, hor", [
             *two.split(), "data.normalize=none,imagenet", "readout.standardize=none,channel", "target=hor",
-            "input=natural", f"data.num_train={s.n_scale}", seeds]),
+            "input=natural", f"data.num_train={s.n_scale}", f"train.seed={s.scale_seeds}"]),
         Part("scale_hed", "readout.standardize, hor, edge-detection VGG16", [
             "backbone=vgg16", f"backbone.weights={hed}", "readout.standardize=none,channel", "target=hor",
-            "input=natural", f"data.num_train={s.n_scale}", seeds]),
+            "input=natural", f"data.num_train={s.n_scale}", f"train.seed={s.scale_seeds}"]),
         Part("budget", "the paper's step budget, hor, ImageNet VGG16", [
             "backbone=vgg16", f"backbone.weights={imagenet}", f"train.steps={s.steps}", "target=hor", "input=natural",
-            f"data.num_train={s.n_main}", seeds]),
+            f"data.num_train={s.n_main}", f"train.seed={s.budget_seeds}"]),
     ]
 
 
@@ -159,6 +161,7 @@ def ci(cell, m: str = "spc") -> str:
     s = f"{v:.3f}".replace("0.", ".", 1)
     if lo is not None and not math.isnan(lo):
         s += f" [{lo:.2f}, {hi:.2f}]".replace("0.", ".")
+    s += " ᵇ" if cell.get("ci") == "images" else ""  # one seed: the interval is a bootstrap over test images
     return s + (" ⚠" if cell.get("unstable") else "")
 
 
@@ -539,7 +542,8 @@ def write_report(out: Path, doc: Path, w: Path, s: Scale, smoke: bool, scale_row
         "Protocol: the paper's readout (3×3 conv, depth 1, padding 0, f1…f5 resized to 28×28, SGD lr 0.1, "
         "batch 32, 15 epochs, lr ×0.1 after epoch 10) unless a row says otherwise; 224-px images; 100 embedded "
         "(dead-leaves) test images, or 60 crops of 4 held-out photographs (`data=photos`). Every cell: the mean "
-        "over 3 seeds of the readout with its 95% t interval; ⚠: seeds span more than 0.1 SPC. Weights: "
+        "over 3 seeds of the readout with its 95% t interval (ᵇ: one seed, its 95% bootstrap interval over the test "
+        "images); ⚠: seeds span more than 0.1 SPC. Weights: "
         "`vgg16_imagenet.pth` (the original ImageNet VGG16), `vgg16_hed.pth` (VGG16 fine-tuned for edge "
         "detection), torchvision's random initialisation (seeded), PosENet (no encoder: the readout sees the "
         "28×28 image).", "",
@@ -568,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default=None, help="comma-separated part names (default: all)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline in a few minutes")
+    ap.add_argument("--scale-seeds", default=None, help="train.seed values of the normalisation parts (default 0,1,2)")
+    ap.add_argument("--budget-seeds", default=None, help="train.seed values of the paper-step part (default 0,1,2)")
     args = ap.parse_args(argv)
     w = Path(args.weights).expanduser().resolve()
     missing = [f for f in ("vgg16_imagenet.pth", "vgg16_hed.pth") if not (w / f).is_file()]
@@ -575,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--weights={w} lacks {', '.join(missing)}: point --weights (or POSINFO_TEST_WEIGHTS) "
                          "at the folder with the two trained VGG16 files")
     s = SMOKE if args.smoke else Scale()
+    if args.scale_seeds:
+        s.scale_seeds = args.scale_seeds
+    if args.budget_seeds:
+        s.budget_seeds = args.budget_seeds
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     chosen = parts(w, s)
