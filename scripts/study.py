@@ -69,6 +69,54 @@ SMOKE = Scale(seeds="0,1", targets="hor", photo_targets="hor", n_main=12, n_size
                                             "train.batch_size=4", "train.lr_milestones=[1]", "device=cpu"))
 
 
+# --lean: random backbones with one seed (each seed of a random VGG16 is another backbone, so another
+# extraction), no edge-detection VGG16 on photographs, input normalisation for ImageNet weights only.
+# Their parts are reported as the part named here.
+LEAN_ALIAS = {"main_random": "main", "size_random": "size_other", "photos_random": "photos", "scale_random": "scale"}
+
+
+def lean_parts(w: Path, s: Scale) -> list[Part]:
+    imagenet, hed = str(w / "vgg16_imagenet.pth"), str(w / "vgg16_hed.pth")
+    every = f"input.kinds=[{','.join(ALL_INPUTS)}]"
+    seeds, one = f"train.seed={s.seeds}", "train.seed=0"
+    pose = "backbone=posenet readout.padding=0,2"
+    base = "backbone=vgg16 backbone.weights="
+    return [
+        Part("size", "training-set size, hor, ImageNet VGG16", [
+            f"{base}{imagenet}", "target=hor", "input=natural", f"data.num_train={s.n_sizes}", seeds]),
+        Part("main", "VGG16 ImageNet and edge weights × target, every input; embedded data", [
+            f"{base}{imagenet},{hed}", f"target={s.targets}", every, f"data.num_train={s.n_main}", seeds]),
+        Part("main_random", "random VGG16 × target, every input; embedded data; one seed", [
+            f"{base}random", f"target={s.targets}", every, f"data.num_train={s.n_main}", one]),
+        Part("posenet", "PosENet readout padding 0 and 2 × target, every input; embedded data", [
+            *pose.split(), f"target={s.targets}", every, f"data.num_train={s.n_main}", seeds]),
+        Part("size_other", "training-set size, hor, edge-detection VGG16", [
+            f"{base}{hed}", "target=hor", "input=natural", f"data.num_train={s.n_sizes_other}", seeds]),
+        Part("size_random", "training-set size, hor, random VGG16; one seed", [
+            f"{base}random", "target=hor", "input=natural", f"data.num_train={s.n_sizes_other}", one]),
+        Part("photos", "ImageNet VGG16 × target, every input; photographs", [
+            "data=photos", f"{base}{imagenet}", f"target={s.photo_targets}", every, f"data.num_train={s.n_photos}",
+            seeds]),
+        Part("photos_random", "random VGG16 × target, every input; photographs; one seed", [
+            "data=photos", f"{base}random", f"target={s.photo_targets}", every, f"data.num_train={s.n_photos}", one]),
+        Part("photos_posenet", "PosENet padding 0 and 2; photographs", [
+            "data=photos", *pose.split(), f"target={s.photo_targets}", every, f"data.num_train={s.n_photos}",
+            seeds]),
+        Part("scale", "data.normalize × readout.standardize, hor, ImageNet VGG16", [
+            f"{base}{imagenet}", "data.normalize=none,imagenet", "readout.standardize=none,channel", "target=hor",
+            "input=natural", f"data.num_train={s.n_scale}", f"train.seed={s.scale_seeds}"]),
+        Part("scale_random", "readout.standardize, hor, random VGG16", [
+            f"{base}random", "readout.standardize=none,channel", "target=hor", "input=natural",
+            f"data.num_train={s.n_scale}", f"train.seed={s.scale_seeds}"]),
+        Part("scale_hed", "readout.standardize, hor, edge-detection VGG16", [
+            f"{base}{hed}", "readout.standardize=none,channel", "target=hor", "input=natural",
+            f"data.num_train={s.n_scale}", f"train.seed={s.scale_seeds}"]),
+        Part("budget", "the paper's step budget, hor, ImageNet VGG16", [
+            f"{base}{imagenet}", f"train.steps={s.steps}", "target=hor", "input=natural",
+            f"data.num_train={s.n_main}", f"train.seed={s.budget_seeds}"]),
+    ]
+
+
 def parts(w: Path, s: Scale) -> list[Part]:
     imagenet, hed = str(w / "vgg16_imagenet.pth"), str(w / "vgg16_hed.pth")
     vgg = f"backbone=vgg16 backbone.weights={imagenet},{hed},random"
@@ -138,7 +186,7 @@ def load_cells(out: Path, names: list[str]):
         if (out / name).is_dir():
             df = collect([out / name])
             if not df.empty:
-                frames.append(df.assign(part=name))
+                frames.append(df.assign(part=LEAN_ALIAS.get(name, name)))
     if not frames:
         return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True)
@@ -519,7 +567,7 @@ def diff_sign(text: str) -> int:
 
 
 def write_report(out: Path, doc: Path, w: Path, s: Scale, smoke: bool, scale_rows: list[list[str]] | None) -> None:
-    names = [p.name for p in parts(w, s)]
+    names = list(dict.fromkeys([p.name for p in parts(w, s)] + [p.name for p in lean_parts(w, s)]))
     cells = load_cells(out, names)
     if cells.empty:
         raise SystemExit(f"no finished study jobs under {out}: run python scripts/study.py first")
@@ -572,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default=None, help="comma-separated part names (default: all)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline in a few minutes")
+    ap.add_argument("--lean", action="store_true", help="random backbones with one seed, fewer photo and "
+                    "normalisation runs: about half the time (LEAN_ALIAS)")
     ap.add_argument("--scale-seeds", default=None, help="train.seed values of the normalisation parts (default 0,1,2)")
     ap.add_argument("--budget-seeds", default=None, help="train.seed values of the paper-step part (default 0,1,2)")
     args = ap.parse_args(argv)
@@ -587,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         s.budget_seeds = args.budget_seeds
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    chosen = parts(w, s)
+    chosen = lean_parts(w, s) if args.lean else parts(w, s)
     if args.parts:
         wanted = args.parts.split(",")
         unknown = sorted(set(wanted) - {p.name for p in chosen})
