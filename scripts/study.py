@@ -80,39 +80,38 @@ def lean_parts(w: Path, s: Scale) -> list[Part]:
     every = f"input.kinds=[{','.join(ALL_INPUTS)}]"
     seeds, one = f"train.seed={s.seeds}", "train.seed=0"
     pose = "backbone=posenet readout.padding=0,2"
-    base = "backbone=vgg16 backbone.weights="
     return [
         Part("size", "training-set size, hor, ImageNet VGG16", [
-            f"{base}{imagenet}", "target=hor", "input=natural", f"data.num_train={s.n_sizes}", seeds]),
+            "backbone=vgg16", f"backbone.weights={imagenet}", "target=hor", "input=natural", f"data.num_train={s.n_sizes}", seeds]),
         Part("main", "VGG16 ImageNet and edge weights × target, every input; embedded data", [
-            f"{base}{imagenet},{hed}", f"target={s.targets}", every, f"data.num_train={s.n_main}", seeds]),
+            "backbone=vgg16", f"backbone.weights={imagenet},{hed}", f"target={s.targets}", every, f"data.num_train={s.n_main}", seeds]),
         Part("main_random", "random VGG16 × target, every input; embedded data; one seed", [
-            f"{base}random", f"target={s.targets}", every, f"data.num_train={s.n_main}", one]),
+            "backbone=vgg16", "backbone.weights=random", f"target={s.targets}", every, f"data.num_train={s.n_main}", one]),
         Part("posenet", "PosENet readout padding 0 and 2 × target, every input; embedded data", [
             *pose.split(), f"target={s.targets}", every, f"data.num_train={s.n_main}", seeds]),
         Part("size_other", "training-set size, hor, edge-detection VGG16", [
-            f"{base}{hed}", "target=hor", "input=natural", f"data.num_train={s.n_sizes_other}", seeds]),
+            "backbone=vgg16", f"backbone.weights={hed}", "target=hor", "input=natural", f"data.num_train={s.n_sizes_other}", seeds]),
         Part("size_random", "training-set size, hor, random VGG16; one seed", [
-            f"{base}random", "target=hor", "input=natural", f"data.num_train={s.n_sizes_other}", one]),
+            "backbone=vgg16", "backbone.weights=random", "target=hor", "input=natural", f"data.num_train={s.n_sizes_other}", one]),
         Part("photos", "ImageNet VGG16 × target, every input; photographs", [
-            "data=photos", f"{base}{imagenet}", f"target={s.photo_targets}", every, f"data.num_train={s.n_photos}",
+            "data=photos", "backbone=vgg16", f"backbone.weights={imagenet}", f"target={s.photo_targets}", every, f"data.num_train={s.n_photos}",
             seeds]),
         Part("photos_random", "random VGG16 × target, every input; photographs; one seed", [
-            "data=photos", f"{base}random", f"target={s.photo_targets}", every, f"data.num_train={s.n_photos}", one]),
+            "data=photos", "backbone=vgg16", "backbone.weights=random", f"target={s.photo_targets}", every, f"data.num_train={s.n_photos}", one]),
         Part("photos_posenet", "PosENet padding 0 and 2; photographs", [
             "data=photos", *pose.split(), f"target={s.photo_targets}", every, f"data.num_train={s.n_photos}",
             seeds]),
         Part("scale", "data.normalize × readout.standardize, hor, ImageNet VGG16", [
-            f"{base}{imagenet}", "data.normalize=none,imagenet", "readout.standardize=none,channel", "target=hor",
+            "backbone=vgg16", f"backbone.weights={imagenet}", "data.normalize=none,imagenet", "readout.standardize=none,channel", "target=hor",
             "input=natural", f"data.num_train={s.n_scale}", f"train.seed={s.scale_seeds}"]),
         Part("scale_random", "readout.standardize, hor, random VGG16", [
-            f"{base}random", "readout.standardize=none,channel", "target=hor", "input=natural",
+            "backbone=vgg16", "backbone.weights=random", "readout.standardize=none,channel", "target=hor", "input=natural",
             f"data.num_train={s.n_scale}", f"train.seed={s.scale_seeds}"]),
         Part("scale_hed", "readout.standardize, hor, edge-detection VGG16", [
-            f"{base}{hed}", "readout.standardize=none,channel", "target=hor", "input=natural",
+            "backbone=vgg16", f"backbone.weights={hed}", "readout.standardize=none,channel", "target=hor", "input=natural",
             f"data.num_train={s.n_scale}", f"train.seed={s.scale_seeds}"]),
         Part("budget", "the paper's step budget, hor, ImageNet VGG16", [
-            f"{base}{imagenet}", f"train.steps={s.steps}", "target=hor", "input=natural",
+            "backbone=vgg16", f"backbone.weights={imagenet}", f"train.steps={s.steps}", "target=hor", "input=natural",
             f"data.num_train={s.n_main}", f"train.seed={s.budget_seeds}"]),
     ]
 
