@@ -336,8 +336,9 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
     synth_ds = (SyntheticImages(synth_kinds, plan.size, seed=int(cfg.input.get("noise_seed", 0)), file=cfg.input.get("file"))
                 if synth_kinds else None)
     settings = cache_settings(cfg.cache)
-    if settings.dtype == "float16" and overflows_float16(bb.name, str(bb.weights)):
-        log.warning("%s with %s weights: features beyond float16's range, cached as float32", bb.name, bb.weights)
+    if settings.dtype == "float16" and overflows_float16(bb.name, str(bb.weights), str(bb.padding)):
+        log.warning("%s with %s weights and %s padding: features beyond float16's range, cached as float32",
+                    bb.name, bb.weights, bb.padding)
         settings = dataclasses.replace(settings, dtype="float32")
     result["cache_dtype"] = settings.dtype
 

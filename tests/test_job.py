@@ -224,6 +224,13 @@ def test_features_known_to_exceed_float16_are_cached_as_float32(make_cfg, tmp_pa
     assert all(e.meta["dtype"] == "float32" for e in cache.list_entries(tmp_path / "cache"))
 
 
+def test_partial_padding_features_are_cached_as_float32(make_cfg, tmp_path):
+    """Partial padding's border re-weighting compounds over layers (1.5e5 seen with ImageNet VGG16)."""
+    res = run(make_cfg("backbone=resnet18", "backbone.weights=random", "backbone.padding=partial", "input=natural",
+                       "data.num_train=4"), tmp_path / "job", progress=False)
+    assert res["status"] == "ok" and res["cache_dtype"] == "float32"
+
+
 def test_features_beyond_float16_that_were_not_predicted_fail_with_a_fix():
     from posinfo.features import _check_float16_range
 
