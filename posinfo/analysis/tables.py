@@ -196,7 +196,8 @@ def _interval_notes(g: pd.DataFrame) -> list[str]:
     notes = []
     reps = g.loc[g.ci == "seeds", "n_ok"]
     if len(reps):
-        seeds = sorted({s for ss in g.seeds for s in ss}, key=sort_key)
+        seeds = sorted({int(s) if isinstance(s, float) and s.is_integer() else s for ss in g.seeds for s in ss},
+                       key=sort_key)
         span = f"{reps.max()}" if reps.min() == reps.max() else f"{reps.min()}–{reps.max()}"
         notes.append(f"ours: mean ± half the width of its 95% confidence interval, t over {span} runs per cell"
                      + (f" (train.seed {', '.join(str(s) for s in seeds)})" if seeds else "") + ".")
