@@ -170,6 +170,13 @@ def _display_fields(cells: pd.DataFrame, candidates: list[str]) -> list[str]:
     return keep
 
 
+def _shown(field: str, value: Any) -> str:
+    """A value as a label shows it: a weights file by its name, not its whole path."""
+    if field == "backbone.weights" and isinstance(value, str) and ("/" in value or "\\" in value):
+        return value.replace("\\", "/").rsplit("/", 1)[-1]
+    return str(value)
+
+
 def label_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """Add target_label and config_label; return the row fields each experiment varies.
 
@@ -191,7 +198,7 @@ def label_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]
         fields_of[name] = fields
         for i, r in g.iterrows():
             parts = [str(r["backbone"])] + [
-                (f"{_SHORT.get(f, f)}={r[f]}" if _SHORT.get(f, f) else str(r[f])) for f in fields
+                (f"{_SHORT.get(f, f)}={_shown(f, r[f])}" if _SHORT.get(f, f) else str(r[f])) for f in fields
             ]
             cells.at[i, "config_label"] = " ".join(parts)
     return cells, fields_of

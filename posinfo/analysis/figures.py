@@ -179,7 +179,8 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
     width = COLUMN_WIDTH if len(targets) * n <= 12 else FULL_WIDTH
     has_paper = bool(ok.paper_spc.notna().any())
     legend = n <= MAX_LEGEND  # beyond that the legend would be the figure: results.csv names the bars
-    ncol = min(n + has_paper, 2 if width < 4 else 5)
+    longest = max(len(str(c)) for c in configs) if configs else 10  # legend columns that fit the width
+    ncol = max(1, min(n + has_paper, 2 if width < 4 else 5, int((width - 0.3) / (0.045 * longest + 0.35))))
     legend_h = 0.17 * math.ceil((n + has_paper) / ncol) if legend else 0.3  # inches above the axes
     height = 2.0 + legend_h
     fig, ax = plt.subplots(figsize=(width, height))
