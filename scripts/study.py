@@ -621,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline in a few minutes")
     ap.add_argument("--lean", action="store_true", help="random backbones with one seed, fewer photo and "
                     "normalisation runs: about half the time (LEAN_ALIAS)")
+    ap.add_argument("--photo-targets", default=None, help="targets of the photo parts (default hor,gau)")
     ap.add_argument("--scale-seeds", default=None, help="train.seed values of the normalisation parts (default 0,1,2)")
     ap.add_argument("--budget-seeds", default=None, help="train.seed values of the paper-step part (default 0,1,2)")
     args = ap.parse_args(argv)
@@ -630,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--weights={w} lacks {', '.join(missing)}: point --weights (or POSINFO_TEST_WEIGHTS) "
                          "at the folder with the two trained VGG16 files")
     s = SMOKE if args.smoke else Scale()
+    if args.photo_targets:
+        s.photo_targets = args.photo_targets
     if args.scale_seeds:
         s.scale_seeds = args.scale_seeds
     if args.budget_seeds:
