@@ -34,16 +34,31 @@ DRAWS = 3
 SHARE = 0.9  # k90: the top-k readout's SPC reaches this share of the full readout's
 
 
+PRELOAD_BYTES = 1 << 30  # a subset this small is read from the source once and kept in memory
+
+
 class ChannelSubset:
-    """A feature source restricted to some channels (kept in their original order)."""
+    """A feature source restricted to some channels (kept in their original order). A small
+    subset is gathered in one pass and served from memory: otherwise every epoch of a top-k
+    readout would read all channels of every image to keep k of them. Batches are the same
+    sets in the same order as the source's (a batch's rows sorted, as CachedFeatures does)."""
 
     def __init__(self, source, channels: np.ndarray):
         self.source, self.n = source, source.n
         self.index = torch.as_tensor(np.sort(np.asarray(channels, dtype=np.int64)))
+        self._data: torch.Tensor | None = None
+        first = next(iter(source.batches(np.arange(min(1, source.n)), 1)), None)
+        if first is not None and self.n * len(self.index) * first[0, 0].numel() * 4 <= PRELOAD_BYTES:
+            self._data = torch.cat([f.index_select(1, self.index.to(f.device)).contiguous()
+                                    for f in source.batches(np.arange(self.n), 64)])
 
     def batches(self, order: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
-        for feats in self.source.batches(order, batch_size):
-            yield feats.index_select(1, self.index.to(feats.device))
+        if self._data is None:
+            for feats in self.source.batches(order, batch_size):
+                yield feats.index_select(1, self.index.to(feats.device))
+            return
+        for i in range(0, len(order), batch_size):
+            yield self._data[torch.as_tensor(np.sort(order[i:i + batch_size]))]
 
 
 @torch.no_grad()
