@@ -212,12 +212,21 @@ def ci(cell, m: str = "spc") -> str:
     return s + (" ⚠" if cell.get("unstable") else "")
 
 
+def _same(column, v):
+    """Rows of ``column`` equal to ``v`` (numbers compared as numbers: 1000 == 1000.0)."""
+    import pandas as pd
+
+    if isinstance(v, (int, float)):
+        return pd.to_numeric(column, errors="coerce") == v
+    return column.astype(str) == str(v)
+
+
 def pick(cells, **eq):
     g = cells
     for k, v in eq.items():
         if k not in g.columns:
             return None
-        g = g[g[k].astype(str) == str(v)]
+        g = g[_same(g[k], v)]
     return None if g.empty else g.iloc[0]
 
 
@@ -235,12 +244,27 @@ def seed_values(cell, m: str = "spc") -> list[float]:
     return out
 
 
+def _se(cell, m: str) -> float:
+    """The standard error behind a cell's 95% interval (t over seeds, or the images' bootstrap)."""
+    from scipy import stats
+
+    lo, hi, n = cell.get(f"{m}_lo"), cell.get(f"{m}_hi"), len(cell["job_dirs"])
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return math.nan
+    crit = stats.t.ppf(0.975, n - 1) if n > 1 else stats.norm.ppf(0.975)
+    return (hi - lo) / (2 * crit)
+
+
 def diff(a, b, m: str = "spc") -> tuple[float, float, float]:
-    """Mean of a − b with a 95% Welch interval over seeds."""
+    """Mean of a − b with a 95% interval: Welch's t over seeds when both cells have several; else
+    the normal approximation from each cell's own interval (a one-seed cell's: its test images)."""
     from scipy import stats
 
     x, y = np.array(seed_values(a, m)), np.array(seed_values(b, m))
     d = x.mean() - y.mean()
+    if len(x) < 2 or len(y) < 2:
+        half = stats.norm.ppf(0.975) * math.hypot(_se(a, m), _se(b, m))
+        return d, d - half, d + half
     vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     se = math.sqrt(vx + vy)
     if se == 0:
@@ -555,7 +579,8 @@ def conclusions(cells, s: Scale) -> list[str]:
 
     return (["## Conclusions", "",
              "Each line is computed from the tables below: a difference of means over seeds with its 95% "
-             "Welch interval; *raises*/*lowers*, *more*/*less* only where the interval excludes zero.", ""]
+             "Welch interval (where a cell has one seed: the normal approximation from both cells' own intervals); "
+             "*raises*/*lowers*, *more*/*less* only where the interval excludes zero.", ""]
             + _gap(cells, s, sz, ns) + _imagenet_vs_random(cells, sz, ns) + _content(cells))
 
 

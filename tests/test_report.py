@@ -492,3 +492,14 @@ def test_a_canvas_sweep_gets_spc_against_border_per_colour(tmp_path, base_config
     figs = [f for f in figures.draw_all(cells, tmp_path / "figs") if "border" in f.path.name]
     assert [f.path.name for f in figs] == ["canvas_spc_vs_border.png"]
     _check_figure(figs[0])
+
+
+def test_results_written_before_an_option_existed_share_the_cell_of_its_default(tmp_path, base_config):
+    """A posinfo upgrade adds typed keys; seeds run before and after it are one configuration."""
+    old = make_job(tmp_path / "s", base_config, seed=0, spc=0.5)
+    make_job(tmp_path / "s", base_config, seed=1, spc=0.6)
+    res = json.loads((old / "result.json").read_text())
+    del res["config"]["backbone"]["pos_embed"], res["config"]["target"]["cells"]
+    (old / "result.json").write_text(json.dumps(res))
+    cells = aggregate(collect([tmp_path / "s"]))
+    assert len(cells) == 1 and cells.n_ok.iloc[0] == 2

@@ -18,6 +18,7 @@ from posinfo.analysis.cells import BORDER_PREFIX, GRID_METRICS, INTERVAL_COLUMNS
 from posinfo.analysis.intervals import per_image_intervals
 from posinfo.analysis.paper import WEIGHTS_LABEL, attach_paper, paper_weights
 from posinfo.errors import PosinfoError
+from posinfo.schema import with_defaults
 from posinfo.names import INPUT_KINDS, LABEL_KEYS, NOT_JOB_DIRS, RESULT_FILE, RUN_CONTROL_KEYS, covered_by
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ def _read_job(job_dir: Path) -> dict:
         config, overrides = _hydra_files(job_dir)
         job["config"] = job["config"] or config
         job["overrides"] = job["overrides"] or overrides
+    if job["config"] is not None:  # a result from before an option existed used its default: same cell
+        job["config"] = with_defaults(job["config"])
     return job
 
 
