@@ -458,7 +458,7 @@ def section_size(cells) -> list[str]:
 
 def section_budget(cells, n_main: int) -> list[str]:
     g = cells[cells.part == "budget"]
-    base = cells[(cells.part == "size") & (cells["data.num_train"].astype(str) == str(n_main))]
+    base = cells[(cells.part == "size") & _same(cells["data.num_train"], n_main)]
     if g.empty:
         return []
     rows = []
@@ -610,8 +610,10 @@ def write_report(out: Path, doc: Path, w: Path, s: Scale, smoke: bool, scale_row
     figure_size(cells, figs / "science_size.png")
     figure_controls(cells, ["main", "posenet"], "hor", figs / "science_controls.png",
                     "Embedded images, hor: SPC per evaluation input (3 seeds, 95% CI)")
-    figure_controls(cells, ["photos", "photos_posenet"], "hor", figs / "science_photos.png",
-                    "Photographs, hor: SPC per evaluation input (3 seeds, 95% CI)")
+    photos = bool(cells.part.isin(["photos", "photos_posenet"]).any())
+    if photos:
+        figure_controls(cells, ["photos", "photos_posenet"], "hor", figs / "science_photos.png",
+                        "Photographs, hor: SPC per evaluation input (3 seeds, 95% CI)")
     timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").is_file() else {}
     total = sum(timing.values()) / 60
     dirs = {d for ds in cells.job_dirs for d in ds}
@@ -638,9 +640,10 @@ def write_report(out: Path, doc: Path, w: Path, s: Scale, smoke: bool, scale_row
     lines += section_inputs(cells, ["main", "posenet"], s.targets.split(","),
                             f"Every input, embedded data ({s.n_main} training images)")
     lines += ["![controls, embedded](figures/science_controls.png)", ""]
-    lines += section_inputs(cells, ["photos", "photos_posenet"], s.photo_targets.split(","),
-                            f"Every input, photographs ({s.n_photos} training crops of 14 photographs)")
-    lines += ["![controls, photographs](figures/science_photos.png)", ""]
+    if photos:
+        lines += section_inputs(cells, ["photos", "photos_posenet"], s.photo_targets.split(","),
+                                f"Every input, photographs ({s.n_photos} training crops of 14 photographs)")
+        lines += ["![controls, photographs](figures/science_photos.png)", ""]
     lines += section_border(cells, figs)
     lines += section_size(cells)
     lines += section_budget(cells, s.n_main)
