@@ -50,7 +50,8 @@ READOUT_FILE = "readout.pt"
 PREDICTIONS_PNG = "predictions.png"
 PREDICTIONS_NPZ = "predictions.npz"
 # What a run leaves in its job folder (job.log and Hydra's .hydra/ aside).
-JOB_OUTPUTS = (RESULT_FILE, PER_IMAGE_FILE, READOUT_FILE, TRAIN_LOG, PREDICTIONS_PNG, PREDICTIONS_NPZ)
+JOB_OUTPUTS = (RESULT_FILE, PER_IMAGE_FILE, READOUT_FILE, TRAIN_LOG, PREDICTIONS_PNG, PREDICTIONS_NPZ, CHANNELS_CSV,
+               CHANNELS_PNG)
 # A re-run writes into STAGING_DIR and swaps its outputs in only when it succeeds; the
 # outputs it replaces go to PREVIOUS_DIR when its configuration changed; a failed re-run
 # beside an ok result leaves its result in FAILED_DIR. None of them is a job folder.

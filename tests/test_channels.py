@@ -69,3 +69,15 @@ def test_job_with_channels_k_all_is_the_job_readout(make_cfg, tmp_path):
 def test_channels_without_natural_images_is_one_line(make_cfg, tmp_path):
     with pytest.raises(PosinfoError, match="analysis.channels=true scores channels on natural test images"):
         run(make_cfg("backbone=posenet", "input=black", "analysis.channels=true"), tmp_path / "job", progress=False)
+
+
+def test_a_sweep_keeps_the_channel_files_in_the_job_folder(tmp_path):
+    """The sweep writes into .staging and swaps the outputs in: channels.csv/png are outputs too."""
+    from conftest import run_sweep
+
+    r = run_sweep("-m", "backbone=posenet", "input=natural", "analysis.channels=true", "data.image_size=64",
+                  "data.num_train=16", "data.num_test=4", "train.epochs=1", "device=cpu",
+                  f"cache.dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    job = next(p.parent for p in (tmp_path / "sweep").rglob("result.json"))
+    assert (job / "channels.csv").is_file() and (job / "channels.png").is_file()
