@@ -15,28 +15,22 @@ def job_problems(cfg: DictConfig) -> list[str]:
     out: list[str] = []
     bb, data = cfg.backbone, cfg.data
     weights = str(bb.weights)
-    if bb.name in ("timm", "torchvision"):
+    zoo = bb.name in ("timm", "torchvision")
+    if zoo:
         from posinfo.errors import PosinfoError
-        from posinfo.zoo import check_model, pretrained_problem
+        from posinfo.zoo import check_model
 
         try:
             check_model(str(bb.name), bb.get("model"))
         except PosinfoError as e:
             return [str(e)]
-        if weights == "imagenet":
-            problem = pretrained_problem(str(bb.name), str(bb.model))
-            if problem:
-                out.append(problem)
-        elif weights not in ("random", "none") and not user_path(weights).is_file():
-            out.append(f"backbone.weights file '{weights}' does not exist: give a checkpoint path, or imagenet, or random")
-    elif bb.name != "posenet" and weights == "imagenet":
-        from posinfo.backbones import imagenet_problem
-
-        problem = imagenet_problem(str(bb.name))
+    if bb.name != "posenet" and weights == "imagenet":
+        problem = _pretrained_problem(str(bb.name), bb.get("model"))
         if problem:
             out.append(problem)
     elif bb.name != "posenet" and weights not in ("random", "none") and not user_path(weights).is_file():
-        out.append(f"backbone.weights file '{weights}' does not exist: give a path to a state-dict file, or imagenet, or random")
+        out.append(f"backbone.weights file '{weights}' does not exist: give a path to a "
+                   f"{'checkpoint' if zoo else 'state-dict file'}, or imagenet, or random")
     if data.name == "folder":
         for key in ("train_dir", "test_dir"):
             folder = data.get(key)
@@ -46,3 +40,14 @@ def job_problems(cfg: DictConfig) -> list[str]:
     if file and not user_path(file).is_file():
         out.append(f"input.file={file}: no such file: give an existing jpg/png image, or input.file=null")
     return out
+
+
+def _pretrained_problem(name: str, model: str | None) -> str | None:
+    """Whether the pretrained weights of a built-in backbone or of a timm/torchvision model are reachable."""
+    if name in ("timm", "torchvision"):
+        from posinfo.zoo import pretrained_problem
+
+        return pretrained_problem(name, str(model))
+    from posinfo.backbones import imagenet_problem
+
+    return imagenet_problem(name)

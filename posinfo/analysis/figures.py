@@ -293,6 +293,31 @@ def _profile_bins(job_dir: str) -> dict | None:
         return None
 
 
+PANEL_HEIGHT = 2.4  # inches: one row of per-target panels, without its legend
+
+
+def _legend_columns(width: float) -> int:
+    return 4 if width > 4 else 2
+
+
+def _panels(plt, n_panels: int, width: float, n_entries: int, legend: bool):
+    """A row of per-target panels sharing y, with room below for a legend of ``n_entries`` (if ``legend``)."""
+    legend_h = 0.16 * math.ceil(n_entries / _legend_columns(width)) if legend else 0
+    fig, axes = plt.subplots(1, n_panels, figsize=(width, PANEL_HEIGHT + legend_h), squeeze=False, sharey=True)
+    return fig, axes, legend_h
+
+
+def _finish_panels(fig, axes, width: float, legend_h: float, path: Path) -> Figure:
+    """The first panel's legend below the row (when there is room for it), then save."""
+    if legend_h:
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=_legend_columns(width), frameon=False, fontsize=FONT - 1)
+        fig.tight_layout(rect=(0, (legend_h + 0.05) / (PANEL_HEIGHT + legend_h), 1, 1))
+    else:
+        fig.tight_layout()
+    return _save(fig, path)
+
+
 def border_profile(g: pd.DataFrame, path: Path) -> Figure | None:
     """MAE vs distance to the nearest border (bin starts, px), a panel per target, a line per
     configuration on the main input; the no-information floor per bin dashed."""
@@ -304,11 +329,8 @@ def border_profile(g: pd.DataFrame, path: Path) -> Figure | None:
     plt = _plt()
     targets = _ordered(ok.target_label, key=lambda t: t.split(" [")[0])
     configs = _config_order(ok)
-    legend = len(configs) <= MAX_LEGEND
     width = min(FULL_WIDTH, COLUMN_WIDTH * len(targets)) if len(targets) > 1 else COLUMN_WIDTH
-    ncol = 4 if width > 4 else 2
-    legend_h = 0.16 * math.ceil((len(configs) + 1) / ncol) if legend else 0
-    fig, axes = plt.subplots(1, len(targets), figsize=(width, 2.4 + legend_h), squeeze=False, sharey=True)
+    fig, axes, legend_h = _panels(plt, len(targets), width, len(configs) + 1, len(configs) <= MAX_LEGEND)
     colors = plt.get_cmap("tab10" if len(configs) <= 10 else "tab20")
     for ax, t in zip(axes[0], targets):
         sub = ok[ok.target_label == t]
@@ -325,13 +347,7 @@ def border_profile(g: pd.DataFrame, path: Path) -> Figure | None:
         ax.set_xlabel("distance to the nearest border (px, bin start)")
         ax.spines[["top", "right"]].set_visible(False)
     axes[0, 0].set_ylabel(f"MAE ({kind})")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    if legend:
-        fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, fontsize=FONT - 1)
-        fig.tight_layout(rect=(0, (legend_h + 0.05) / (2.4 + legend_h), 1, 1))
-    else:
-        fig.tight_layout()
-    return _save(fig, path)
+    return _finish_panels(fig, axes, width, legend_h, path)
 
 
 def spc_vs_border(g: pd.DataFrame, path: Path) -> Figure | None:
@@ -349,9 +365,7 @@ def spc_vs_border(g: pd.DataFrame, path: Path) -> Figure | None:
     targets = _ordered(ok.target_label, key=lambda t: t.split(" [")[0])
     lines = _ordered(ok.line, key=_natural)
     width = FULL_WIDTH if len(targets) > 1 else COLUMN_WIDTH
-    ncol = 4 if width > 4 else 2
-    legend_h = 0.16 * math.ceil(len(lines) / ncol) if len(lines) <= MAX_LEGEND else 0
-    fig, axes = plt.subplots(1, len(targets), figsize=(width, 2.4 + legend_h), squeeze=False, sharey=True)
+    fig, axes, legend_h = _panels(plt, len(targets), width, len(lines), len(lines) <= MAX_LEGEND)
     colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
     for ax, t in zip(axes[0], targets):
         for j, name in enumerate(lines):
@@ -366,10 +380,4 @@ def spc_vs_border(g: pd.DataFrame, path: Path) -> Figure | None:
         ax.set_xlabel("canvas border (px on every side)")
         ax.spines[["top", "right"]].set_visible(False)
     axes[0, 0].set_ylabel(f"SPC ({kind})")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    if legend_h:
-        fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, fontsize=FONT - 1)
-        fig.tight_layout(rect=(0, (legend_h + 0.05) / (2.4 + legend_h), 1, 1))
-    else:
-        fig.tight_layout()
-    return _save(fig, path)
+    return _finish_panels(fig, axes, width, legend_h, path)
