@@ -7,6 +7,9 @@ import pytest
 import torch
 
 from posinfo import location
+from posinfo.analysis import figures
+from posinfo.analysis.cells import aggregate
+from posinfo.analysis.collect import collect
 from posinfo.errors import PosinfoError
 from posinfo.job import run
 
@@ -46,6 +49,11 @@ def test_posenet_without_padding_is_at_chance_and_with_padding_above(make_cfg, t
     per = pd.read_csv(tmp_path / "2" / "per_image.csv")
     assert list(per.columns) == ["input", "image", "accuracy", "accuracy_norm", "row_accuracy", "col_accuracy"]
     assert per.accuracy.mean() == pytest.approx(acc[2]["accuracy"])
+    # analyze.py: a bar per configuration of the normalised accuracy (no SPC bars: grid has no SPC)
+    cells = aggregate(collect([tmp_path / "0", tmp_path / "2"]))
+    assert sorted(cells.accuracy_norm) == pytest.approx(sorted(a["accuracy_norm"] for a in acc.values()))
+    names = [f.path.name for f in figures.draw_all(cells, tmp_path / "figs")]
+    assert any(n.endswith("_grid_bars.png") for n in names) and not any(n.endswith("_spc_bars.png") for n in names)
 
 
 VIT = ["backbone=timm", "backbone.model=vit_tiny_patch16_224", "backbone.weights=random", "backbone.taps=[0]",

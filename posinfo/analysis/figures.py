@@ -1,7 +1,7 @@
 """Cells -> figures sized for a paper, 3.3 in (one column) or 7 in (full width): ``prediction_grid``
 (the paper's Figure 4: image | target | one prediction per configuration, a row per target, from
 each job's predictions.npz), ``spc_bars`` (SPC per configuration and target, the paper's value
-marked on each bar), ``spc_vs_level`` (SPC against the feature level a single tap reads, for
+marked on each bar), ``grid_bars`` (the same for target=grid's normalised accuracy, 0 = chance), ``spc_vs_level`` (SPC against the feature level a single tap reads, for
 Table 3 sweeps), ``spc_vs_border`` (SPC against the canvas border, a line per canvas colour) and
 ``border_profile`` (MAE against the distance to the nearest image border, one
 line per configuration, the no-information floor dashed); each is drawn only when its data exist, and saved as PNG (300 dpi) and PDF."""
@@ -92,7 +92,8 @@ def draw_all(cells: pd.DataFrame, out: str | Path) -> list[Figure]:
     out = Path(out)
     figures = []
     for name, g in cells.groupby("experiment"):
-        for suffix, draw in (("predictions", prediction_grid), ("spc_bars", spc_bars), ("spc_vs_level", spc_vs_level),
+        for suffix, draw in (("predictions", prediction_grid), ("spc_bars", spc_bars), ("grid_bars", grid_bars),
+                             ("spc_vs_level", spc_vs_level),
                              ("border_profile", border_profile), ("spc_vs_border", spc_vs_border)):
             try:
                 fig = draw(g, out / f"{name}_{suffix}.png")
@@ -166,10 +167,22 @@ def prediction_grid(g: pd.DataFrame, path: Path) -> Figure | None:
 
 def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
     """SPC per configuration (bars) and target (groups), the paper's value marked on each bar."""
+    return _bars(g, path, "spc", "SPC")
+
+
+def grid_bars(g: pd.DataFrame, path: Path) -> Figure | None:
+    """The location target (target=grid): normalised accuracy (acc − chance)/(1 − chance) per
+    configuration, 0 = chance (the floor), 1 = every position's cell right; the paper has none."""
+    return _bars(g, path, "accuracy_norm", "grid acc norm")
+
+
+def _bars(g: pd.DataFrame, path: Path, metric: str, name: str) -> Figure | None:
+    """``metric`` per configuration (bars) and target (groups) on the main input, 95% intervals as
+    error bars, and the paper's value (SPC only) as a black tick on bars of the paper's own setup."""
     kind = _main_input(g)
-    if kind is None:
+    if kind is None or metric not in g:
         return None
-    ok = g[(g.input == kind) & (g.n_ok > 0) & g.spc.notna()]
+    ok = g[(g.input == kind) & (g.n_ok > 0) & g[metric].notna()]
     if ok.empty:
         return None
     plt = _plt()
@@ -177,7 +190,7 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
     configs = _config_order(ok)
     n = len(configs)
     width = COLUMN_WIDTH if len(targets) * n <= 12 else FULL_WIDTH
-    has_paper = bool(ok.paper_spc.notna().any())
+    has_paper = metric == "spc" and bool(ok.paper_spc.notna().any())
     legend = n <= MAX_LEGEND  # beyond that the legend would be the figure: results.csv names the bars
     longest = max(len(str(c)) for c in configs) if configs else 10  # legend columns that fit the width
     ncol = max(1, min(n + has_paper, 2 if width < 4 else 5, int((width - 0.3) / (0.045 * longest + 0.35))))
@@ -192,21 +205,21 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
         sub = ok[ok.config_label == c].set_index("target_label")
         xs = [i - 0.4 + bw * (j + 0.5) for i, t in enumerate(targets) if t in sub.index]
         rows = [sub.loc[t] for t in targets if t in sub.index]
-        err = _interval_errors(rows)
-        ax.bar(xs, [r.spc for r in rows], bw * 0.9, yerr=err if err.any() else None, color=colors(j % colors.N),
+        err = _interval_errors(rows, metric)
+        ax.bar(xs, [r[metric] for r in rows], bw * 0.9, yerr=err if err.any() else None, color=colors(j % colors.N),
                label=c, error_kw={"elinewidth": 0.6, "capsize": 1})
         # The paper's value only beside a bar of the paper's own configuration (its weights too):
         # a random-weights bar next to the paper's ImageNet number would read as a comparison.
-        px = [(x, r.paper_spc) for x, r in zip(xs, rows) if not math.isnan(r.paper_spc) and _paper_weights(r)]
+        px = [(x, r.paper_spc) for x, r in zip(xs, rows) if has_paper and not math.isnan(r.paper_spc) and _paper_weights(r)]
         if px:
             # a black tick as wide as the bar
             ax.plot(*zip(*px), ls="none", marker="_", ms=bw * 0.9 * 72 * (width - 0.7) / len(targets), mew=1.2, color="k")
             paper_drawn = True
     ax.set_xticks(range(len(targets)), targets)
-    ax.axhline(0, color="k", lw=0.5)
-    lo = min(0.0, float(ok.spc.min()) - 0.05)
+    ax.axhline(0, color="k", lw=0.5)  # SPC: no correlation; normalised accuracy: chance
+    lo = min(0.0, float(ok[metric].min()) - 0.05)
     ax.set_ylim(lo, 1.0)
-    ax.set_ylabel(f"SPC ({kind})")
+    ax.set_ylabel(f"{name} ({kind})")
     ax.spines[["top", "right"]].set_visible(False)
     handles, labels = ax.get_legend_handles_labels()
     if not legend:
@@ -223,10 +236,11 @@ def spc_bars(g: pd.DataFrame, path: Path) -> Figure | None:
     return _save(fig, path)
 
 
-def _interval_errors(rows: list) -> np.ndarray:
-    """2×n error bar lengths (below, above) from the cells' 95% intervals (0 where none)."""
-    below = [r.spc - r.spc_lo if not math.isnan(r.spc_lo) else 0.0 for r in rows]
-    above = [r.spc_hi - r.spc if not math.isnan(r.spc_hi) else 0.0 for r in rows]
+def _interval_errors(rows: list, metric: str = "spc") -> np.ndarray:
+    """2×n error bar lengths (below, above) from the cells' 95% intervals of ``metric`` (0 where none)."""
+    lo, hi = f"{metric}_lo", f"{metric}_hi"
+    below = [r[metric] - r[lo] if lo in r and not math.isnan(r[lo]) else 0.0 for r in rows]
+    above = [r[hi] - r[metric] if hi in r and not math.isnan(r[hi]) else 0.0 for r in rows]
     return np.clip(np.array([below, above], dtype=float), 0.0, None)
 
 
