@@ -9,6 +9,8 @@ authors' code does (``cache.enabled=false``). Nothing downstream knows which it 
 from __future__ import annotations
 
 import logging
+import os
+import time
 import warnings
 from typing import Iterator, Protocol
 
@@ -19,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from posinfo.encoder import Encoder
 from posinfo.errors import PosinfoError
+from posinfo.names import DEVICE_MEMORY_SHARE, HOST_MEMORY_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +162,80 @@ class CachedFeatures:
                 # A synchronous copy: the staging buffer is refilled for the next batch.
                 out = out.to(self.device).float()
             yield out.permute(0, 3, 1, 2)
+
+
+class ResidentFeatures(CachedFeatures):
+    """A cache entry held whole in memory for training (``cache.memory``): in device memory
+    (``where="device"``), or in host memory (``"host"``: pinned when the device is a GPU, so
+    each batch crosses the bus asynchronously). Loaded on the first request for batches, so
+    a job that reuses a stored readout never loads it; kept in the stored dtype (float16:
+    half the bytes) and converted per batch. Batches are the same sets, rows sorted, as
+    :class:`CachedFeatures` gives, so a readout trains the same from either."""
+
+    def __init__(self, array: np.ndarray, device: torch.device, where: str):
+        super().__init__(array, device, staging=False)
+        if where not in ("device", "host"):
+            raise ValueError(f"where={where!r}: device or host")
+        self.where = where
+        self._data: torch.Tensor | None = None
+
+    def _load(self) -> torch.Tensor:
+        if self._data is None:
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():  # the map is read-only; it is only read here
+                warnings.simplefilter("ignore", UserWarning)
+                host = torch.from_numpy(np.ascontiguousarray(self.array))
+            if self.where == "device" and self.device.type != "cpu":
+                self._data = host.to(self.device)
+            elif self.device.type == "cuda":
+                self._data = host.pin_memory()
+            else:  # host memory, or "device" memory of a CPU device: RAM, not a view of the map
+                self._data = host.clone()
+            log.info("training features held in %s memory: %.2f GB in %.1f s", self.where,
+                     self._data.numel() * self._data.element_size() / 1e9, time.perf_counter() - t0)
+        return self._data
+
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+        data = self._load()
+        for idx in _chunks(order, batch_size):
+            rows = torch.as_tensor(np.sort(idx), device=data.device)
+            out = data.index_select(0, rows)
+            if out.device != self.device:
+                out = out.to(self.device, non_blocking=True)
+            yield out.float().permute(0, 3, 1, 2)
+
+
+def placement(memory: str, nbytes: int, device: torch.device) -> str:
+    """Where training features live (``cache.memory``): ``device``, ``host`` or ``disk`` as asked;
+    ``auto``: on a GPU, device memory when the entry takes at most DEVICE_MEMORY_SHARE of its free
+    memory, else pinned host memory when it takes at most HOST_MEMORY_SHARE of the available RAM,
+    else the disk map; on a CPU the disk map (the page cache already keeps what fits, and a copy
+    would hold it twice)."""
+    if memory != "auto":
+        return memory
+    if device.type != "cuda":
+        return "disk"
+    free, _ = torch.cuda.mem_get_info(device)
+    if nbytes <= DEVICE_MEMORY_SHARE * free:
+        return "device"
+    if nbytes <= HOST_MEMORY_SHARE * available_ram():
+        return "host"
+    return "disk"
+
+
+def available_ram() -> int:
+    """Bytes of RAM available now (Linux: MemAvailable; elsewhere the free pages)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 class LiveFeatures:

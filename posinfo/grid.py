@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# Sweepers that expand the grid as the basic one does: it, and posinfo's subclass (writes the fuse plan first).
+BASIC_SWEEPERS = (BASIC_SWEEPER, "hydra_plugins.posinfo_launchers.launchers.PosinfoSweeper")
 
 
 def expand(params: Mapping[str, Any] | None, task_overrides: Iterable[str]) -> list[list[str]]:
@@ -28,7 +30,7 @@ def expand_config(config: Any) -> list[list[str]] | None:
     ``multirun.yaml``); None when another sweeper than the basic one expands the grid."""
     from omegaconf import OmegaConf
 
-    if str(config.hydra.sweeper.get("_target_", BASIC_SWEEPER)) != BASIC_SWEEPER:
+    if str(config.hydra.sweeper.get("_target_", BASIC_SWEEPER)) not in BASIC_SWEEPERS:
         return None
     node = config.hydra.sweeper.get("params")  # None for a grid given only on the command line
     params = OmegaConf.to_container(node, resolve=True) if node is not None else {}

@@ -35,7 +35,7 @@ from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, P
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.schema import check_config
 from posinfo.sources import CacheSettings, ReadoutStore, open_features
-from posinfo.train import fit, outcome, predict, resolve_steps
+from posinfo.train import fit, fit_many, outcome, predict, resolve_steps
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _source_dataset(data: DictConfig, split: str):
 
 def cache_settings(cache_cfg: DictConfig) -> CacheSettings:
     return CacheSettings(bool(cache_cfg.enabled), user_path(cache_cfg.dir), str(cache_cfg.dtype),
-                         float(cache_cfg.max_gb), bool(cache_cfg.get("verify", True)))
+                         float(cache_cfg.max_gb), bool(cache_cfg.get("verify", True)), str(cache_cfg.get("memory", "auto")))
 
 
 def _weights_identity(backbone: DictConfig, seed: int) -> str:
@@ -160,8 +160,13 @@ def run(
     choices: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
     progress: bool = True,
+    siblings: list[DictConfig] | None = None,
 ) -> dict:
     """Run one job into ``job_dir`` and return its result (also written to result.json).
+
+    ``siblings``: the configs of other jobs of its sweep that share its features and training
+    order (``sweep.fuse``): the readouts of those not yet stored are trained together with
+    this job's, in one pass over the features, and stored for their jobs (_train_together).
 
     On failure a result.json with status 'failed' and a one-line error is written and
     the exception re-raised; an interrupt leaves no result.json at all.
@@ -182,7 +187,7 @@ def run(
         "versions": {"posinfo": posinfo.__version__, "torch": torch.__version__, "python": platform.python_version()},
     }
     try:
-        _stages(cfg, job_dir, result, progress)
+        _stages(cfg, job_dir, result, progress, siblings or [])
         result["status"] = "ok"
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -234,7 +239,7 @@ class Sources:
     synth_kinds: list[str] = field(default_factory=list)
 
 
-def _stages(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> None:
+def _stages(cfg: DictConfig, job_dir: Path, result: dict, progress: bool, siblings: list[DictConfig]) -> None:
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
     result["timing"] = timing
@@ -243,6 +248,8 @@ def _stages(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> Non
     sources = _open_sources(cfg, plan, result, progress)
     timing["features_s"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
+    if siblings:
+        _train_together(cfg, plan, sources, siblings, result, progress)
     readout = _train_or_reuse(cfg, plan, sources, job_dir, result, progress)
     timing["train_s"] = round(time.perf_counter() - t0, 3)
     channels = bool(OmegaConf.select(cfg, "analysis.channels", default=False))
@@ -255,6 +262,8 @@ def _stages(cfg: DictConfig, job_dir: Path, result: dict, progress: bool) -> Non
         t0 = time.perf_counter()
         _channels(cfg, plan, sources, job_dir, result)
         timing["channels_s"] = round(time.perf_counter() - t0, 3)
+    if plan.device.type == "cuda":  # the job's peak, for bench/bench_protocol.py
+        result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(plan.device) / 2**20, 1)
     _write_outputs(cfg, job_dir, result, rows, arrays, panels)
     timing["total_s"] = round(time.perf_counter() - t_start, 3)
 
@@ -351,19 +360,78 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
                    synth_ds, c, key_fields, train_ds.identity(), settings, synth_kinds)
 
 
+def _store(cfg: DictConfig, plan: Plan, sources: Sources) -> ReadoutStore | None:
+    """The readout store's slot for this job's readout: its features, target, readout and training."""
+    settings = sources.settings
+    # A job that differs only in its evaluation input reuses the trained readout.
+    return ReadoutStore.for_training(sources.train, settings, {
+        **sources.key_fields, "images": sources.train_images, "dtype": settings.dtype,
+        "target": OmegaConf.to_container(cfg.target, resolve=True),
+        "readout": OmegaConf.to_container(cfg.readout, resolve=True),
+        "train": plan.train_kwargs, "device": plan.device.type,
+    })
+
+
+def _prepared(cfg: DictConfig, plan: Plan, sources: Sources, stats: dict | None = None) -> torch.nn.Module:
+    """A new readout, its channel statistics (readout.standardize=channel) taken from the training
+    features, or from ``stats`` when another readout of the same features already computed them."""
+    readout = _new_readout(sources.channels, cfg.readout, plan)
+    if isinstance(readout, torch.nn.Sequential) and isinstance(readout[0], Standardize):
+        if stats is not None:
+            readout[0].load_state_dict(stats)
+        else:
+            readout[0].fit(sources.train.batches(np.arange(sources.train.n), plan.train_kwargs["batch_size"]))
+    return readout
+
+
+def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: list[DictConfig], result: dict,
+                    progress: bool) -> None:
+    """sweep.fuse: train this job's readout and those of its siblings that are not stored yet in
+    one pass over the training features (train.fit_many), and store them all; each job then
+    reuses its own. The group key of the sweep (posinfo.sweep.fuse) made the siblings share
+    the features and training order; what is stored is keyed by the features actually used,
+    so a sibling that differs anyway only misses its entry and trains alone. A readout that
+    diverges is not stored: its own job trains it again and fails alone."""
+    own = _store(cfg, plan, sources)
+    if own is None or own.path.is_file():
+        return  # no store (features not cached), or already trained: nothing to gain
+    members = {own.path: (cfg, plan, own)}
+    for sib in siblings:
+        try:
+            p = _validate(sib, {})
+        except Exception as e:  # noqa: BLE001  its own job reports it
+            log.debug("sibling not fused: %s", e)
+            continue
+        if (p.train_kwargs, p.device, p.size, p.feature_size) != (plan.train_kwargs, plan.device, plan.size, plan.feature_size):
+            continue
+        store = _store(sib, p, sources)
+        if store is not None and store.path not in members and not store.path.is_file():
+            members[store.path] = (sib, p, store)
+    if len(members) < 2:
+        return
+    readouts, goals, stats = [], [], None
+    for c, p, _ in members.values():
+        readouts.append(_prepared(c, p, sources, stats))
+        first = readouts[-1]
+        if stats is None and isinstance(first, torch.nn.Sequential) and isinstance(first[0], Standardize):
+            stats = first[0].state_dict()
+        goals.append((p.labels if p.labels is not None else p.target).to(p.device))
+    log.info("training %d readouts together (sweep.fuse): this job's and %d siblings'", len(readouts), len(readouts) - 1)
+    histories = fit_many(readouts, sources.train, goals, progress=progress, **plan.train_kwargs)
+    diverged = 0
+    for (_, _, store), readout, history in zip(members.values(), readouts, histories):
+        if isinstance(history, Exception):
+            diverged += 1
+            continue
+        store.save(readout, history)
+    result["fused"] = {"readouts": len(readouts), "diverged": diverged}
+
+
 def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, result: dict,
                     progress: bool) -> torch.nn.Module:
     """Train f_pem (seeded), or reuse the one trained for this very configuration."""
-    ro = cfg.readout
-    readout = _new_readout(sources.channels, ro, plan)
-    standardize = str(ro.get("standardize", "none")) == "channel"
-    settings = sources.settings
-    # A job that differs only in its evaluation input reuses the trained readout.
-    store = ReadoutStore.for_training(sources.train, settings, {
-        **sources.key_fields, "images": sources.train_images, "dtype": settings.dtype,
-        "target": OmegaConf.to_container(cfg.target, resolve=True), "readout": OmegaConf.to_container(ro, resolve=True),
-        "train": plan.train_kwargs, "device": plan.device.type,
-    })
+    store = _store(cfg, plan, sources)
+    readout = _new_readout(sources.channels, cfg.readout, plan)
     log_path = job_dir / TRAIN_LOG
     history = store.load(readout, plan.device) if store is not None else None
     result["readout_reused"] = history is not None
@@ -371,8 +439,7 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
         with open(log_path, "w") as fh:
             fh.writelines(json.dumps(h) + "\n" for h in history)
     else:
-        if standardize:
-            readout[0].fit(sources.train.batches(np.arange(sources.train.n), plan.train_kwargs["batch_size"]))
+        readout = _prepared(cfg, plan, sources)
         goal = plan.labels if plan.labels is not None else plan.target
         history = fit(readout, sources.train, goal.to(plan.device), log_path=log_path, progress=progress,
                       **plan.train_kwargs)

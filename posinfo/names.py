@@ -63,6 +63,13 @@ NOT_JOB_DIRS = (STAGING_DIR, PREVIOUS_DIR, FAILED_DIR)
 SWEEP_LOCK = ".posinfo_sweep.lock"
 SWEEP_OWNER = ".posinfo_sweep.json"
 JOB_LOCK = ".posinfo_job.lock"
+# cache.memory: where training features live (posinfo.features.placement). auto: device memory when
+# the entry takes at most this share of the GPU's free memory, else pinned host memory within the
+# host share of the available RAM, else the disk map.
+FEATURE_MEMORY = ("auto", "device", "host", "disk")
+DEVICE_MEMORY_SHARE = 0.6
+HOST_MEMORY_SHARE = 0.5
+FUSE_PLAN = ".posinfo_fuse.json"  # the sweep's groups of jobs trained together (posinfo.sweep.fuse)
 WARNINGS_DIR = ".posinfo_warnings"  # each warning once per sweep (posinfo.sweep.warnings)
 
 # ----------------------------------------------------------------------------- keys that do not change a job
@@ -81,7 +88,7 @@ LABEL_KEYS = ("saliency_weights", "segmentation_weights", "pretrained_weights", 
 FOLDER_EXCLUDED_KEYS = (
     "experiment", "name", "force", "dry_run", "device",
     "cache", "cache.dir", "cache.enabled", "cache.max_gb", "cache.dtype",
-    "data.num_workers", "data.identity", "saliency_weights", "segmentation_weights", "sweep", "sweep.wait",
+    "data.num_workers", "data.identity", "saliency_weights", "segmentation_weights", "sweep", "sweep.wait", "sweep.fuse",
 )
 
 

@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterable, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from posinfo.errors import PosinfoError
-from posinfo.names import (BACKBONES, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, INPUT_KINDS,
-                           NORMALIZATIONS, PADDINGS, TARGET_RANGES, TARGETS, default_cache_dir)
+from posinfo.names import (BACKBONES, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, FEATURE_MEMORY,
+                           INPUT_KINDS, NORMALIZATIONS, PADDINGS, TARGET_RANGES, TARGETS, default_cache_dir)
 
 # ----------------------------------------------------------------------------- rules
 
@@ -172,6 +172,7 @@ class CacheConfig:
     dtype: str = _f("float16", one_of(CACHE_DTYPES))
     max_gb: float = _f(50.0, number(0))
     verify: bool = _f(True, BOOLEAN)
+    memory: str = _f("auto", one_of(FEATURE_MEMORY))
 
 
 @dataclass
@@ -190,6 +191,7 @@ TOP_LEVEL: dict[str, Rule] = {
     "force": BOOLEAN,
     "dry_run": BOOLEAN,
     "sweep.wait": BOOLEAN,
+    "sweep.fuse": BOOLEAN,
 }
 
 

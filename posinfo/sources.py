@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from posinfo import cache
-from posinfo.features import CachedFeatures, FeatureExtractor, FeatureSource, LiveFeatures, fill
+from posinfo.features import CachedFeatures, FeatureExtractor, FeatureSource, LiveFeatures, ResidentFeatures, fill, placement
 from posinfo.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class CacheSettings:
     dtype: str
     max_gb: float
     verify: bool = True
+    memory: str = "auto"  # where training features live: posinfo.features.placement
 
 
 def open_features(name: str, dataset: Any, extractor: FeatureExtractor, channels: int, key_fields: dict,
@@ -50,7 +51,8 @@ def open_features(name: str, dataset: Any, extractor: FeatureExtractor, channels
                                       lambda out: fill(out, dataset, extractor, num_workers, progress),
                                       settings.max_gb, verify=settings.verify)
         if arr is not None:
-            return CachedFeatures(arr, extractor.device)
+            where = placement(settings.memory, arr.nbytes, extractor.device) if name == "train" else "disk"
+            return CachedFeatures(arr, extractor.device) if where == "disk" else ResidentFeatures(arr, extractor.device, where)
     log.info("%s features computed per batch (uncached)", name)
     return LiveFeatures(dataset, extractor, num_workers)
 

@@ -27,27 +27,18 @@ def predict(readout: nn.Module, features: torch.Tensor, size: int) -> torch.Tens
 
 
 
-def _epoch(readout: nn.Module, batches, tgt: torch.Tensor, opt: torch.optim.Optimizer, bar,
-           max_steps: int | None = None, after_step=None) -> list[tuple[float, int]]:
-    """SGD steps over the batches (at most ``max_steps``); each step's loss and batch size."""
-    losses: list[tuple[float, int]] = []
-    for feats in batches:
-        if tgt.dtype == torch.long:  # the location target: cell labels at the readout's own resolution
-            logits = readout(feats)
-            loss = F.cross_entropy(logits, tgt.view(1, *tgt.shape[-2:]).expand(len(feats), *tgt.shape[-2:]))
-        else:
-            pred = predict(readout, feats, tgt.shape[-1])
-            loss = F.mse_loss(pred, tgt.expand_as(pred))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if after_step is not None:
-            after_step()
-        losses.append((loss.item(), len(feats)))
-        bar.update(1)
-        if max_steps is not None and len(losses) >= max_steps:
-            break
-    return losses
+def _step(readout: nn.Module, feats: torch.Tensor, tgt: torch.Tensor, opt: torch.optim.Optimizer) -> float:
+    """One SGD step of one readout on one batch; its loss."""
+    if tgt.dtype == torch.long:  # the location target: cell labels at the readout's own resolution
+        logits = readout(feats)
+        loss = F.cross_entropy(logits, tgt.view(1, *tgt.shape[-2:]).expand(len(feats), *tgt.shape[-2:]))
+    else:
+        pred = predict(readout, feats, tgt.shape[-1])
+        loss = F.mse_loss(pred, tgt.expand_as(pred))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
 
 
 def resolve_steps(steps: int | str | None) -> int | None:
@@ -70,10 +61,27 @@ def outcome(step_losses: list[float]) -> dict:
             "converged": bool(math.isfinite(change) and change <= CONVERGED_REL_CHANGE)}
 
 
-def fit(
-    readout: nn.Module,
+def fit(readout: nn.Module, source: FeatureSource, target: torch.Tensor, *, log_path: Path | None = None,
+        **kwargs) -> list[dict]:
+    """MSE against the same ``target`` (H×W) for every image, or cross-entropy when ``target`` is a
+    long map of class labels at the readout's output size (the location target); SGD with a step schedule.
+
+    ``steps``: exactly that many SGD steps whatever the dataset size (the epochs it takes,
+    the last one cut short), the lr milestones scaled in proportion (epoch 10 of 15 → step
+    2/3 of ``steps``); None: ``epochs`` full epochs, the lr dropping after each milestone
+    epoch. Returns one record per epoch, with its steps' losses (also appended as JSON
+    lines to ``log_path``). The other keywords: :func:`fit_many`'s.
+    """
+    history = fit_many([readout], source, [target], log_paths=[log_path], **kwargs)[0]
+    if isinstance(history, Exception):
+        raise history
+    return history
+
+
+def fit_many(
+    readouts: list[nn.Module],
     source: FeatureSource,
-    target: torch.Tensor,
+    targets: list[torch.Tensor],
     *,
     epochs: int = 15,
     batch_size: int = 32,
@@ -84,66 +92,88 @@ def fit(
     lr_gamma: float = 0.1,
     seed: int = 0,
     steps: int | None = None,
-    log_path: Path | None = None,
+    log_paths: list[Path | None] | None = None,
     progress: bool = True,
-) -> list[dict]:
-    """MSE against the same ``target`` (H×W) for every image, or cross-entropy when ``target`` is a
-    long map of class labels at the readout's output size (the location target); SGD with a step schedule.
-
-    ``steps``: exactly that many SGD steps whatever the dataset size (the epochs it takes,
-    the last one cut short), the lr milestones scaled in proportion (epoch 10 of 15 → step
-    2/3 of ``steps``); None: ``epochs`` full epochs, the lr dropping after each milestone
-    epoch. Returns one record per epoch, with its steps' losses (also appended as JSON
-    lines to ``log_path``).
+) -> list[list[dict] | PosinfoError]:
+    """Fused training (``sweep.fuse``): every readout in one pass over the features, each batch
+    read once and used by each readout in turn. Each readout has its own optimiser and lr
+    schedule, and sees the batches in the same order (from ``seed``) as it would alone, so
+    each ends exactly where :func:`fit` would take it. A readout whose loss is not finite at
+    the end of an epoch stops there: its entry is the PosinfoError :func:`fit` would raise,
+    the others go on. An epoch's ``seconds`` is the time of the whole group's epoch.
     """
     from tqdm.auto import tqdm
 
-    tgt = target if target.dtype == torch.long else target.view(1, 1, *target.shape[-2:])
-    opt = torch.optim.SGD(readout.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    tgts = [t if t.dtype == torch.long else t.view(1, 1, *t.shape[-2:]) for t in targets]
+    opts = [torch.optim.SGD(r.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay) for r in readouts]
     n_batches = -(-source.n // batch_size)
-    sched, epochs = _schedule(opt, epochs, steps, n_batches, lr_milestones, lr_gamma)
+    scheds = [_schedule(opt, epochs, steps, n_batches, lr_milestones, lr_gamma)[0] for opt in opts]
+    n_epochs = _schedule(None, epochs, steps, n_batches, lr_milestones, lr_gamma)[1]
     gen = torch.Generator().manual_seed(seed)
-    readout.train()  # the readout's own BatchNorm learns; the encoder is frozen elsewhere
-    history: list[dict] = []
+    for r in readouts:
+        r.train()  # the readout's own BatchNorm learns; the encoder is frozen elsewhere
+    paths = log_paths or [None] * len(readouts)
+    out: list[list[dict] | PosinfoError] = [[] for _ in readouts]
+    live = list(range(len(readouts)))
     done = 0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, n_epochs + 1):
         t0 = time.perf_counter()
         order = torch.randperm(source.n, generator=gen).numpy()
-        lr_now = opt.param_groups[0]["lr"]
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
-                   disable=None if progress else True)  # None: a bar only on a terminal
-        losses = _epoch(readout, source.batches(order, batch_size), tgt, opt, bar,
-                        max_steps=None if steps is None else steps - done,
-                        after_step=None if steps is None else sched.step)  # per step: milestones in steps
+        lrs = {i: opts[i].param_groups[0]["lr"] for i in live}
+        losses: dict[int, list[tuple[float, int]]] = {i: [] for i in live}
+        left = None if steps is None else steps - done
+        bar = tqdm(total=n_batches if left is None else min(n_batches, left), desc=f"epoch {epoch}/{n_epochs}",
+                   unit="batch", leave=False, disable=None if progress else True)  # None: a bar only on a terminal
+        for feats in source.batches(order, batch_size):
+            for i in live:
+                losses[i].append((_step(readouts[i], feats, tgts[i], opts[i]), len(feats)))
+                if steps is not None:
+                    scheds[i].step()  # per step: milestones in steps
+            bar.update(1)
+            if left is not None and len(losses[live[0]]) >= left:
+                break
         bar.close()
-        done += len(losses)
-        if steps is None:
-            sched.step()
-        total, count = sum(v * n for v, n in losses), sum(n for _, n in losses)
-        _check_finite(total, epoch)
-        rec = {"epoch": epoch, "loss": total / count, "lr": lr_now, "seconds": round(time.perf_counter() - t0, 3),
-               "step_losses": [v for v, _ in losses]}
-        history.append(rec)
-        log.info("epoch %d/%d  loss %.5f  lr %g  %.1fs", epoch, epochs, rec["loss"], lr_now, rec["seconds"])
-        if log_path is not None:
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-    readout.eval()
-    return history
+        done += len(losses[live[0]])
+        seconds = round(time.perf_counter() - t0, 3)
+        for i in list(live):
+            if steps is None:
+                scheds[i].step()
+            total, count = sum(v * n for v, n in losses[i]), sum(n for _, n in losses[i])
+            if not np.isfinite(total):
+                out[i] = _diverged(total, epoch)
+                live.remove(i)
+                continue
+            rec = {"epoch": epoch, "loss": total / count, "lr": lrs[i], "seconds": seconds,
+                   "step_losses": [v for v, _ in losses[i]]}
+            out[i].append(rec)
+            if len(readouts) == 1:
+                log.info("epoch %d/%d  loss %.5f  lr %g  %.1fs", epoch, n_epochs, rec["loss"], lrs[i], seconds)
+            if paths[i] is not None:
+                with open(paths[i], "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+        if len(readouts) > 1:
+            log.info("epoch %d/%d  %d readouts fused  losses %s  %.1fs", epoch, n_epochs, len(live),
+                     " ".join(f"{out[i][-1]['loss']:.5f}" for i in live), seconds)
+        if not live:
+            break
+    for r in readouts:
+        r.eval()
+    return out
 
 
-def _schedule(opt: torch.optim.Optimizer, epochs: int, steps: int | None, n_batches: int,
-              lr_milestones: tuple[int, ...], lr_gamma: float) -> tuple[torch.optim.lr_scheduler.MultiStepLR, int]:
-    """The lr schedule and the number of epochs: milestones in epochs, or scaled into steps."""
+def _schedule(opt: torch.optim.Optimizer | None, epochs: int, steps: int | None, n_batches: int,
+              lr_milestones: tuple[int, ...], lr_gamma: float) -> tuple[torch.optim.lr_scheduler.MultiStepLR | None, int]:
+    """The lr schedule (None without ``opt``) and the number of epochs: milestones in epochs, or scaled into steps."""
     if steps is None:
-        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(lr_milestones), gamma=lr_gamma), epochs
-    milestones = [round(m / epochs * steps) for m in lr_milestones]
-    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=lr_gamma), -(-steps // n_batches)
+        milestones, n_epochs = list(lr_milestones), epochs
+    else:
+        milestones, n_epochs = [round(m / epochs * steps) for m in lr_milestones], -(-steps // n_batches)
+    sched = None if opt is None else torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=lr_gamma)
+    return sched, n_epochs
 
 
-def _check_finite(total: float, epoch: int) -> None:
-    if not np.isfinite(total):
-        raise PosinfoError(
-            f"training diverged at epoch {epoch} (loss {total}): lower train.lr, or check the feature scale "
-            "(random-init ResNets in eval mode reach activations of ~1e8)"
-        )
+def _diverged(total: float, epoch: int) -> PosinfoError:
+    return PosinfoError(
+        f"training diverged at epoch {epoch} (loss {total}): lower train.lr, or check the feature scale "
+        "(random-init ResNets in eval mode reach activations of ~1e8)"
+    )

@@ -61,7 +61,7 @@ HOOK = textwrap.dedent('''
 
             J.atomic_path = atomic_path
 
-        def _run_job(cfg, job_dir, choices, overrides):
+        def _run_job(cfg, job_dir, choices, overrides, *rest):
             for n, rule in enumerate(_rules.split(";")):
                 match, _, action = rule.rpartition("|")
                 if match not in str(job_dir):
@@ -74,7 +74,7 @@ HOOK = textwrap.dedent('''
                     time.sleep(float(action.split(":")[1]))
                 elif action in ("hang", "hang-once"):
                     _hang(job_dir, n, action == "hang-once")
-            return _orig(cfg, job_dir, choices, overrides)
+            return _orig(cfg, job_dir, choices, overrides, *rest)
 
         _task.run_job = _run_job
 ''')

@@ -1,4 +1,5 @@
-"""posinfo's launchers: Hydra's joblib and submitit launchers with two additions.
+"""posinfo's launchers and sweeper: Hydra's joblib and submitit launchers with two additions,
+and Hydra's basic sweeper with one.
 
 Selected by ``hydra/launcher=joblib | submitit_local | submitit_slurm`` and posinfo's
 preset ``slurm_gpu`` (conf/hydra/launcher/slurm_gpu.yaml): :class:`PosinfoLaunchers` stores
@@ -14,6 +15,10 @@ every option of the plugin stays and the commands users know keep working.
   the rest and Hydra skips the summary. Here every job is waited for, and one without a
   result is recorded as failed in its folder (result.json with the Slurm state, the
   status record), so the summary names it and the sweep exits non-zero.
+* **Fused training** (``hydra/sweeper=basic``, Hydra's default): before launching, the
+  sweeper composes every job's config and writes the groups of jobs that share their
+  training features and order (posinfo.sweep.fuse); the first job of a group trains the
+  group's readouts together. Only with the basic launcher, which runs jobs in order.
 """
 
 
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.search_path_plugin import SearchPathPlugin
@@ -120,19 +126,24 @@ class _WaitsForEveryJob:
 
     def _job_dir(self, overrides: Sequence[str], idx: int) -> Path:
         """The folder a job runs in, resolved as Hydra's run_job does."""
-        from hydra.core.hydra_config import HydraConfig
-
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(cfg.hydra.job):
-            cfg.hydra.job.id = f"job_id_for_{idx}"
-            cfg.hydra.job.num = idx
-        saved = HydraConfig.instance().cfg
-        try:
-            HydraConfig.instance().set_config(cfg)
-            out = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
-        finally:
-            HydraConfig.instance().cfg = saved
-        return Path(os.path.abspath(out))
+        return _job_dir_of(cfg, idx)
+
+
+def _job_dir_of(cfg: Any, idx: int) -> Path:
+    """The folder of job number ``idx`` of a composed sweep config, resolved as Hydra's run_job does."""
+    from hydra.core.hydra_config import HydraConfig
+
+    with open_dict(cfg.hydra.job):
+        cfg.hydra.job.id = f"job_id_for_{idx}"
+        cfg.hydra.job.num = idx
+    saved = HydraConfig.instance().cfg
+    try:
+        HydraConfig.instance().set_config(cfg)
+        out = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+    finally:
+        HydraConfig.instance().cfg = saved
+    return Path(os.path.abspath(out))
 
 
 def _attr(obj: Any, dotted: str) -> str:
@@ -152,8 +163,48 @@ class PosinfoSlurmLauncher(_WaitsForEveryJob, SlurmLauncher):
     pass
 
 
+class PosinfoSweeper(BasicSweeper):
+    """Hydra's basic sweeper; first, with ``sweep.fuse=true`` and the basic launcher, it writes
+    the sweep's fuse plan (posinfo.sweep.fuse)."""
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from posinfo.sweep import fuse
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        launcher = str(OmegaConf.select(self.config, "hydra.launcher._target_", default=""))
+        wanted = bool(OmegaConf.select(self.config, "sweep.fuse", default=True)) and not _dry_run(self)
+        if wanted and launcher.endswith("BasicLauncher"):
+            try:
+                n = fuse.write_plan(sweep_dir, self._jobs(arguments))
+                if n:
+                    log.info("sweep.fuse: %d jobs in groups that train their readouts together", n)
+            except Exception as e:  # the jobs then train alone: slower, the same numbers
+                log.warning("sweep.fuse: the groups could not be planned (%s: %s): every job trains alone",
+                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                fuse.clear_plan(sweep_dir)
+        elif not _dry_run(self):
+            fuse.clear_plan(sweep_dir)
+        return super().sweep(arguments)
+
+    def _jobs(self, arguments: list[str]) -> list[tuple[Path, dict]]:
+        """Every job of the sweep: its folder and its resolved config (without ``hydra``)."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        loader = self.hydra_context.config_loader
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(self._parse_config() + list(arguments))
+        jobs = []
+        for idx, overrides in enumerate(self.split_arguments(parsed, None)[0]):
+            cfg = loader.load_sweep_config(self.config, list(overrides))
+            folder = _job_dir_of(cfg, idx)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            jobs.append((folder, OmegaConf.to_container(cfg, resolve=True)))
+        return jobs
+
+
 class PosinfoLaunchers(SearchPathPlugin):
-    """Makes ``hydra/launcher=joblib | submitit_local | submitit_slurm`` posinfo's subclasses.
+    """Makes ``hydra/launcher=joblib | submitit_local | submitit_slurm`` and ``hydra/sweeper=basic``
+    posinfo's subclasses.
 
     Hydra calls ``manipulate_search_path`` once every plugin module has been imported (they
     store their own configs then), and before any config is composed: storing ours here is
@@ -169,3 +220,5 @@ class PosinfoLaunchers(SearchPathPlugin):
                            ("submitit_local", LocalQueueConf(_target_=f"{here}.PosinfoLocalLauncher")),
                            ("submitit_slurm", SlurmQueueConf(_target_=f"{here}.PosinfoSlurmLauncher"))):
             cs.store(group="hydra/launcher", name=name, node=node, provider="posinfo")
+        cs.store(group="hydra/sweeper", name="basic", node=BasicSweeperConf(_target_=f"{here}.PosinfoSweeper"),
+                 provider="posinfo")

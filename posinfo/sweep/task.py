@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from posinfo.errors import PosinfoError
 from posinfo.io import read_result
 from posinfo.names import utc_now
+from posinfo.sweep import fuse
 from posinfo.sweep.gpus import claim_gpu
 from posinfo.sweep.isolation import Terminated, describe_exit, handle_sigterm, isolate, preload, run_in_child
 from posinfo.sweep.lock import SweepLock, job_lock
@@ -46,7 +47,8 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def run_job(cfg: DictConfig, job_dir: Path, choices: dict, overrides: list[str]) -> int:
+def run_job(cfg: DictConfig, job_dir: Path, choices: dict, overrides: list[str],
+            siblings: list[DictConfig] | None = None) -> int:
     """Claim a GPU, run the job into its staging folder and swap the outputs in if it succeeds;
     0 if it succeeded, 1 if it failed (its failed result.json says why: last_failure)."""
     from posinfo import job
@@ -57,7 +59,7 @@ def run_job(cfg: DictConfig, job_dir: Path, choices: dict, overrides: list[str])
             if dev != str(cfg.device):
                 cfg = cfg.copy()
                 OmegaConf.update(cfg, "device", dev, force_add=True)
-            res = job.run(cfg, stage, choices=choices, overrides=overrides)
+            res = job.run(cfg, stage, choices=choices, overrides=overrides, siblings=siblings)
         old = read_result(job_dir)
         changed = bool(old and old.get("status") == "ok" and signature(old.get("config") or {}) != signature(res["config"]))
         promote(job_dir, keep_previous=changed)
@@ -161,6 +163,7 @@ def _run_in_sweep(cfg: DictConfig, job_dir: Path, choices: dict, overrides: list
 
     _remove_stale_temporaries(job_dir)
     clear_failures(job_dir)  # so that a failure found after this run is this run's
+    siblings = fuse.siblings_of(_sweep_dir(), job_dir) if OmegaConf.select(cfg, "sweep.fuse", default=True) else []
     started = utc_now()
     # The job lock: this job is running, another command must not start on this folder.
     with job_lock(job_dir), once_per_sweep(_sweep_dir(), sweep_id()):
@@ -169,9 +172,9 @@ def _run_in_sweep(cfg: DictConfig, job_dir: Path, choices: dict, overrides: list
             from posinfo import job  # noqa: F401  (imported here, once: children start warm)
 
             preload()
-            code = run_in_child(lambda: run_job(cfg, job_dir, choices, overrides))
+            code = run_in_child(lambda: run_job(cfg, job_dir, choices, overrides, siblings))
         else:
-            code = run_job(cfg, job_dir, choices, overrides)
+            code = run_job(cfg, job_dir, choices, overrides, siblings)
     finished = utc_now()
     remove_staging(job_dir)  # a child killed hard leaves its staging folder behind
     res = read_result(job_dir)
