@@ -13,7 +13,11 @@ In one run, on the same data and machine, it times three child processes:
 2. ``sweep_cached``: ``python sweep.py -m target=hor,ver,gau,horstp,verstp ...`` with a
    fresh, empty cache directory (the first job pays the extraction);
 3. ``sweep_uncached``: the same sweep with ``cache.enabled=false`` (features recomputed
-   every batch of every epoch of every job, as the original authors' code does).
+   every batch of every epoch of every job, as the original authors' code does);
+4. ``sweep_unfused``: the cached sweep with ``sweep.fuse=false`` (each job trains its own
+   readout, reading the features itself), and ``sweep_one_target``: the cached sweep of the
+   first target alone; each with its own empty cache. ``sweep_cached`` trains the five
+   readouts together (``sweep.fuse``, the default); the ratios say what fusion buys.
 
 Wall time and peak resident memory are measured per child (``os.wait4``). It prints a
 table, the ratios against the targets of issue 6, a check that the cached and uncached
@@ -46,6 +50,10 @@ TOLERANCE = 0.005
 # Issue 6 targets (2 CPU cores, VGG16 random weights, 5-target sweep at 15 epochs).
 TARGET_SPEEDUP = 10.0  # uncached / cached >= this
 TARGET_VS_EXTRACTION = 2.0  # cached / extraction alone <= this
+# Issue 14 targets (2 CPU cores, scaled): fused 5-target sweep vs extraction, training vs one target's, memory.
+TARGET_FUSED_VS_EXTRACTION = 1.3
+TARGET_FUSED_TRAIN_VS_ONE = 1.5
+TARGET_FUSED_RSS = 1.10
 
 COLUMNS = [
     "host", "timestamp", "cpu_model", "cpu_cores", "torch_threads", "python", "torch", "torchvision",
@@ -55,8 +63,11 @@ COLUMNS = [
     "extraction_passes_s", "speedup_uncached_over_cached", "cached_over_extraction",
     "cached_over_extraction_process", "cached_over_in_sweep_extraction", "uncached_over_extraction",
     "metrics_agree", "max_abs_dspc", "max_abs_dmae",
+    "fused_train_over_one_target", "unfused_train_over_one_target", "unfused_over_fused", "fused_rss_over_unfused",
+    "fused_metrics_max_abs_diff",
 ]
-RUNS = ("extraction", "sweep_cached", "sweep_uncached")
+RUNS = ("extraction", "sweep_cached", "sweep_unfused", "sweep_one_target", "sweep_uncached")
+SWEEPS = RUNS[1:]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -248,6 +259,22 @@ def compare_metrics(cached: dict[str, dict], uncached: dict[str, dict], targets:
     return ok, dspc_max, dmae_max, lines
 
 
+def max_metric_diff(a: dict[str, dict], b: dict[str, dict]) -> float:
+    """The largest |difference| of any metric of any input between two sweeps' jobs (inf if one is missing)."""
+    worst = 0.0
+    for t in set(a) | set(b):
+        if t not in a or t not in b or a[t].get("status") != "ok" or b[t].get("status") != "ok":
+            return float("inf")
+        for kind, ma in a[t]["metrics"].items():
+            for m, v in ma.items():
+                w = b[t]["metrics"].get(kind, {}).get(m)
+                if isinstance(v, float) and isinstance(w, float):
+                    worst = max(worst, abs(v - w))
+                elif v != w and not isinstance(v, (list, dict)):
+                    return float("inf")
+    return worst
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -269,7 +296,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder of the CSV")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra Hydra override for every run (repeatable), e.g. --set cache.dtype=float32")
-    p.add_argument("--skip-uncached", action="store_true", help="time only extraction and the cached sweep")
+    p.add_argument("--skip-uncached", action="store_true", help="do not time the uncached sweep")
+    p.add_argument("--skip-fuse", action="store_true", help="do not time the unfused and the one-target sweeps")
     p.add_argument("--extraction-runs", type=int, default=2,
                    help="extraction passes (the first before the sweeps, the others after); the fastest counts")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (sweeps, logs, caches)")
@@ -319,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
             extraction_step(1),
             ("sweep_cached", [*sweep, f"cache.dir={tmp / 'cache'}", f"hydra.sweep.dir={tmp / 'sweep_cached'}"]),
         ]
+        if not a.skip_fuse:
+            steps += [("sweep_unfused", [*sweep, "sweep.fuse=false", f"cache.dir={tmp / 'cache_unfused'}",
+                                         f"hydra.sweep.dir={tmp / 'sweep_unfused'}"]),
+                      ("sweep_one_target", [py, str(ROOT / "sweep.py"), "-m", *common, f"target={targets[0]}",
+                                            f"cache.dir={tmp / 'cache_one'}", f"hydra.sweep.dir={tmp / 'sweep_one_target'}"])]
         if not a.skip_uncached:
             steps.append(("sweep_uncached", [*sweep, "cache.enabled=false", f"cache.dir={tmp / 'cache_unused'}",
                                              f"hydra.sweep.dir={tmp / 'sweep_uncached'}"]))
@@ -348,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         ex["extraction_passes_s"] = " ".join(f"{r['inner_s']:.2f}" if r.get("inner_s") else "failed" for r in passes)
         results = {"extraction": ex, **results}
         jobs = {}
-        for name in ("sweep_cached", "sweep_uncached"):
+        for name in SWEEPS:
             if name in results:
                 jobs[name] = read_jobs(tmp / name)
                 results[name].update(sweep_stats(jobs[name], results[name]["wall_s"]))
@@ -375,6 +408,15 @@ def main(argv: list[str] | None = None) -> int:
         if "sweep_uncached" in jobs:
             agree, dspc, dmae, lines = compare_metrics(jobs["sweep_cached"], jobs["sweep_uncached"], targets)
             ratios.update(metrics_agree=agree, max_abs_dspc=dspc, max_abs_dmae=dmae)
+        if "sweep_unfused" in jobs and "sweep_one_target" in jobs:
+            one = results["sweep_one_target"]["jobs_train_s"]
+            ratios.update(
+                fused_train_over_one_target=results["sweep_cached"]["jobs_train_s"] / one if one else float("nan"),
+                unfused_train_over_one_target=results["sweep_unfused"]["jobs_train_s"] / one if one else float("nan"),
+                unfused_over_fused=results["sweep_unfused"]["wall_s"] / cached_s,
+                fused_rss_over_unfused=results["sweep_cached"]["peak_rss_mb"] / results["sweep_unfused"]["peak_rss_mb"],
+                fused_metrics_max_abs_diff=max_metric_diff(jobs["sweep_cached"], jobs["sweep_unfused"]),
+            )
 
         # Table.
         print()
@@ -397,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
               "timing.total_s, the rest of wall s is process start, imports and Hydra; CPU s = user+system "
               "of the child and its children; load = 1-min load average before the run, on "
               f"{info['cpu_cores']} cores)")
-        for name in ("sweep_cached", "sweep_uncached"):
+        for name in SWEEPS:
             if name in results and results[name].get("jobs"):
                 r = results[name]
                 print(f"{name}: jobs' features {r['jobs_features_s']:.1f} s, train {r['jobs_train_s']:.1f} s, "
@@ -421,6 +463,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"(the same pass timed inside the sweep, {in_sweep:.1f} s)")
         if "uncached_over_extraction" in ratios:
             print(f"uncached sweep / extraction alone:          {ratios['uncached_over_extraction']:6.1f}x")
+        if "fused_train_over_one_target" in ratios:
+            checks = [("fused sweep (sweep_cached) / extraction process:", ratios.get("cached_over_extraction_process"),
+                       TARGET_FUSED_VS_EXTRACTION),
+                      ("training, 5 fused targets / one target's:", ratios["fused_train_over_one_target"],
+                       TARGET_FUSED_TRAIN_VS_ONE),
+                      ("peak RSS, fused / unfused sweep:", ratios["fused_rss_over_unfused"], TARGET_FUSED_RSS)]
+            for what, v, goal in checks:
+                if v is not None:
+                    print(f"{what:<45}{v:6.2f}x   target <= {goal:g}x   {'MET' if v <= goal else 'MISSED'}")
+            print(f"{'training, 5 unfused targets / one target' + chr(39) + 's:':<45}"
+                  f"{ratios['unfused_train_over_one_target']:6.2f}x   (jobs' train_s summed)")
+            print(f"{'unfused sweep / fused sweep (wall):':<45}{ratios['unfused_over_fused']:6.2f}x")
+            d = ratios["fused_metrics_max_abs_diff"]
+            print(f"fused vs unfused metrics (every input, SPC/MAE/accuracy): max |d| {d:.2e}   "
+                  f"{'EQUAL' if d <= 1e-5 else 'DIFFER'} (within 1e-5)")
+            failed |= not d <= 1e-5
         if agree is not None:
             print(f"cached vs uncached metrics (natural SPC and MAE within {TOLERANCE}): {'AGREE' if agree else 'DIFFER'}")
             print("\n".join(lines))

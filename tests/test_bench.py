@@ -26,6 +26,7 @@ def test_bench_sweep_runs_and_writes_its_csv(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "cached speedup (uncached / cached)" in proc.stdout
     assert "metrics (natural SPC and MAE within 0.005): AGREE" in proc.stdout
+    assert "fused vs unfused metrics (every input, SPC/MAE/accuracy)" in proc.stdout and "EQUAL (within 1e-5)" in proc.stdout
     files = list(out.glob("bench_*.csv"))
     assert len(files) == 1
     with open(files[0], newline="") as fh:
@@ -41,14 +42,17 @@ def test_bench_sweep_runs_and_writes_its_csv(tmp_path):
     for col in ("cpu_model", "cpu_cores", "torch", "device", "gpu_name", "wall_s", "peak_rss_mb",
                 "speedup_uncached_over_cached", "cached_over_extraction", "metrics_agree"):
         assert col in columns
-    assert [r["run"] for r in rows] == ["extraction", "sweep_cached", "sweep_uncached"]
+    assert [r["run"] for r in rows] == ["extraction", "sweep_cached", "sweep_unfused", "sweep_one_target", "sweep_uncached"]
     by = {r["run"]: r for r in rows}
     for r in rows:
         assert float(r["wall_s"]) > 0 and float(r["peak_rss_mb"]) > 50 and r["returncode"] == "0"
         assert r["backbone"] == "posenet" and r["device"] == "cpu" and int(r["cpu_cores"]) >= 1
     assert int(by["extraction"]["images"]) == 12 and float(by["extraction"]["images_per_s"]) > 0
-    for name in ("sweep_cached", "sweep_uncached"):
+    for name in ("sweep_cached", "sweep_unfused", "sweep_uncached"):
         assert by[name]["jobs_ok"] == "5" and by[name]["jobs"] == "5"
+    assert by["sweep_one_target"]["jobs_ok"] == "1"
+    assert float(by["sweep_cached"]["fused_metrics_max_abs_diff"]) <= 1e-5
+    assert float(by["sweep_cached"]["fused_train_over_one_target"]) > 0
     assert by["sweep_cached"]["metrics_agree"] == "True"
     assert float(by["sweep_cached"]["speedup_uncached_over_cached"]) > 0
     # The temporary folder (sweeps, caches) is removed; nothing lands in the checkout or cwd.
@@ -65,3 +69,26 @@ def test_bench_readout_runs_and_the_two_convolutions_agree():
     for row in ("load: CachedFeatures (reused buffer)", "step: OneMapConv2d, channels-last", "step: nn.Conv2d, NCHW"):
         assert row in proc.stdout
     assert "OneMapConv2d vs nn.Conv2d output: max |difference|" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_protocol_runs_the_table1_grid_on_its_standin_data_and_writes_its_csv(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_protocol.py"), "--scale", "0.001", "--backbones", "posenet",
+         "--seeds", "0", "--device", "cpu", "--authors-batches", "1", "--data-dir", str(tmp_path / "data"),
+         "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(list((tmp_path / "data" / "train").glob("*.jpg"))) == 11  # 10,553 × 0.001
+    assert len(list((tmp_path / "data" / "test").glob("*.jpg"))) == 1
+    assert "authors' design (estimated) / posinfo:" in proc.stdout and "an extrapolation, not a run" in proc.stdout
+    (path,) = out.glob("protocol_*.csv")
+    with open(path, newline="") as fh:
+        rows = {r["phase"]: r for r in csv.DictReader(fh)}
+    sweep = rows["Table 1 sweep (wall)"]
+    assert sweep["jobs"] == sweep["jobs_ok"] == "5"  # PosENet × 5 targets × 1 seed, all ok
+    assert float(rows["jobs: readout training (sum)"]["steps_per_s"]) > 0
+    assert float(rows["decode (PIL, 1 process)"]["images_per_s"]) > 0
+    assert float(rows["authors' design, estimated (sum)"]["wall_s"]) > 0
