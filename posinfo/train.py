@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -41,6 +42,23 @@ def _step(readout: nn.Module, feats: torch.Tensor, tgt: torch.Tensor, opt: torch
     return loss.item()
 
 
+def _epoch(batches, readouts: list[tuple[int, nn.Module, torch.Tensor, torch.optim.Optimizer]],
+           step_scheds: list | None, left: int | None, bar) -> dict[int, list[tuple[float, int]]]:
+    """One pass over the batches, each batch used by each readout (index, readout, target,
+    optimiser) in turn, at most ``left`` steps; with ``step_scheds`` the lr schedules step
+    per step (train.steps). Each readout's steps' losses and batch sizes."""
+    losses: dict[int, list[tuple[float, int]]] = {i: [] for i, *_ in readouts}
+    for feats in batches:
+        for i, readout, tgt, opt in readouts:
+            losses[i].append((_step(readout, feats, tgt, opt), len(feats)))
+            if step_scheds is not None:
+                step_scheds[i].step()  # per step: milestones in steps
+        bar.update(1)
+        if left is not None and len(next(iter(losses.values()))) >= left:
+            break
+    return losses
+
+
 def resolve_steps(steps: int | str | None) -> int | None:
     """``train.steps``: null (the epochs as given), an integer, or ``paper`` (PAPER_STEPS)."""
     if steps in (None, "null", "none"):
@@ -78,6 +96,21 @@ def fit(readout: nn.Module, source: FeatureSource, target: torch.Tensor, *, log_
     return history
 
 
+@contextlib.contextmanager
+def flush_denormals():
+    """Denormal floats (below 1.2e-38) flushed to zero on the CPU while readouts train: a
+    softmax or sigmoid that saturates (the grid readout's logits, a confident ramp readout)
+    fills its gradients with them, and x86 arithmetic on denormals made each SGD step up to
+    ~80× slower (measured: a 768→49-channel step, 0.65 s flushed against 51 s). Values that
+    small are below float32's resolution of anything they are added to."""
+    changed = torch.set_flush_denormal(True)  # False where the CPU cannot (then nothing changes)
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_flush_denormal(False)
+
+
 def fit_many(
     readouts: list[nn.Module],
     source: FeatureSource,
@@ -113,49 +146,43 @@ def fit_many(
     for r in readouts:
         r.train()  # the readout's own BatchNorm learns; the encoder is frozen elsewhere
     paths = log_paths or [None] * len(readouts)
-    out: list[list[dict] | PosinfoError] = [[] for _ in readouts]
-    live = list(range(len(readouts)))
-    done = 0
-    for epoch in range(1, n_epochs + 1):
-        t0 = time.perf_counter()
-        order = torch.randperm(source.n, generator=gen).numpy()
-        lrs = {i: opts[i].param_groups[0]["lr"] for i in live}
-        losses: dict[int, list[tuple[float, int]]] = {i: [] for i in live}
-        left = None if steps is None else steps - done
-        bar = tqdm(total=n_batches if left is None else min(n_batches, left), desc=f"epoch {epoch}/{n_epochs}",
-                   unit="batch", leave=False, disable=None if progress else True)  # None: a bar only on a terminal
-        for feats in source.batches(order, batch_size):
-            for i in live:
-                losses[i].append((_step(readouts[i], feats, tgts[i], opts[i]), len(feats)))
-                if steps is not None:
-                    scheds[i].step()  # per step: milestones in steps
-            bar.update(1)
-            if left is not None and len(losses[live[0]]) >= left:
+    with flush_denormals():
+        out: list[list[dict] | PosinfoError] = [[] for _ in readouts]
+        live = list(range(len(readouts)))
+        done = 0
+        for epoch in range(1, n_epochs + 1):
+            t0 = time.perf_counter()
+            order = torch.randperm(source.n, generator=gen).numpy()
+            lrs = {i: opts[i].param_groups[0]["lr"] for i in live}
+            left = None if steps is None else steps - done
+            bar = tqdm(total=n_batches if left is None else min(n_batches, left), desc=f"epoch {epoch}/{n_epochs}",
+                       unit="batch", leave=False, disable=None if progress else True)  # None: a bar only on a terminal
+            losses = _epoch(source.batches(order, batch_size), [(i, readouts[i], tgts[i], opts[i]) for i in live],
+                            scheds if steps is not None else None, left, bar)
+            bar.close()
+            done += len(losses[live[0]])
+            seconds = round(time.perf_counter() - t0, 3)
+            for i in list(live):
+                if steps is None:
+                    scheds[i].step()
+                total, count = sum(v * n for v, n in losses[i]), sum(n for _, n in losses[i])
+                if not np.isfinite(total):
+                    out[i] = _diverged(total, epoch)
+                    live.remove(i)
+                    continue
+                rec = {"epoch": epoch, "loss": total / count, "lr": lrs[i], "seconds": seconds,
+                       "step_losses": [v for v, _ in losses[i]]}
+                out[i].append(rec)
+                if len(readouts) == 1:
+                    log.info("epoch %d/%d  loss %.5f  lr %g  %.1fs", epoch, n_epochs, rec["loss"], lrs[i], seconds)
+                if paths[i] is not None:
+                    with open(paths[i], "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+            if len(readouts) > 1:
+                log.info("epoch %d/%d  %d readouts fused  losses %s  %.1fs", epoch, n_epochs, len(live),
+                         " ".join(f"{out[i][-1]['loss']:.5f}" for i in live), seconds)
+            if not live:
                 break
-        bar.close()
-        done += len(losses[live[0]])
-        seconds = round(time.perf_counter() - t0, 3)
-        for i in list(live):
-            if steps is None:
-                scheds[i].step()
-            total, count = sum(v * n for v, n in losses[i]), sum(n for _, n in losses[i])
-            if not np.isfinite(total):
-                out[i] = _diverged(total, epoch)
-                live.remove(i)
-                continue
-            rec = {"epoch": epoch, "loss": total / count, "lr": lrs[i], "seconds": seconds,
-                   "step_losses": [v for v, _ in losses[i]]}
-            out[i].append(rec)
-            if len(readouts) == 1:
-                log.info("epoch %d/%d  loss %.5f  lr %g  %.1fs", epoch, n_epochs, rec["loss"], lrs[i], seconds)
-            if paths[i] is not None:
-                with open(paths[i], "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-        if len(readouts) > 1:
-            log.info("epoch %d/%d  %d readouts fused  losses %s  %.1fs", epoch, n_epochs, len(live),
-                     " ".join(f"{out[i][-1]['loss']:.5f}" for i in live), seconds)
-        if not live:
-            break
     for r in readouts:
         r.eval()
     return out

@@ -144,3 +144,25 @@ def test_a_fused_sweep_gives_the_numbers_of_an_unfused_one_and_resumes_mid_group
     for n in todo:
         assert again[n]["metrics"]["natural"]["spc" if "hor" in n else "accuracy"] == pytest.approx(
             res[n]["metrics"]["natural"]["spc" if "hor" in n else "accuracy"], abs=1e-5)
+
+
+def test_readouts_train_with_denormals_flushed_and_the_setting_is_restored():
+    tiny = torch.tensor([1e-39])  # a float32 denormal
+    seen = []
+
+    class Probe(torch.nn.Module):  # a readout that records whether denormals are flushed while it trains
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1, 6, 1, 1))
+
+        def forward(self, x):
+            seen.append(float((tiny * 1.0).item()))
+            return (x * self.w).sum(1, keepdim=True)
+
+    feats, _, _ = _group()
+    supported = torch.set_flush_denormal(True)
+    torch.set_flush_denormal(False)
+    fit(Probe(), feats, targets.make("hor", 8), epochs=1, batch_size=11, progress=False)
+    assert seen and supported  # x86 and ARM both flush; a CPU that cannot would need this test rethought
+    assert all(v == 0.0 for v in seen)
+    assert (tiny * 1.0).item() != 0.0  # restored afterwards
