@@ -121,7 +121,7 @@ def test_canvas_grid_is_every_border_and_colour_for_posenet_and_vgg16():
 
 
 @pytest.mark.parametrize("preset,models,extra", [
-    ("vit_pos_embed", {"vit_tiny_patch16_224", "deit_tiny_patch16_224"}, {"keep", "zero", "shuffle"}),
+    ("vit_pos_embed", {"vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"}, {"keep", "zero", "shuffle"}),
     ("modern_cnns", {"resnet50", "convnext_tiny", "efficientnet_b0", "regnet_y_400mf", "mobilenet_v3_small"}, {"keep"}),
 ])
 def test_any_backbone_presets(preset, models, extra):
