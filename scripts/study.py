@@ -190,6 +190,7 @@ def load_cells(out: Path, names: list[str]):
         return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True)
     cells = aggregate(df)
+    cells = cells[cells.n_ok > 0].copy()  # jobs interrupted before their result (a stopped run) are no cell
     cells["label"] = [label(r) for _, r in cells.iterrows()]
     return cells
 
@@ -571,11 +572,31 @@ def _content(cells) -> list[str]:
                  "every VGG16, and the drop on shuffled tiles there measures the tiles' seams (new edges the "
                  "network responds to), not layout. Rotation is the clean control; shuffled tiles read "
                  "position from layout only beside it.", ""]
+    content = []
+    pose0 = [r for r in rows if r[0].startswith("photos") and r[1] == "PosENet, readout padding 0"]
+    found = [r for r in pose0 if _excludes_zero(r[2])]
+    if found:
+        cases = "; ".join(f"{r[0]}: natural {r[2]}, natural − rotated {r[4]}" for r in found)
+        content = [f"PosENet with readout padding 0 has no padding anywhere, so what it finds on photographs is "
+                   f"content alone, and it is not at the floor there ({cases}): the readout learned where things "
+                   "lie in the training photographs, and the held-out photographs share that layout only in "
+                   "part. On photographs, then, every backbone's natural SPC mixes padding and content; "
+                   "natural − rotated is the content's share for `hor` (rotation reverses the content's cue, "
+                   "not the padding's).", ""]
     return ["**3. How much position comes from the image content.** natural − shuffled and natural − rotated "
             "(SPC): a positive difference is position carried by the images' layout; natural ≈ shuffled ≈ "
             "rotated means the network's own position code (padding) carries it.", "",
             md_table(["data, target", "weights", "SPC natural", "natural − shuffled", "natural − rotated"], rows), "",
-            *seams]
+            *seams, *content]
+
+
+def _excludes_zero(cell: str) -> bool:
+    """Whether a cell printed as "mean [lo, hi]" has an interval that excludes 0."""
+    try:
+        lo, hi = (float(v) for v in cell.split("[")[1].rstrip("] ᵇ").split(","))
+    except (IndexError, ValueError):
+        return False
+    return lo > 0 or hi < 0
 
 
 def conclusions(cells, s: Scale) -> list[str]:
