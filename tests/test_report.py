@@ -503,3 +503,11 @@ def test_results_written_before_an_option_existed_share_the_cell_of_its_default(
     (old / "result.json").write_text(json.dumps(res))
     cells = aggregate(collect([tmp_path / "s"]))
     assert len(cells) == 1 and cells.n_ok.iloc[0] == 2
+
+
+def test_figure_labels_do_not_repeat_the_model_the_backbone_name_says(tmp_path, base_config):
+    for model in ("vit_tiny_patch16_224", "convnext_atto"):
+        make_job(tmp_path / "s", base_config, backbone="timm", backbone__model=model, experiment="x")
+    labelled, fields = figures.label_cells(aggregate(collect([tmp_path / "s"])))
+    assert sorted(labelled.config_label.unique()) == ["timm/convnext_atto", "timm/vit_tiny_patch16_224"]
+    assert "backbone.model" in fields["x"]  # the tables keep their column

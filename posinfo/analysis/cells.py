@@ -197,8 +197,10 @@ def label_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]
         fields = _display_fields(g, candidates)
         fields_of[name] = fields
         for i, r in g.iterrows():
+            # a field the backbone's name already says (backbone.model of "timm/convnext_tiny") is not repeated
             parts = [str(r["backbone"])] + [
                 (f"{_SHORT.get(f, f)}={_shown(f, r[f])}" if _SHORT.get(f, f) else str(r[f])) for f in fields
+                if not (f == "backbone.model" and str(r[f]) in str(r["backbone"]))
             ]
             cells.at[i, "config_label"] = " ".join(parts)
     return cells, fields_of
