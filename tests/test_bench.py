@@ -16,7 +16,7 @@ def test_bench_sweep_runs_and_writes_its_csv(tmp_path):
         [
             sys.executable, str(ROOT / "bench" / "bench_sweep.py"),
             "--backbone", "posenet", "--num-train", "8", "--num-test", "4",
-            "--epochs", "1", "--image-size", "32", "--device", "cpu", "--out", str(out),
+            "--epochs", "1", "--image-size", "32", "--device", "cpu", "--out", str(out), "--extraction-runs", "1",
         ],
         cwd=tmp_path,
         capture_output=True,

@@ -188,7 +188,12 @@ E2E_EXTRA = {
     # A random-init ResNet-152 in eval mode has exploding activations (~1e5 at 32 px, ~1e8 at
     # 224 px: BatchNorm's default running statistics do not normalise), so its readout
     # diverges; ResNet-18 stays near 1 and exercises the same code path.
-    "table1": ["backbone=posenet,vgg16,resnet18"],
+    "table1": ["backbone=posenet,vgg16,resnet18", "target=hor,gau"],
+    # one target: every readout depth, kernel, tap and padding row still runs (the suite's time)
+    "table2a": ["target=hor"],
+    "table2b": ["target=hor"],
+    "table3": ["target=hor"],
+    "table4": ["target=hor"],
     # two borders × two colours, and the partial-padding rows: the code paths, in seconds
     "canvas": ["data.canvas.border=0,8", "data.canvas.color=black,noise", "target=hor"],
     "padding": ["+experiment/padding=vgg16_partial,resnet50_partial", "target=hor"],
