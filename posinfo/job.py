@@ -223,6 +223,11 @@ class Plan:
     def classes(self) -> int | None:
         return None if self.cells is None else self.cells * self.cells
 
+    @property
+    def goal(self) -> torch.Tensor:
+        """What the readout is trained against: the cell labels (target=grid) or the target map."""
+        return self.labels if self.labels is not None else self.target
+
 
 @dataclass
 class Sources:
@@ -372,16 +377,17 @@ def _store(cfg: DictConfig, plan: Plan, sources: Sources) -> ReadoutStore | None
     })
 
 
-def _prepared(cfg: DictConfig, plan: Plan, sources: Sources, stats: dict | None = None) -> torch.nn.Module:
-    """A new readout, its channel statistics (readout.standardize=channel) taken from the training
-    features, or from ``stats`` when another readout of the same features already computed them."""
-    readout = _new_readout(sources.channels, cfg.readout, plan)
-    if isinstance(readout, torch.nn.Sequential) and isinstance(readout[0], Standardize):
-        if stats is not None:
-            readout[0].load_state_dict(stats)
-        else:
-            readout[0].fit(sources.train.batches(np.arange(sources.train.n), plan.train_kwargs["batch_size"]))
-    return readout
+def _fit_stats(readout: torch.nn.Module, source, batch_size: int, stats: dict | None = None) -> dict | None:
+    """readout.standardize=channel: set the readout's channel statistics from ``source``'s features,
+    or from ``stats`` when another readout of the same features already computed them; its
+    statistics (None for a readout without them)."""
+    if not (isinstance(readout, torch.nn.Sequential) and isinstance(readout[0], Standardize)):
+        return None
+    if stats is not None:
+        readout[0].load_state_dict(stats)
+    else:
+        readout[0].fit(source.batches(np.arange(source.n), batch_size))
+    return readout[0].state_dict()
 
 
 def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: list[DictConfig], result: dict,
@@ -411,11 +417,9 @@ def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: lis
         return
     readouts, goals, stats = [], [], None
     for c, p, _ in members.values():
-        readouts.append(_prepared(c, p, sources, stats))
-        first = readouts[-1]
-        if stats is None and isinstance(first, torch.nn.Sequential) and isinstance(first[0], Standardize):
-            stats = first[0].state_dict()
-        goals.append((p.labels if p.labels is not None else p.target).to(p.device))
+        readouts.append(_new_readout(sources.channels, c.readout, p))
+        stats = _fit_stats(readouts[-1], sources.train, p.train_kwargs["batch_size"], stats)
+        goals.append(p.goal.to(p.device))
     log.info("training %d readouts together (sweep.fuse): this job's and %d siblings'", len(readouts), len(readouts) - 1)
     histories = fit_many(readouts, sources.train, goals, progress=progress, **plan.train_kwargs)
     diverged = 0
@@ -439,9 +443,8 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
         with open(log_path, "w") as fh:
             fh.writelines(json.dumps(h) + "\n" for h in history)
     else:
-        readout = _prepared(cfg, plan, sources)
-        goal = plan.labels if plan.labels is not None else plan.target
-        history = fit(readout, sources.train, goal.to(plan.device), log_path=log_path, progress=progress,
+        _fit_stats(readout, sources.train, plan.train_kwargs["batch_size"])
+        history = fit(readout, sources.train, plan.goal.to(plan.device), log_path=log_path, progress=progress,
                       **plan.train_kwargs)
         if store is not None:
             store.save(readout, history)
@@ -475,8 +478,7 @@ def _channels(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, resu
     def train_eval(idx: np.ndarray) -> tuple[float | None, float]:
         sub = ch.ChannelSubset(sources.train, idx)
         readout = _new_readout(len(idx), cfg.readout, plan)
-        if isinstance(readout, torch.nn.Sequential) and isinstance(readout[0], Standardize):
-            readout[0].fit(sub.batches(np.arange(sub.n), plan.train_kwargs["batch_size"]))
+        _fit_stats(readout, sub, plan.train_kwargs["batch_size"])
         fit(readout, sub, target, progress=False, **plan.train_kwargs)
         readout.eval()
         preds = _predict_all(readout, ch.ChannelSubset(test_src, idx), plan.size, bs)
