@@ -15,10 +15,10 @@ every option of the plugin stays and the commands users know keep working.
   the rest and Hydra skips the summary. Here every job is waited for, and one without a
   result is recorded as failed in its folder (result.json with the Slurm state, the
   status record), so the summary names it and the sweep exits non-zero.
-* **Fused training** (``hydra/sweeper=basic``, Hydra's default): before launching, the
-  sweeper composes every job's config and writes the groups of jobs that share their
-  training features and order (posinfo.sweep.fuse); the first job of a group trains the
-  group's readouts together. Only with the basic launcher, which runs jobs in order.
+* **Fused training** (``hydra/sweeper=basic``, Hydra's default): the job configs the sweeper
+  composes to check a batch before launching it also give the groups of jobs that share
+  their training features and order (posinfo.sweep.fuse); the first job of a group trains
+  the group's readouts together. Only with the basic launcher, which runs jobs in order.
 """
 
 
@@ -164,42 +164,50 @@ class PosinfoSlurmLauncher(_WaitsForEveryJob, SlurmLauncher):
 
 
 class PosinfoSweeper(BasicSweeper):
-    """Hydra's basic sweeper; first, with ``sweep.fuse=true`` and the basic launcher, it writes
-    the sweep's fuse plan (posinfo.sweep.fuse)."""
+    """Hydra's basic sweeper; with ``sweep.fuse=true`` and the basic launcher, the configs it
+    composes to check each batch also make the batch's fuse plan (posinfo.sweep.fuse), so
+    every job is composed once, not twice."""
 
     def sweep(self, arguments: list[str]) -> Any:
         from posinfo.sweep import fuse
 
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         launcher = str(OmegaConf.select(self.config, "hydra.launcher._target_", default=""))
         wanted = bool(OmegaConf.select(self.config, "sweep.fuse", default=True)) and not _dry_run(self)
-        if wanted and launcher.endswith("BasicLauncher"):
-            try:
-                n = fuse.write_plan(sweep_dir, self._jobs(arguments))
-                if n:
-                    log.info("sweep.fuse: %d jobs in groups that train their readouts together", n)
-            except Exception as e:  # the jobs then train alone: slower, the same numbers
-                log.warning("sweep.fuse: the groups could not be planned (%s: %s): every job trains alone",
-                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-                fuse.clear_plan(sweep_dir)
-        elif not _dry_run(self):
-            fuse.clear_plan(sweep_dir)
+        self._fuse = wanted and launcher.endswith("BasicLauncher")
+        self._next_idx = 0
+        if not self._fuse and not _dry_run(self):
+            fuse.clear_plan(Path(str(self.config.hydra.sweep.dir)))
         return super().sweep(arguments)
 
-    def _jobs(self, arguments: list[str]) -> list[tuple[Path, dict]]:
-        """Every job of the sweep: its folder and its resolved config (without ``hydra``)."""
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Hydra's check that every job of the batch composes; then the batch's fuse plan."""
         loader = self.hydra_context.config_loader
-        parsed = OverridesParser.create(config_loader=loader).parse_overrides(self._parse_config() + list(arguments))
-        jobs = []
-        for idx, overrides in enumerate(self.split_arguments(parsed, None)[0]):
-            cfg = loader.load_sweep_config(self.config, list(overrides))
-            folder = _job_dir_of(cfg, idx)
-            with open_dict(cfg):
-                del cfg["hydra"]
-            jobs.append((folder, OmegaConf.to_container(cfg, resolve=True)))
-        return jobs
+        configs = []
+        for overrides in batch:
+            configs.append((self._next_idx, loader.load_sweep_config(master_config=self.config,
+                                                                      sweep_overrides=list(overrides))))
+            self._next_idx += 1
+        if getattr(self, "_fuse", False):
+            self._write_plan(configs)
+
+    def _write_plan(self, configs: list[tuple[int, Any]]) -> None:
+        from posinfo.sweep import fuse
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        try:
+            jobs = []
+            for idx, cfg in configs:  # each job's folder and its resolved config (without ``hydra``)
+                folder = _job_dir_of(cfg, idx)
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                jobs.append((folder, OmegaConf.to_container(cfg, resolve=True)))
+            n = fuse.write_plan(sweep_dir, jobs)
+            if n:
+                log.info("sweep.fuse: %d jobs in groups that train their readouts together", n)
+        except Exception as e:  # the jobs then train alone: slower, the same numbers
+            log.warning("sweep.fuse: the groups could not be planned (%s: %s): every job trains alone",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            fuse.clear_plan(sweep_dir)
 
 
 class PosinfoLaunchers(SearchPathPlugin):
