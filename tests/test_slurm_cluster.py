@@ -13,9 +13,11 @@ import pytest
 from slurm_cluster import slurm_cluster  # noqa: F401  (session fixture)
 
 JOB_DEADLINE_S = 120
+STATE_DEADLINE_S = 30
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")  # one Slurm node: its tests run in one worker, in turn
 def test_submitit_job_on_local_slurm(slurm_cluster, tmp_path):  # noqa: F811
     submitit = pytest.importorskip("submitit")
 
@@ -35,5 +37,15 @@ def test_submitit_job_on_local_slurm(slurm_cluster, tmp_path):  # noqa: F811
                         f"(state {job.state}); stderr:\n{job.stderr()}")
         time.sleep(0.5)
     assert job.result() == 42
-    # the sacct stand-in (first on PATH) is what submitit asks for the state
-    assert job.watcher.get_state(job.job_id, mode="force") == "COMPLETED"
+    # the sacct stand-in (first on PATH) is what submitit asks for the state. The
+    # result file is written from inside the job, so Slurm may still say RUNNING
+    # for a moment after it appears: wait for a final state, then require it to
+    # be COMPLETED.
+    deadline = time.monotonic() + STATE_DEADLINE_S
+    state = job.watcher.get_state(job.job_id, mode="force")
+    while state in ("RUNNING", "PENDING", "COMPLETING", "CONFIGURING", "UNKNOWN"):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+        state = job.watcher.get_state(job.job_id, mode="force")
+    assert state == "COMPLETED"
