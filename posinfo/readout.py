@@ -31,67 +31,108 @@ def validate(in_size: int, kernel: int, depth: int, padding: int) -> None:
         )
 
 
-class _OneMapConv(torch.autograd.Function):
-    """A stride-1 k×k convolution with one output map, as two matrix products over
-    channels-last features; numerically the same convolution as ``F.conv2d``.
+def _shifted_sum(z: torch.Tensor, bias: torch.Tensor, k: int, padding: int) -> torch.Tensor:
+    """The k×k convolution's output from Z (B×H×W×k×k, the features times each kernel tap):
+    bias plus the k² taps' columns, each shifted to its place (B×Ho×Wo)."""
+    b, h, w = z.shape[:3]
+    if padding:
+        z = nn.functional.pad(z, (0, 0, 0, 0, padding, padding, padding, padding))
+    ho, wo = h + 2 * padding - k + 1, w + 2 * padding - k + 1
+    out = bias.view(1, 1, 1).expand(b, ho, wo).clone()
+    for u in range(k):
+        for v in range(k):
+            out += z[:, u : u + ho, v : v + wo, u, v]
+    return out
+
+
+def _shifted_grad(go: torch.Tensor, h: int, w: int, k: int, p: int, into: torch.Tensor) -> None:
+    """The transpose of :func:`_shifted_sum`: G[b, y, x, u, v] = go[b, y-u, x-v] in padded
+    coordinates, cropped to the input, written into ``into`` (a B×H×W×k×k view)."""
+    b, ho, wo = go.shape
+    g = go.new_zeros(b, h + 2 * p, w + 2 * p, k, k)
+    for u in range(k):
+        for v in range(k):
+            g[:, u : u + ho, v : v + wo, u, v] = go
+    into.copy_(g[:, p : p + h, p : p + w])
+
+
+class _MapConvs(torch.autograd.Function):
+    """Stride-1 k×k convolutions with one output map each, all on the same input, as two
+    matrix products over channels-last features; numerically the same convolutions as
+    ``F.conv2d``.
 
     Library convolutions handle C→1 as a matrix–vector product; with C≈1500 input
     channels (VGG16's taps) that made the readout's step slower than reading its
-    features. Here the forward pass is one GEMM, ``Z = X·W`` with X the (B·H·W)×C
-    features and W the C×k² kernel, followed by k² shifted adds of Z's columns; the
-    weight gradient is another, ``Gᵀ·X``, with G the output gradient placed at the k²
-    shifts. Each reads the features once (bench/README.md has the figures).
+    features. Here the forward pass is one GEMM, ``Z = X·[W₁ … Wₙ]`` with X the (B·H·W)×C
+    features and Wᵢ the C×kᵢ² kernel of map i, followed by each map's kᵢ² shifted adds of
+    its columns of Z; the weight gradients are another, ``Gᵀ·X``, with G each output
+    gradient placed at its kᵢ² shifts. Each reads the features once however many maps
+    there are: one map is the readout's last layer (:class:`OneMapConv2d`), several are
+    the readouts of a fused group trained together (``train.fit_many``, bench/README.md
+    has the figures).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding: int):
+    def forward(ctx, x, paddings: tuple[int, ...], *params):
         b, c, h, w = x.shape
-        k = weight.shape[-1]
+        weights, biases = params[0::2], params[1::2]
+        ks = [wt.shape[-1] for wt in weights]
         xm = x.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view for channels-last input
-        wm = weight.reshape(c, k * k)
-        z = (xm @ wm).view(b, h, w, k, k)
-        if padding:
-            z = nn.functional.pad(z, (0, 0, 0, 0, padding, padding, padding, padding))
-        ho, wo = h + 2 * padding - k + 1, w + 2 * padding - k + 1
-        out = bias.view(1, 1, 1).expand(b, ho, wo).clone()
-        for u in range(k):
-            for v in range(k):
-                out += z[:, u : u + ho, v : v + wo, u, v]
+        wm = torch.cat([wt.reshape(c, k * k) for wt, k in zip(weights, ks)], dim=1) if len(weights) > 1 \
+            else weights[0].reshape(c, ks[0] * ks[0])
+        z = xm @ wm
+        outs, at = [], 0
+        for k, bias, p in zip(ks, biases, paddings):
+            zi = z[:, at : at + k * k].view(b, h, w, k, k)  # splitting the rows: a view, no copy
+            outs.append(_shifted_sum(zi, bias, k, p).unsqueeze(1))
+            at += k * k
         ctx.save_for_backward(xm, wm)
-        ctx.shape, ctx.padding = (b, c, h, w, k), padding
-        return out.unsqueeze(1)
+        ctx.shape, ctx.ks, ctx.paddings = (b, c, h, w), ks, paddings
+        return tuple(outs)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, *grad_outs):
         xm, wm = ctx.saved_tensors
-        (b, c, h, w, k), p = ctx.shape, ctx.padding
-        go = grad_out[:, 0]
-        ho, wo = go.shape[-2:]
-        # G[b, y, x, u, v] = grad_out[b, y-u, x-v] in padded coordinates, cropped to the input.
-        g = go.new_zeros(b, h + 2 * p, w + 2 * p, k, k)
-        for u in range(k):
-            for v in range(k):
-                g[:, u : u + ho, v : v + wo, u, v] = go
-        g = g[:, p : p + h, p : p + w].reshape(b * h * w, k * k)
-        grad_x = grad_w = grad_b = None
+        (b, c, h, w), ks = ctx.shape, ctx.ks
+        g = xm.new_zeros(b * h * w, wm.shape[1])
+        grad_b, at = [], 0
+        for go, k, p in zip(grad_outs, ks, ctx.paddings):
+            if go is None:  # this map's output was not used
+                grad_b.append(None)
+            else:
+                _shifted_grad(go[:, 0], h, w, k, p, g[:, at : at + k * k].view(b, h, w, k, k))
+                grad_b.append(go.sum().reshape(1))
+            at += k * k
+        grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = (g @ wm.t()).view(b, h, w, c).permute(0, 3, 1, 2)
-        if ctx.needs_input_grad[1]:
-            grad_w = (g.t() @ xm).t().reshape(1, c, k, k)
-        if ctx.needs_input_grad[2]:
-            grad_b = go.sum().reshape(1)
-        return grad_x, grad_w, grad_b, None
+        grad_w = (g.t() @ xm) if any(ctx.needs_input_grad[2::2]) else None
+        grads, at = [], 0
+        for i, k in enumerate(ks):
+            gw = None if grad_w is None or not ctx.needs_input_grad[2 + 2 * i] else \
+                grad_w[at : at + k * k].t().reshape(1, c, k, k)
+            gb = grad_b[i] if ctx.needs_input_grad[3 + 2 * i] else None
+            grads += [gw, gb]
+            at += k * k
+        return (grad_x, None, *grads)
+
+
+def map_convs(x: torch.Tensor, convs: list["OneMapConv2d"]) -> tuple[torch.Tensor, ...]:
+    """Each of ``convs`` applied to ``x`` (B×1×Ho×Wo each), reading ``x`` once: a fused group's
+    last layers in one step."""
+    params = [t for cv in convs for t in (cv.weight, cv.bias)]
+    return _MapConvs.apply(x, tuple(cv.padding[0] for cv in convs), *params)
 
 
 class OneMapConv2d(nn.Conv2d):
     """``nn.Conv2d(C, 1, k, padding=p)`` (same parameters and state_dict) computed by
-    :class:`_OneMapConv`: the readout's last layer."""
+    :class:`_MapConvs`: the readout's last layer."""
 
     def __init__(self, in_channels: int, kernel: int, padding: int = 0):
         super().__init__(in_channels, 1, kernel, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _OneMapConv.apply(x, self.weight, self.bias, self.padding[0])
+        return map_convs(x, [self])[0]
 
 
 class Readout(nn.Sequential):

@@ -17,6 +17,7 @@ from torch import nn
 from posinfo.errors import PosinfoError
 from posinfo.features import FeatureSource
 from posinfo.names import CONVERGED_REL_CHANGE, PAPER_STEPS
+from posinfo.readout import OneMapConv2d, Readout, Standardize, map_convs
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,78 @@ def _step(readout: nn.Module, feats: torch.Tensor, tgt: torch.Tensor, opt: torch
     return loss.item()
 
 
+def _stack_parts(readout: nn.Module, tgt: torch.Tensor):
+    """(pre, conv, tail) for a readout whose only convolution is its last, a OneMapConv2d
+    (depth 1, a map target): ``pre`` its Standardize or None, ``tail`` its BN and sigmoid.
+    None for any other readout, which steps alone."""
+    pre, r = None, readout
+    if isinstance(r, nn.Sequential) and len(r) == 2 and isinstance(r[0], Standardize):
+        pre, r = r[0], r[1]
+    if tgt.dtype == torch.long or not (isinstance(r, Readout) and isinstance(r[0], OneMapConv2d)):
+        return None
+    return pre, r[0], nn.Sequential(*list(r)[1:])  # the same modules (a Readout cannot be sliced)
+
+
+def _stacks(readouts: list[tuple[int, nn.Module, torch.Tensor, torch.optim.Optimizer]]) -> list[list]:
+    """The readouts split into stacks that step together: depth-1 map readouts on the same
+    input (no Standardize, or one with the same statistics) share their GEMM (map_convs);
+    every other readout is a stack of one."""
+    stacks: list[list] = []
+    shared: list[tuple[Standardize | None, list]] = []
+    for entry in readouts:
+        parts = _stack_parts(entry[1], entry[2])
+        if parts is None:
+            stacks.append([entry])
+            continue
+        pre = parts[0]
+        for other, members in shared:
+            if (pre is None and other is None) or (pre is not None and other is not None and torch.equal(
+                    pre.mean, other.mean) and torch.equal(pre.std, other.std)):
+                members.append((*entry, parts))
+                break
+        else:
+            shared.append((pre, [(*entry, parts)]))
+            stacks.append(shared[-1][1])
+    return stacks
+
+
+def _stacked_step(stack: list, feats: torch.Tensor) -> list[float]:
+    """One SGD step of each readout of a stack on one batch, its last layer's GEMM shared
+    (readout.map_convs): the same arithmetic as :func:`_step` per readout, the features
+    read once. Their losses."""
+    pre = stack[0][4][0]
+    x = pre(feats) if pre is not None else feats
+    maps = map_convs(x, [parts[1] for *_, parts in stack])
+    losses = []
+    for (_, _, tgt, _, parts), out in zip(stack, maps):
+        pred = F.interpolate(parts[2](out), size=tgt.shape[-2:], mode="bilinear", align_corners=False)
+        losses.append(F.mse_loss(pred, tgt.expand_as(pred)))
+    for _, _, _, opt, _ in stack:
+        opt.zero_grad(set_to_none=True)
+    torch.stack(losses).sum().backward()  # parameters are disjoint: each readout gets its own gradient
+    for _, _, _, opt, _ in stack:
+        opt.step()
+    return torch.stack(losses).tolist()
+
+
 def _epoch(batches, readouts: list[tuple[int, nn.Module, torch.Tensor, torch.optim.Optimizer]],
            step_scheds: list | None, left: int | None, bar) -> dict[int, list[tuple[float, int]]]:
     """One pass over the batches, each batch used by each readout (index, readout, target,
-    optimiser) in turn, at most ``left`` steps; with ``step_scheds`` the lr schedules step
-    per step (train.steps). Each readout's steps' losses and batch sizes."""
+    optimiser), at most ``left`` steps; readouts that can share their GEMM step together
+    (:func:`_stacks`), the others in turn. With ``step_scheds`` the lr schedules step per
+    step (train.steps). Each readout's steps' losses and batch sizes."""
     losses: dict[int, list[tuple[float, int]]] = {i: [] for i, *_ in readouts}
+    stacks = _stacks(readouts)
     for feats in batches:
-        for i, readout, tgt, opt in readouts:
-            losses[i].append((_step(readout, feats, tgt, opt), len(feats)))
-            if step_scheds is not None:
+        for stack in stacks:
+            if len(stack) == 1:
+                i, readout, tgt, opt = stack[0][:4]
+                losses[i].append((_step(readout, feats, tgt, opt), len(feats)))
+            else:
+                for (i, *_), v in zip(stack, _stacked_step(stack, feats)):
+                    losses[i].append((v, len(feats)))
+        if step_scheds is not None:
+            for i, *_ in readouts:
                 step_scheds[i].step()  # per step: milestones in steps
         bar.update(1)
         if left is not None and len(next(iter(losses.values()))) >= left:

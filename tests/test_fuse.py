@@ -12,9 +12,9 @@ import torch
 from posinfo import location, targets
 from posinfo.errors import PosinfoError
 from posinfo.names import FUSE_PLAN
-from posinfo.readout import build_readout, output_size
+from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.sweep.fuse import group_key, write_plan
-from posinfo.train import fit, fit_many
+from posinfo.train import _stacks, fit, fit_many
 from sweep_helpers import out, results, summary, sweep
 
 
@@ -30,7 +30,8 @@ class Features:
 
 
 # (kernel, depth, padding, target): several readout kinds in one group, the location target among them
-KINDS = [(1, 1, 0, "hor"), (3, 1, 1, "gau"), (3, 2, 2, "hor"), (3, 1, 1, "grid")]
+# The depth-1 map readouts (kernels 1, 3, 7) share their GEMM (train._stacks); the others step alone.
+KINDS = [(1, 1, 0, "hor"), (3, 1, 1, "gau"), (3, 2, 2, "hor"), (3, 1, 1, "grid"), (7, 1, 3, "ver")]
 
 
 def _group(seed: int = 0):
@@ -68,11 +69,21 @@ def test_a_diverging_readout_stops_alone_and_the_others_are_unaffected():
     histories = fit_many(fused, feats, goals, **kw)
     assert isinstance(histories[1], PosinfoError) and "training diverged at epoch 1" in str(histories[1])
     _, alone, _ = _group()
-    for i in (0, 2, 3):
+    for i in (0, 2, 3, 4):  # 0 and 4 shared its GEMM
         h = fit(alone[i], feats, goals[i], **kw)
         assert [e["loss"] for e in histories[i]] == pytest.approx([e["loss"] for e in h], abs=1e-6)
     with pytest.raises(PosinfoError, match="training diverged"):
         fit(alone[1], feats, goals[1], **kw)
+
+
+def test_depth1_map_readouts_on_the_same_input_share_one_step_and_the_rest_step_alone():
+    feats, readouts, goals = _group()
+    std_a, std_b, std_c = (Standardize(6), Standardize(6), Standardize(6))
+    std_b.mean += 1  # other statistics: another input
+    extra = [torch.nn.Sequential(s, build_readout(6, 3, 1, 1, 8)) for s in (std_a, std_b, std_c)]
+    entries = [(i, r, g, None) for i, (r, g) in enumerate(zip(readouts + extra, goals + [goals[0]] * 3))]
+    stacks = [[e[0] for e in st] for st in _stacks(entries)]
+    assert stacks == [[0, 1, 4], [2], [3], [5, 7], [6]]
 
 
 def test_only_jobs_with_the_same_features_and_batch_order_are_grouped(tmp_path):

@@ -9,7 +9,7 @@ from torch import nn
 
 from posinfo.errors import PosinfoError
 from posinfo.metrics import Scorer, border_bins, border_distance, is_constant, summarize
-from posinfo.readout import OneMapConv2d, build_readout, output_size
+from posinfo.readout import OneMapConv2d, build_readout, map_convs, output_size
 from posinfo.targets import make
 
 
@@ -24,6 +24,26 @@ def test_readout_shapes_and_layers():
     assert sum(isinstance(m, nn.ReLU) for m in r2) == 2 and isinstance(r2[-1], nn.Sigmoid)
     assert r2(torch.rand(2, 8, 28, 28)).shape == (2, 1, 28, 28)
     assert output_size(28, 7, 1, 0) == 22
+
+
+def test_map_convs_of_a_fused_group_equal_each_conv2d_in_values_and_gradients():
+    """Several one-map convolutions on one input (a fused group's last layers, one GEMM):
+    each output and each parameter's gradient is its own F.conv2d's (float64)."""
+    torch.manual_seed(5)
+    convs = [OneMapConv2d(6, k, p).double() for k, p in [(1, 0), (3, 1), (7, 3), (3, 0)]]
+    for cv in convs:
+        nn.init.normal_(cv.bias)
+    x = torch.randn(3, 6, 11, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    outs = map_convs(x, convs)
+    refs = [F.conv2d(x, cv.weight, cv.bias, padding=cv.padding) for cv in convs]
+    gs = [torch.randn_like(r) for r in refs]
+    params = [x] + [t for cv in convs for t in (cv.weight, cv.bias)]
+    got = torch.autograd.grad(outs, params, gs)
+    want = torch.autograd.grad(refs, params, gs)
+    for o, r in zip(outs, refs):
+        torch.testing.assert_close(o, r, rtol=0, atol=1e-12)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("kernel,padding", [(1, 0), (3, 0), (3, 1), (7, 0), (7, 3), (3, 4)])
