@@ -9,13 +9,19 @@ dtype, ...). Files in the cache directory:
 ``<key>.npy``
     the data (``np.lib.format`` header + array)
 ``<key>.json``
-    meta: fields, shape, dtype, created time, size. Written last, so its
-    presence is the completeness marker.
+    meta: fields, shape, dtype, created time, size, and the CRC-32 of each 64 MiB
+    chunk of the data. Written last, so its presence is the completeness marker.
+    A process checks the data against it the first time it opens the entry.
+``<key>.verified``
+    which sweep ($POSINFO_SWEEP_ID) last checked the data (or wrote it) and the
+    file's inode, size and modification time then: the other jobs of that sweep
+    trust the check while the file is unchanged, so a sweep reads each entry
+    through once, not once per job.
 ``<key>.lock``
     the ``filelock`` lock that makes concurrent processes compute an entry once.
     Lock files are never deleted (deleting a lock file another process may be
     waiting on breaks mutual exclusion); they are empty.
-``<key>.<pid>-<rand>.tmp.npy`` / ``.tmp.json``
+``<key>.<pid>-<rand>.tmp.npy`` / ``.tmp.json`` / ``.tmp.verified``
     an entry being written. Left behind only by a crash; ignored by readers and
     deleted by the next process that takes the entry's lock.
 ``readouts/<key>.pt``
@@ -51,7 +57,7 @@ import filelock
 import numpy as np
 
 from posinfo.errors import PosinfoError
-from posinfo.names import CACHE_DIR_ENV, default_cache_dir, utc_now
+from posinfo.names import CACHE_DIR_ENV, SWEEP_ID_ENV, default_cache_dir, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,7 @@ DISK_MARGIN_BYTES = 1_000_000_000
 _DATA_SUFFIX = ".npy"
 _META_SUFFIX = ".json"
 _LOCK_SUFFIX = ".lock"
+_STAMP_SUFFIX = ".verified"  # which sweep last checked the entry, and the file it checked
 _TMP_MARK = ".tmp"
 READOUTS_DIR = "readouts"  # the readout store (posinfo.sources.ReadoutStore)
 CHECKSUM_CHUNK_BYTES = 64 << 20
@@ -134,6 +141,10 @@ def _lock_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / f"{key}{_LOCK_SUFFIX}"
 
 
+def _stamp_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"{key}{_STAMP_SUFFIX}"
+
+
 def _is_tmp(p: Path) -> bool:
     return _TMP_MARK + "." in p.name
 
@@ -201,13 +212,53 @@ def _open_complete(
         return None
     data = str(_data_path(cache_dir, key).resolve())
     if verify and data not in _VERIFIED and isinstance(meta.get("checksum"), dict):
-        bad = _corrupt_chunk(_data_path(cache_dir, key), meta["checksum"])
-        if bad is not None:
-            warn("feature cache entry %s is corrupt (%s fails its checksum): rebuilding it", key,
-                 "its size" if bad < 0 else f"chunk {bad + 1} of {len(meta['checksum']['values'])}")
-            return None
+        if _stamped(cache_dir, key):
+            log.debug("feature cache entry %s was checked by another job of this sweep", key)
+        else:
+            bad = _corrupt_chunk(_data_path(cache_dir, key), meta["checksum"])
+            if bad is not None:
+                warn("feature cache entry %s is corrupt (%s fails its checksum): rebuilding it", key,
+                     "its size" if bad < 0 else f"chunk {bad + 1} of {len(meta['checksum']['values'])}")
+                return None
+            _stamp(cache_dir, key)
         _VERIFIED.add(data)
     return arr
+
+
+def _file_identity(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def _stamped(cache_dir: Path, key: str) -> bool:
+    """Whether a process of this sweep ($POSINFO_SWEEP_ID) checked the entry's data file
+    against its checksum (or wrote it), and the file has not been replaced or written since
+    (same inode, size and modification time). So a sweep reads each entry through once,
+    not once per job: at DUTS scale a VGG16 entry is 24 GB."""
+    sweep = os.environ.get(SWEEP_ID_ENV)
+    if not sweep:
+        return False
+    try:
+        stamp = json.loads(_stamp_path(cache_dir, key).read_text(encoding="utf-8"))
+        return stamp.get("sweep") == sweep and stamp.get("file") == _file_identity(_data_path(cache_dir, key))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _stamp(cache_dir: Path, key: str) -> None:
+    """Record that this sweep's process checked (or wrote) the entry's data file; best effort:
+    a cache folder this process cannot write to only means the next job checks again."""
+    sweep = os.environ.get(SWEEP_ID_ENV)
+    if not sweep:
+        return
+    tmp = cache_dir / f"{key}.{os.getpid()}-{uuid.uuid4().hex[:8]}{_TMP_MARK}{_STAMP_SUFFIX}"
+    try:
+        tmp.write_text(json.dumps({"sweep": sweep, "file": _file_identity(_data_path(cache_dir, key)),
+                                   "checked": utc_now()}), encoding="utf-8")
+        os.replace(tmp, _stamp_path(cache_dir, key))
+    except OSError as e:
+        _unlink(tmp)
+        log.debug("feature cache entry %s: no verification stamp (%s)", key, e)
 
 
 def _reserve(path: Path, cache_dir: Path, key: str) -> None:
@@ -433,6 +484,7 @@ def _create(
         os.replace(tmp_data, _data_path(cache_dir, key))
         os.replace(tmp_meta, _meta_path(cache_dir, key))  # last: marks it complete
         _VERIFIED.add(str(_data_path(cache_dir, key).resolve()))
+        _stamp(cache_dir, key)
     except BaseException:
         _unlink(tmp_data)
         _unlink(tmp_meta)
@@ -473,6 +525,7 @@ def _delete_entry(cache_dir: Path, entry: Entry) -> None:
     with filelock.FileLock(str(_lock_path(cache_dir, entry.key))):
         _unlink(_meta_path(cache_dir, entry.key))  # first: no longer looks complete
         _unlink(entry.path)
+        _unlink(_stamp_path(cache_dir, entry.key))
 
 
 def _match(cache_dir: Path, entries: list[Entry], key_prefix: str) -> Entry:

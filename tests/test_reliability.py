@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,41 @@ def test_a_feature_entry_changed_in_place_is_rebuilt_with_one_warning(tmp_path, 
     # verified once per process: the next open reads nothing more, and finds the rebuilt entry sound
     assert cache.get_or_create(tmp_path, fields, SHAPE, "float32", lambda a: calls.append(2), 1) is not None
     assert calls == [1]
+
+
+def test_a_sweep_checks_each_entry_once_and_again_when_the_file_changes(tmp_path, monkeypatch):
+    """Jobs of one sweep ($POSINFO_SWEEP_ID) trust the check another of its processes made,
+    while the file is unchanged; another sweep, or a file written since, is checked again."""
+    checks = []
+    real = cache._corrupt_chunk
+    monkeypatch.setattr(cache, "_corrupt_chunk", lambda *a: (checks.append(1), real(*a))[1])
+    monkeypatch.setenv("POSINFO_SWEEP_ID", "sweep-a")
+    fields = {"backbone": "vgg16", "n": 7}
+    cache.get_or_create(tmp_path, fields, SHAPE, "float32", _fill, 1)  # written: stamped, not read back
+    assert checks == [] and (tmp_path / f"{cache.make_key(fields)}.verified").is_file()
+
+    def open_in_new_process():
+        cache._VERIFIED.clear()
+        return cache.get_or_create(tmp_path, fields, SHAPE, "float32", lambda a: checks.append("rebuilt"), 1)
+
+    assert open_in_new_process() is not None and checks == []  # same sweep, same file: trusted
+    monkeypatch.setenv("POSINFO_SWEEP_ID", "sweep-b")
+    assert open_in_new_process() is not None and checks == [1]  # another sweep checks it once
+    assert open_in_new_process() is not None and checks == [1]
+    data = next(tmp_path.glob("*.npy"))
+    time.sleep(0.05)  # past the file system's clock tick, as any later write is
+    with open(data, "r+b") as fh:  # written in place since: checked, found corrupt, rebuilt
+        fh.seek(data.stat().st_size - 4)
+        fh.write(b"\xff\xff\xff\xff")
+    open_in_new_process()
+    assert checks[:3] == [1, 1, 1] and checks[3:] in ([1, "rebuilt"], ["rebuilt"])  # (checked again under the lock)
+    checks.clear()
+    assert open_in_new_process() is not None and checks == []  # the rebuilt file is this sweep's: trusted
+    monkeypatch.delenv("POSINFO_SWEEP_ID")  # outside a sweep: every process checks
+    open_in_new_process()
+    assert checks == [1]
+    cache.clear(tmp_path)
+    assert not list(tmp_path.glob("*.verified"))
 
 
 @pytest.fixture
