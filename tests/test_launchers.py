@@ -157,10 +157,17 @@ def test_joblib_runs_jobs_in_parallel_and_contains_a_crash(tmp_path):
 def test_submitit_local_sweep(tmp_path):
     pytest.importorskip("submitit")
     sd = tmp_path / "sw"
-    r = sweep(sd, "target=hor,gau", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    r = sweep(sd, "target=hor,gau", "data.num_train=6,8", "hydra/launcher=submitit_local",
+              "hydra.launcher.timeout_min=10")
     assert r.returncode == 0, out(r)[-3000:]
-    assert sorted(v["status"] for v in results(sd).values()) == ["ok", "ok"]
-    assert summary(r.stdout)[0].endswith("2 job(s): 2 ran (2 succeeded, 0 failed), 0 skipped (done)")
+    res = results(sd)
+    assert sorted(v["status"] for v in res.values()) == ["ok"] * 4
+    assert summary(r.stdout)[0].endswith("4 job(s): 4 ran (4 succeeded, 0 failed), 0 skipped (done)")
+    # sweep.fuse: each fused group (same training data, two targets) is one submitit task,
+    # whose first job trains both readouts
+    assert "sweep.fuse: 4 jobs as 2 local tasks" in out(r)
+    assert len([p for p in (sd / ".submitit").iterdir() if p.is_dir() and p.name.isdigit()]) == 2  # (and "%j")
+    assert sorted((v.get("fused") or {}).get("readouts", 0) for v in res.values()) == [0, 0, 2, 2]
 
 
 def _slurm_env(tmp: Path, hook=None) -> dict:
@@ -176,12 +183,13 @@ SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=30", "hydr
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")  # one Slurm node: its tests run in one worker, in turn
 def test_slurm_sweep_reports_killed_jobs_and_resumes(tmp_path):
     """On the real local Slurm: two of four jobs are killed mid-job (scancel, and SIGKILL to
     the Slurm task's process, as the out-of-memory killer would); the others finish; the
     summary names both; a re-run re-runs exactly those two and every job ends ok."""
     sd, log = tmp_path / "sw", tmp_path / "sweep.log"
-    grid = ["target=hor,gau", "readout.padding=0,1", *SLURM]
+    grid = ["target=hor,gau", "readout.padding=0,1", "sweep.fuse=false", *SLURM]  # a task per job
     env = _slurm_env(tmp_path, hook=[("readout.padding=1", "hang")])
     proc = popen_sweep(sd, *grid, env=env, log=log)
     try:
@@ -238,6 +246,7 @@ def _requeue_delay_s() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")
 def test_slurm_preempted_job_is_requeued_and_finishes(tmp_path):
     env = _slurm_env(tmp_path, hook=[("target=gau", "hang-once")])
     delay = _requeue_delay_s()
@@ -245,10 +254,11 @@ def test_slurm_preempted_job_is_requeued_and_finishes(tmp_path):
         pytest.skip(f"this Slurm holds a requeued job {delay} s (AuthInfo cred_expire); "
                     "POSINFO_TEST_REQUEUE=1 runs the test anyway")
     sd, log = tmp_path / "sw", tmp_path / "sweep.log"
-    proc = popen_sweep(sd, "target=hor,gau", *SLURM, env=env, log=log)
+    proc = popen_sweep(sd, "target=hor,gau", *SLURM, env=env, log=log)  # one fused task: requeued whole
     try:
         (h,) = wait_for(lambda: hangs(tmp_path), 240, "the gau job to hang", proc, log)
-        jid = f"{h['slurm']['SLURM_ARRAY_JOB_ID']}_{h['slurm']['SLURM_ARRAY_TASK_ID']}"
+        sl = h["slurm"]  # one task (the fused group) is submitted as a plain job, not an array
+        jid = f"{sl['SLURM_ARRAY_JOB_ID']}_{sl['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_JOB_ID" in sl else sl["SLURM_JOB_ID"]
         # what Slurm sends before a preemption or the time limit (submitit's --signal=USR2@...)
         subprocess.run(["scancel", "--signal=USR2", jid], check=True, env=env, timeout=30)
         rc = proc.wait(timeout=delay + 240)

@@ -18,7 +18,8 @@ every option of the plugin stays and the commands users know keep working.
 * **Fused training** (``hydra/sweeper=basic``, Hydra's default): the job configs the sweeper
   composes to check a batch before launching it also give the groups of jobs that share
   their training features and order (posinfo.sweep.fuse); the first job of a group trains
-  the group's readouts together. Only with the basic launcher, which runs jobs in order.
+  the group's readouts together. With the basic launcher, which runs jobs in order, and the
+  submitit launchers, where each group is one task that runs its jobs in order.
 """
 
 
@@ -94,11 +95,26 @@ class _WaitsForEveryJob:
         log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, sweep_dir)
         params = [(list(ov), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{initial_job_idx + i}",
                    Singleton.get_state()) for i, ov in enumerate(job_overrides)]
-        jobs = self._executor().map_array(self, *zip(*params))
-        return [self._wait(job, p[0], p[2]) for job, p in zip(jobs, params)]
+        # sweep.fuse: the jobs of a fused group (PosinfoSweeper) are one task, run in order, so
+        # the first trains the group's readouts and the others reuse them; other jobs, one each.
+        groups: dict[Any, list[tuple]] = {}
+        for p in params:
+            groups.setdefault(self.fuse_groups.get(p[2], ("alone", p[2])), []).append(p)
+        tasks = list(groups.values())
+        if len(tasks) < len(params):
+            log.info("sweep.fuse: %d jobs as %d %s tasks (a fused group is one task)", len(params), len(tasks),
+                     self._EXECUTOR)
+        jobs = self._executor().map_array(_GroupTask(self), tasks)
+        returns: dict[int, Any] = {}
+        for job, task in zip(jobs, tasks):
+            returns.update(zip((p[2] for p in task), self._wait(job, task)))
+        return [returns[p[2]] for p in params]
 
-    def _wait(self, job: Any, overrides: list[str], idx: int) -> Any:
-        """The job's JobReturn; for a job that ended without one, a failed record in its folder."""
+    fuse_groups: dict[int, str] = {}  # job number -> its fused group (set by PosinfoSweeper per batch)
+
+    def _wait(self, job: Any, task: list[tuple]) -> list[Any]:
+        """The task's JobReturns; for a task that ended without them, a failed record in the folder
+        of each of its jobs that did not report (posinfo.sweep.status.record_lost)."""
         from hydra.core.utils import JobReturn, JobStatus
         from submitit.core.utils import UncompletedJobError
 
@@ -116,18 +132,37 @@ class _WaitsForEveryJob:
                 lines = [x for x in str(e).strip().splitlines() if x.strip()] or [type(e).__name__]
                 error = f"{what} failed: {lines[-1].strip()} (its log: {_attr(job, 'paths.stderr')})"
             error = error[:500]
-            try:
-                folder = self._job_dir(overrides, idx)
-                record_lost(folder, error)
-                log.error("job #%d lost: %s (%s)", idx, error, folder)
-            except Exception as e2:  # the summary then counts it as never reported
-                log.error("job #%d lost: %s (and its folder could not be determined: %s)", idx, error, e2)
-            return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
+            for overrides, _, idx, *_ in task:
+                try:
+                    folder = self._job_dir(overrides, idx)
+                    record_lost(folder, error)  # a job of the task that reported keeps its record
+                    log.error("job #%d lost: %s (%s)", idx, error, folder)
+                except Exception as e2:  # the summary then counts it as never reported
+                    log.error("job #%d lost: %s (and its folder could not be determined: %s)", idx, error, e2)
+            return [JobReturn(overrides=list(p[0]), status=JobStatus.COMPLETED, _return_value=None) for p in task]
 
     def _job_dir(self, overrides: Sequence[str], idx: int) -> Path:
         """The folder a job runs in, resolved as Hydra's run_job does."""
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         return _job_dir_of(cfg, idx)
+
+
+class _GroupTask:
+    """One submitit task: its jobs in order, in this process (each still runs in its own child
+    process, as every posinfo job does); their JobReturns. Checkpointable as the launcher
+    itself is: preempted or timed out, the whole task is requeued, and its jobs that
+    finished skip as done."""
+
+    def __init__(self, launcher: Any) -> None:
+        self.launcher = launcher
+
+    def __call__(self, task: list[tuple]) -> list[Any]:
+        return [self.launcher(*p) for p in task]
+
+    def checkpoint(self, task: list[tuple]) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, task)
 
 
 def _job_dir_of(cfg: Any, idx: int) -> Path:
@@ -173,7 +208,8 @@ class PosinfoSweeper(BasicSweeper):
 
         launcher = str(OmegaConf.select(self.config, "hydra.launcher._target_", default=""))
         wanted = bool(OmegaConf.select(self.config, "sweep.fuse", default=True)) and not _dry_run(self)
-        self._fuse = wanted and launcher.endswith("BasicLauncher")
+        # Jobs that run in order: the basic launcher's, or a submitit task's (one per group).
+        self._fuse = wanted and launcher.endswith(("BasicLauncher", "PosinfoLocalLauncher", "PosinfoSlurmLauncher"))
         self._next_idx = 0
         if not self._fuse and not _dry_run(self):
             fuse.clear_plan(Path(str(self.config.hydra.sweep.dir)))
@@ -204,6 +240,8 @@ class PosinfoSweeper(BasicSweeper):
             n = fuse.write_plan(sweep_dir, jobs)
             if n:
                 log.info("sweep.fuse: %d jobs in groups that train their readouts together", n)
+            if isinstance(self.launcher, _WaitsForEveryJob):  # a group is one submitit task
+                self.launcher.fuse_groups = {idx: fuse.group_key(c) for (idx, _), (_, c) in zip(configs, jobs)}
         except Exception as e:  # the jobs then train alone: slower, the same numbers
             log.warning("sweep.fuse: the groups could not be planned (%s: %s): every job trains alone",
                         type(e).__name__, str(e).splitlines()[0] if str(e) else "")

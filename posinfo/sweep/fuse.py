@@ -9,8 +9,9 @@ neither done nor stored, and stores them in the readout store (the feature cache
 ``readouts/``); each sibling then runs as its own job, in its own folder and process,
 reusing its stored readout: resume, dry runs, crash isolation and the summary stay as they
 are. A readout that diverges is not stored, so only its own job fails. Fusion needs the
-feature cache (cache.enabled=true) and the basic (sequential) launcher; with the joblib or
-submitit launchers the jobs train alone, as they do with ``sweep.fuse=false``.
+feature cache (cache.enabled=true) and jobs of a group that run one after another: the basic
+launcher, or the submitit launchers, which make each group one task; with the joblib
+launcher the jobs train alone, as they do with ``sweep.fuse=false``.
 """
 
 from __future__ import annotations

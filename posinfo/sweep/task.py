@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -216,6 +217,17 @@ def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
     return check_overrides(list(args.overrides), conf_dir)
 
 
+def _export_checkout(root: Path) -> None:
+    """Put the checkout that holds sweep.py on PYTHONPATH for the processes the launchers start.
+    Hydra finds posinfo's launchers there (``hydra_plugins/``) because sweep.py's folder is on
+    this process's path; a submitit job unpickles them in a new interpreter, started in the
+    sweep's folder, which needs them importable too (an editable install maps ``posinfo``
+    but not the ``hydra_plugins`` namespace)."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(root) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *paths])
+
+
 def cli(main: Callable[[], Any], conf_dir: Path) -> None:
     """Run sweep.py's Hydra ``main``: bad values stop it with one line before Hydra composes
     anything; SIGTERM as an interrupt; a summary even for an aborted sweep."""
@@ -223,6 +235,7 @@ def cli(main: Callable[[], Any], conf_dir: Path) -> None:
     if error:
         print(f"posinfo: error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
+    _export_checkout(conf_dir.parent)
     handle_sigterm()
     try:
         main()
