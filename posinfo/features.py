@@ -36,22 +36,46 @@ def resize_concat(maps: list[torch.Tensor], size: int) -> torch.Tensor:
     )
 
 
-class FeatureExtractor:
-    """images (B×3×H×W in [0,1]) -> features (B×C×size×size, float32) on ``device``."""
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-    def __init__(self, encoder: Encoder, size: int, device: torch.device):
+
+class FeatureExtractor:
+    """images (B×3×H×W in [0,1]) -> features (B×C×size×size, float32) on ``device``.
+
+    ``precision`` (``backbone.precision``): ``float32``, the reference, or ``bfloat16`` /
+    ``float16``, the encoder under autocast (its features still returned, and cached, from
+    float32). On a GPU the encoder and its input are channels-last, the layout its
+    convolution kernels are fastest in; on a CPU they stay as they are, so that float32
+    features there are the ones the authors' code computes, bit for bit.
+    """
+
+    def __init__(self, encoder: Encoder, size: int, device: torch.device, precision: str = "float32"):
+        if precision not in PRECISIONS:
+            raise PosinfoError(f"backbone.precision={precision} is not known: use one of {', '.join(PRECISIONS)}")
         self.encoder = encoder
         self.size = size
         self.device = device
+        self.precision = precision
+        self.channels_last = device.type == "cuda"
         self._on_device = False
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not self._on_device:  # a lazy encoder gets its weights only when first needed
             self.encoder.materialize().to(self.device)
+            if self.channels_last:
+                self.encoder.to(memory_format=torch.channels_last)
             self._on_device = True
         x = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = PRECISIONS[self.precision]
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            maps = self.encoder(x)
         with torch.inference_mode():
-            f = resize_concat(self.encoder(x), self.size)
+            f = resize_concat([m.float() for m in maps], self.size)
+            if dtype is torch.float16 and not bool(torch.isfinite(f).all()):
+                raise PosinfoError("backbone.precision=float16: the encoder's activations overflow float16 "
+                                   "(largest 65504): use backbone.precision=bfloat16 or float32")
         # Out of inference mode so the readout may save it for backward.
         return f.clone()
 

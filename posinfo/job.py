@@ -323,7 +323,8 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
                             init=str(bb.get("init", "torchvision")), model=bb.get("model"),
                             nodes=[str(n) for n in nodes] if nodes else None,
                             pos_embed=str(bb.get("pos_embed", "keep")), image_size=plan.size)
-    extractor = FeatureExtractor(encoder, plan.feature_size, plan.device)
+    precision = str(bb.get("precision", "float32"))
+    extractor = FeatureExtractor(encoder, plan.feature_size, plan.device, precision)
     taps = encoder.describe(plan.size)
     c = sum(t.channels for t in taps)
     result["features"] = [{"name": t.name, "node": t.node, "channels": t.channels, "size": list(t.size)} for t in taps]
@@ -337,6 +338,8 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
                   "normalize": str(data.normalize)}
     if str(bb.get("pos_embed", "keep")) != "keep":  # only then: the keys of every other entry stay as they were
         key_fields["pos_embed"] = str(bb.pos_embed)
+    if precision != "float32":  # likewise
+        key_fields["precision"] = precision
     num_workers = resolve_num_workers(data.get("num_workers", "auto"), plan.device)
     train_ds = make_dataset(data, "train")
     test_ds = make_dataset(data, "test") if any(k not in SYNTHETIC_KINDS for k in plan.kinds) else None

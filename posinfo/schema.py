@@ -100,6 +100,7 @@ class BackboneConfig:
     nodes: Optional[List[str]] = _f(None, optional(list_of(NODE, "graph nodes or timm feature indices", nonempty=True),
                                                    "the default taps"))
     pos_embed: str = _f("keep", one_of(("keep", "zero", "shuffle")))
+    precision: str = _f("float32", one_of(("float32", "bfloat16", "float16")))  # the encoder's autocast
 
 
 @dataclass

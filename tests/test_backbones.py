@@ -238,3 +238,27 @@ def test_init_pytorch_is_pytorchs_default_initialisation_not_torchvisions():
     assert all(torch.equal(a, b) for a, b in zip(again.materialize().state_dict().values(), pt_sd.values()))
     with pytest.raises(PosinfoError, match="unknown backbone.init 'kaiming'"):
         build_encoder("vgg16", "random", init="kaiming")
+
+
+def test_reduced_precision_runs_the_encoder_under_autocast_and_float32_is_exact():
+    """backbone.precision: bfloat16 features are close to float32's but not equal (autocast
+    really ran); float32 is the encoder's own output, bit for bit; float16 that overflows
+    stops with one line instead of caching infinities."""
+    from posinfo.features import FeatureExtractor, resize_concat
+
+    torch.manual_seed(0)
+    enc = build_encoder("vgg16", "random")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = resize_concat(enc(x), 8)
+    f32 = FeatureExtractor(enc, 8, torch.device("cpu"))(x)
+    assert torch.equal(f32, ref)
+    bf16 = FeatureExtractor(enc, 8, torch.device("cpu"), "bfloat16")(x)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, ref)
+    assert (bf16 - ref).norm() / ref.norm() < 0.02
+    with torch.no_grad():
+        next(m for m in enc.body.modules() if isinstance(m, torch.nn.Conv2d)).weight.mul_(1e6)  # past float16's 65504
+    with pytest.raises(PosinfoError, match="backbone.precision=float16: the encoder's activations overflow"):
+        FeatureExtractor(enc, 8, torch.device("cpu"), "float16")(x)
+    with pytest.raises(PosinfoError, match="backbone.precision=double is not known"):
+        FeatureExtractor(enc, 8, torch.device("cpu"), "double")
