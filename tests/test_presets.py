@@ -45,12 +45,29 @@ def compose_preset(preset: str, *cli: str):
 
 
 def job_configs(preset: str, *cli: str) -> list[dict]:
-    """The resolved config of every job of the preset's grid."""
+    """The resolved config of every job of the preset's grid.
+
+    Jobs that differ only in ``train.seed`` (a plain value nothing interpolates) are composed
+    once, with the first one's seed: the others are that config with their own seed, checked
+    to be the only difference in their overrides. A third of the compositions, and of this
+    file's time."""
+    import copy
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return [
-            OmegaConf.to_container(compose("config", overrides=[f"experiment={preset}", *job]), resolve=True)
-            for job in _expand(preset, cli)
-        ]
+        composed: dict[tuple, dict] = {}
+        out = []
+        for job in _expand(preset, cli):
+            seeds = [o for o in job if o.startswith("train.seed=")]
+            rest = tuple(o for o in job if not o.startswith("train.seed="))
+            if rest not in composed or not seeds:
+                cfg = OmegaConf.to_container(compose("config", overrides=[f"experiment={preset}", *job]), resolve=True)
+                composed.setdefault(rest, cfg)
+                out.append(cfg)
+                continue
+            cfg = copy.deepcopy(composed[rest])
+            cfg["train"]["seed"] = int(seeds[-1].split("=", 1)[1])
+            out.append(cfg)
+        return out
 
 
 def key(c: dict) -> tuple:
@@ -108,6 +125,18 @@ def test_preset_grid(preset, cli, expected, inputs):
     assert all(c["input"]["kinds"] == inputs for c in configs)
     assert all(c["experiment_name"] == preset for c in configs)
     assert all(c["data"]["name"] == "embedded" and c["train"]["epochs"] == 15 for c in configs)
+
+
+def test_job_configs_differing_in_seed_only_equal_their_own_composition():
+    """job_configs' shortcut (one composition per seed group) gives what composing each job does."""
+    jobs = [j for j in expand("quickstart", "target=hor") if any(o.startswith("train.seed=") for o in j)]
+    assert len(jobs) >= 3
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        want = [OmegaConf.to_container(compose("config", overrides=["experiment=quickstart", *j]), resolve=True)
+                for j in jobs]
+    got = job_configs("quickstart", "target=hor")
+    assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, want))
+    assert {c["train"]["seed"] for c in got} == {0, 1, 2}
 
 
 def test_canvas_grid_is_every_border_and_colour_for_posenet_and_vgg16():
