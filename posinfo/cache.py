@@ -28,6 +28,10 @@ dtype, ...). Files in the cache directory:
     the readout store (posinfo.sources.ReadoutStore): trained readouts, reused by
     jobs that differ only in their evaluation input. Listed by ``ls``, removed by
     ``clear``.
+``encoders/<key>.json``
+    an encoder configuration's name and taps (channels, sizes), so that a job whose
+    features are all cached never builds its encoder (posinfo.sources.encoder_taps).
+    A few hundred bytes each; removed by ``clear``.
 
 Command line::
 
@@ -73,6 +77,7 @@ _LOCK_SUFFIX = ".lock"
 _STAMP_SUFFIX = ".verified"  # which sweep last checked the entry, and the file it checked
 _TMP_MARK = ".tmp"
 READOUTS_DIR = "readouts"  # the readout store (posinfo.sources.ReadoutStore)
+ENCODERS_DIR = "encoders"  # each encoder configuration's taps (posinfo.sources.encoder_taps)
 CHECKSUM_CHUNK_BYTES = 64 << 20
 _VERIFIED: set[str] = set()  # data files this process has checked against their checksum (or written)
 
@@ -586,13 +591,18 @@ def list_readouts(cache_dir: Path) -> list[Path]:
 
 
 def clear_readouts(cache_dir: Path) -> tuple[int, int]:
-    """Remove every stored readout; return (how many, their bytes)."""
+    """Remove every stored readout (and the remembered encoder taps); return (how many
+    readouts, their bytes)."""
     n = size = 0
     for p in list_readouts(cache_dir):
         with contextlib.suppress(OSError):
             size += p.stat().st_size
             p.unlink()
             n += 1
+    encoders = Path(cache_dir).expanduser() / ENCODERS_DIR
+    if encoders.is_dir():
+        for p in encoders.glob("*.json"):
+            _unlink(p)
     return n, size
 
 

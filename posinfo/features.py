@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import warnings
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -49,15 +49,25 @@ class FeatureExtractor:
     features there are the ones the authors' code computes, bit for bit.
     """
 
-    def __init__(self, encoder: Encoder, size: int, device: torch.device, precision: str = "float32"):
+    def __init__(self, encoder: "Encoder | Callable[[], Encoder]", size: int, device: torch.device,
+                 precision: str = "float32"):
+        """``encoder``: the encoder, or a function that builds it, called only if features are
+        computed (a job whose features are all cached never builds one)."""
         if precision not in PRECISIONS:
             raise PosinfoError(f"backbone.precision={precision} is not known: use one of {', '.join(PRECISIONS)}")
-        self.encoder = encoder
+        self._encoder = encoder if isinstance(encoder, Encoder) else None
+        self._build = None if isinstance(encoder, Encoder) else encoder
         self.size = size
         self.device = device
         self.precision = precision
         self.channels_last = device.type == "cuda"
         self._on_device = False
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder, self._build = self._build(), None
+        return self._encoder
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not self._on_device:  # a lazy encoder gets its weights only when first needed

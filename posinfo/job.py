@@ -34,7 +34,7 @@ from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, P
                            READOUT_FILE, RESULT_FILE, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.schema import check_config
-from posinfo.sources import CacheSettings, ReadoutStore, open_features
+from posinfo.sources import CacheSettings, ReadoutStore, encoder_taps, open_features
 from posinfo.train import fit, fit_many, outcome, predict, resolve_steps
 
 log = logging.getLogger(__name__)
@@ -317,15 +317,27 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
     bb, data = cfg.backbone, cfg.data
     torch.manual_seed(plan.seed)
     np.random.seed(plan.seed)
-    # Lazy: the weights are loaded (or drawn) only if some features are not in the cache.
     nodes = bb.get("nodes")
-    encoder = build_encoder(bb.name, str(bb.weights), str(bb.padding), bb.taps, str(data.normalize), lazy=True,
-                            init=str(bb.get("init", "torchvision")), model=bb.get("model"),
-                            nodes=[str(n) for n in nodes] if nodes else None,
-                            pos_embed=str(bb.get("pos_embed", "keep")), image_size=plan.size)
+    spec = {"name": str(bb.name), "padding": str(bb.padding), "taps": OmegaConf.to_container(bb.taps) if bb.taps else None,
+            "normalize": str(data.normalize), "init": str(bb.get("init", "torchvision")), "model": bb.get("model"),
+            "nodes": [str(n) for n in nodes] if nodes else None, "pos_embed": str(bb.get("pos_embed", "keep"))}
+
+    def build():
+        # Lazy twice over: built only if some features are not cached, and then its weights are
+        # loaded (or drawn) only before its first pass. Random weights come from the job's seed
+        # either way (build_encoder takes the RNG state at its call); the job's own RNG is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(plan.seed)
+            return build_encoder(spec["name"], str(bb.weights), spec["padding"], spec["taps"], spec["normalize"],
+                                 lazy=True, init=spec["init"], model=spec["model"], nodes=spec["nodes"],
+                                 pos_embed=spec["pos_embed"], image_size=plan.size)
+
+    # A weights file is checked when the encoder is built, before its first batch; a job whose
+    # features are cached under the file's digest (in the key below) needs no check.
+    settings = cache_settings(cfg.cache)
+    name, taps, built = encoder_taps(settings, spec, plan.size, build)
     precision = str(bb.get("precision", "float32"))
-    extractor = FeatureExtractor(encoder, plan.feature_size, plan.device, precision)
-    taps = encoder.describe(plan.size)
+    extractor = FeatureExtractor(built or build, plan.feature_size, plan.device, precision)
     c = sum(t.channels for t in taps)
     result["features"] = [{"name": t.name, "node": t.node, "channels": t.channels, "size": list(t.size)} for t in taps]
     result["readout_in_channels"] = c
@@ -333,7 +345,7 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
                                              int(cfg.readout.padding))
     log.info("%s taps %s -> %d channels at %d×%d", bb.name, [(t.name, t.size[0]) for t in taps], c,
              plan.feature_size, plan.feature_size)
-    key_fields = {"backbone": encoder.name, "weights": _weights_identity(bb, plan.seed), "padding": str(bb.padding),
+    key_fields = {"backbone": name, "weights": _weights_identity(bb, plan.seed), "padding": str(bb.padding),
                   "taps": [t.name for t in taps], "feature_size": plan.feature_size, "image_size": plan.size,
                   "normalize": str(data.normalize)}
     if str(bb.get("pos_embed", "keep")) != "keep":  # only then: the keys of every other entry stay as they were
@@ -352,7 +364,6 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
     synth_kinds = [k for k in plan.kinds if k in SYNTHETIC_KINDS]
     synth_ds = (SyntheticImages(synth_kinds, plan.size, seed=int(cfg.input.get("noise_seed", 0)), file=cfg.input.get("file"))
                 if synth_kinds else None)
-    settings = cache_settings(cfg.cache)
     if settings.dtype == "float16" and overflows_float16(bb.name, str(bb.weights), str(bb.padding)):
         log.warning("%s with %s weights and %s padding: features beyond float16's range, cached as float32",
                     bb.name, bb.weights, bb.padding)
