@@ -92,3 +92,27 @@ def test_bench_protocol_runs_the_table1_grid_on_its_standin_data_and_writes_its_
     assert float(rows["jobs: readout training (sum)"]["steps_per_s"]) > 0
     assert float(rows["decode (PIL, 1 process)"]["images_per_s"]) > 0
     assert float(rows["authors' design, estimated (sum)"]["wall_s"]) > 0
+
+
+@pytest.mark.slow
+def test_bench_precision_compares_bfloat16_with_float32_features_and_numbers(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_precision.py"), "--weights", "random", "--targets", "hor",
+         "--num-train", "8", "--num-test", "4", "--image-size", "32", "--epochs", "1", "--device", "cpu",
+         "--out", str(out), "--set", "train.batch_size=4"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "bfloat16: extraction" in proc.stdout and "largest |ΔSPC|" in proc.stdout
+    (path,) = out.glob("precision_*.csv")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["precision"], r["input"]) for r in rows} == {(p, k) for p in ("float32", "bfloat16")
+                                                            for k in ("natural", "black", "white", "noise")}
+    bf = [r for r in rows if r["precision"] == "bfloat16"]
+    # bf16 features really differ from float32's, and only by bf16's rounding
+    assert all(0 < float(r["feature_rel_l2"]) < 0.05 for r in bf)
+    assert all(float(r["d_spc"]) == pytest.approx(float(r["spc"]) - float(next(
+        f for f in rows if f["precision"] == "float32" and f["input"] == r["input"])["spc"])) for r in bf
+               if r["spc"] not in ("", "None"))
