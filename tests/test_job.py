@@ -78,18 +78,40 @@ def test_second_job_of_a_sweep_never_runs_the_encoder(make_cfg, tmp_path, monkey
         return real(self, images)
 
     monkeypatch.setattr(job_mod.FeatureExtractor, "__call__", spy)
+    builds = []
+    real_build = job_mod.build_encoder
+    monkeypatch.setattr(job_mod, "build_encoder", lambda *a, **k: (builds.append(a[0]), real_build(*a, **k))[1])
     common = ("backbone=vgg16", "backbone.weights=random")
     run(make_cfg(*common, "target=hor"), tmp_path / "a")
-    assert sum(calls) == 16 + 4 + 3
+    assert sum(calls) == 16 + 4 + 3 and builds == ["vgg16"]
     calls.clear()
+    builds.clear()
     b = run(make_cfg(*common, "target=gau"), tmp_path / "b")
-    assert calls == []
+    assert calls == [] and builds == []  # not even built: its taps are remembered in the cache
     run(make_cfg(*common, "target=gau", "input.noise_seed=1"), tmp_path / "c")
-    assert calls == [3]
+    assert calls == [3] and builds == ["vgg16"]  # built only for the inputs it computes
     live = run(make_cfg(*common, "target=gau", "cache.enabled=false"), tmp_path / "d")
     for kind in ("natural", "black", "white", "noise"):
         for k in ("spc", "mae"):
             assert b["metrics"][kind][k] == pytest.approx(live["metrics"][kind][k], abs=0.005), (kind, k)
+
+
+def test_a_deferred_encoder_draws_the_random_weights_of_the_jobs_seed(make_cfg, tmp_path, monkeypatch):
+    """The encoder is built only when a batch needs it, yet its random weights are the ones a
+    build right after seeding gives (build_encoder takes the RNG state at its call)."""
+    common = ("backbone=resnet18", "backbone.weights=random", "input=natural")
+    run(make_cfg(*common, "train.seed=0"), tmp_path / "first")  # its taps are now remembered
+    built = []
+    real_build, real_open = job_mod.build_encoder, job_mod.open_features
+    monkeypatch.setattr(job_mod, "build_encoder", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    # whatever draws from the RNG between the job's seeding and the build must not matter
+    monkeypatch.setattr(job_mod, "open_features", lambda *a, **k: (torch.rand(7), real_open(*a, **k))[1])
+    run(make_cfg(*common, "train.seed=3"), tmp_path / "j")  # another seed: other weights, built at the first batch
+    (enc,) = built
+    torch.manual_seed(3)
+    ref = real_build("resnet18", "random", lazy=True, image_size=64).materialize()
+    got, want = enc.state_dict(), ref.state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k].cpu(), want[k]) for k in want)
 
 
 def test_job_with_cached_features_never_loads_the_weights(make_cfg, tmp_path, monkeypatch):
@@ -271,3 +293,29 @@ def test_canvas_border_changes_the_images_and_their_cache_key_and_border_0_chang
     b = run(wide, tmp_path / "b", progress=False)
     assert a["metrics"]["natural"]["spc"] != b["metrics"]["natural"]["spc"]
     assert len(cache.list_entries(tmp_path / "cache")) == 4  # two image sets each
+
+
+def test_remembered_taps_are_used_rebuilt_when_unreadable_and_skipped_without_a_cache(tmp_path):
+    from posinfo.backbones import build_encoder
+    from posinfo.sources import CacheSettings, encoder_taps
+
+    builds = []
+
+    def build():
+        builds.append(1)
+        return build_encoder("resnet18", "random", lazy=True, image_size=64)
+
+    on = CacheSettings(enabled=True, dir=tmp_path, dtype="float16", max_gb=1.0)
+    spec = {"name": "resnet18", "padding": "zeros"}
+    name, taps, enc = encoder_taps(on, spec, 64, build)
+    assert builds == [1] and enc is not None and name == "resnet18"
+    assert [t.channels for t in taps] == [64, 128, 256, 512]
+    again = encoder_taps(on, spec, 64, build)
+    assert builds == [1] and again == (name, taps, None)  # remembered: not built
+    assert encoder_taps(on, spec, 32, build)[1][0].size == (8, 8) and builds == [1, 1]  # another size: its own
+    (memo,) = [p for p in (tmp_path / "encoders").glob("*.json") if json.loads(p.read_text())["taps"][0]["size"] == [16, 16]]  # the 64 px one
+    memo.write_text("{not json")
+    assert encoder_taps(on, spec, 64, build)[1] == taps and builds == [1, 1, 1]  # unreadable: built again, rewritten
+    assert encoder_taps(on, spec, 64, build)[2] is None and builds == [1, 1, 1]
+    off = CacheSettings(enabled=False, dir=tmp_path, dtype="float16", max_gb=1.0)
+    assert encoder_taps(off, spec, 64, build)[2] is not None and builds == [1, 1, 1, 1]
