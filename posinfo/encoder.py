@@ -30,6 +30,14 @@ class Tap:
     channels: int
     size: tuple[int, int]
 
+    def as_json(self) -> dict:
+        """As result.json's ``features`` and the remembered taps (sources.encoder_taps) store it."""
+        return {"name": self.name, "node": self.node, "channels": self.channels, "size": list(self.size)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Tap":
+        return cls(str(d["name"]), str(d["node"]), int(d["channels"]), (int(d["size"][0]), int(d["size"][1])))
+
 
 class Encoder(nn.Module):
     """Frozen feature extractor: images in [0,1] -> list of tap maps.

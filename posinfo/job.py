@@ -339,7 +339,7 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
     precision = str(bb.get("precision", "float32"))
     extractor = FeatureExtractor(built or build, plan.feature_size, plan.device, precision)
     c = sum(t.channels for t in taps)
-    result["features"] = [{"name": t.name, "node": t.node, "channels": t.channels, "size": list(t.size)} for t in taps]
+    result["features"] = [t.as_json() for t in taps]
     result["readout_in_channels"] = c
     result["readout_out_size"] = output_size(plan.feature_size, int(cfg.readout.kernel), int(cfg.readout.depth),
                                              int(cfg.readout.padding))

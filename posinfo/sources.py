@@ -21,7 +21,7 @@ import torch
 from posinfo import cache
 from posinfo.encoder import Encoder, Tap
 from posinfo.features import CachedFeatures, FeatureExtractor, FeatureSource, LiveFeatures, ResidentFeatures, fill, placement
-from posinfo.io import atomic_path
+from posinfo.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,7 @@ def encoder_taps(settings: "CacheSettings", spec: dict, image_size: int,
         path = settings.dir / cache.ENCODERS_DIR / f"{key}.json"
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-            return str(d["name"]), [Tap(str(t["name"]), str(t["node"]), int(t["channels"]), tuple(t["size"]))
-                                    for t in d["taps"]], None
+            return str(d["name"]), [Tap.from_json(t) for t in d["taps"]], None
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError) as e:  # rebuilt and rewritten below
@@ -66,11 +65,7 @@ def encoder_taps(settings: "CacheSettings", spec: dict, image_size: int,
     taps = enc.describe(image_size)
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                Path(tmp).write_text(json.dumps({"name": enc.name, "taps": [
-                    {"name": t.name, "node": t.node, "channels": t.channels, "size": list(t.size)} for t in taps]}),
-                    encoding="utf-8")
+            write_json(path, {"name": enc.name, "taps": [t.as_json() for t in taps]})
         except OSError as e:  # a read-only cache only means the next job builds it again
             log.debug("cannot remember the taps in %s: %s", path, e)
     return enc.name, taps, enc

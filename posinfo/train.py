@@ -22,9 +22,14 @@ from posinfo.readout import OneMapConv2d, Readout, Standardize, map_convs
 log = logging.getLogger(__name__)
 
 
+def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """Readout maps upsampled (bilinear, align_corners=False) to size×size: B×1×size×size."""
+    return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def predict(readout: nn.Module, features: torch.Tensor, size: int) -> torch.Tensor:
-    """Readout output upsampled (bilinear, align_corners=False) to size×size: B×1×size×size."""
-    return F.interpolate(readout(features), size=(size, size), mode="bilinear", align_corners=False)
+    """The readout's output on ``features``, upsampled to size×size (:func:`upsample`)."""
+    return upsample(readout(features), size)
 
 
 
@@ -87,14 +92,15 @@ def _stacked_step(stack: list, feats: torch.Tensor) -> list[float]:
     maps = map_convs(x, [parts[1] for *_, parts in stack])
     losses = []
     for (_, _, tgt, _, parts), out in zip(stack, maps):
-        pred = F.interpolate(parts[2](out), size=tgt.shape[-2:], mode="bilinear", align_corners=False)
+        pred = upsample(parts[2](out), tgt.shape[-1])
         losses.append(F.mse_loss(pred, tgt.expand_as(pred)))
+    losses = torch.stack(losses)
     for _, _, _, opt, _ in stack:
         opt.zero_grad(set_to_none=True)
-    torch.stack(losses).sum().backward()  # parameters are disjoint: each readout gets its own gradient
+    losses.sum().backward()  # parameters are disjoint: each readout gets its own gradient
     for _, _, _, opt, _ in stack:
         opt.step()
-    return torch.stack(losses).tolist()
+    return losses.tolist()
 
 
 def _epoch(batches, readouts: list[tuple[int, nn.Module, torch.Tensor, torch.optim.Optimizer]],
