@@ -69,6 +69,7 @@ class _WaitsForEveryJob:
     _EXECUTOR: str
     params: dict
     config: Any
+    fuse_groups: dict[int, str] = {}  # job number -> its fused group (set by PosinfoSweeper per batch)
 
     def _executor(self) -> Any:
         import submitit
@@ -109,8 +110,6 @@ class _WaitsForEveryJob:
         for job, task in zip(jobs, tasks):
             returns.update(zip((p[2] for p in task), self._wait(job, task)))
         return [returns[p[2]] for p in params]
-
-    fuse_groups: dict[int, str] = {}  # job number -> its fused group (set by PosinfoSweeper per batch)
 
     def _wait(self, job: Any, task: list[tuple]) -> list[Any]:
         """The task's JobReturns; for a task that ended without them, a failed record in the folder
@@ -199,9 +198,9 @@ class PosinfoSlurmLauncher(_WaitsForEveryJob, SlurmLauncher):
 
 
 class PosinfoSweeper(BasicSweeper):
-    """Hydra's basic sweeper; with ``sweep.fuse=true`` and the basic launcher, the configs it
-    composes to check each batch also make the batch's fuse plan (posinfo.sweep.fuse), so
-    every job is composed once, not twice."""
+    """Hydra's basic sweeper; with ``sweep.fuse=true`` and the basic or a submitit launcher, the
+    configs it composes to check each batch also make the batch's fuse plan (posinfo.sweep.fuse),
+    so every job is composed once, not twice; a submitit launcher gets the groups too."""
 
     def sweep(self, arguments: list[str]) -> Any:
         from posinfo.sweep import fuse
@@ -237,11 +236,12 @@ class PosinfoSweeper(BasicSweeper):
                 with open_dict(cfg):
                     del cfg["hydra"]
                 jobs.append((folder, OmegaConf.to_container(cfg, resolve=True)))
-            n = fuse.write_plan(sweep_dir, jobs)
+            keys = [fuse.group_key(c) for _, c in jobs]
+            n = fuse.write_plan(sweep_dir, jobs, keys)
             if n:
                 log.info("sweep.fuse: %d jobs in groups that train their readouts together", n)
             if isinstance(self.launcher, _WaitsForEveryJob):  # a group is one submitit task
-                self.launcher.fuse_groups = {idx: fuse.group_key(c) for (idx, _), (_, c) in zip(configs, jobs)}
+                self.launcher.fuse_groups = {idx: key for (idx, _), key in zip(configs, keys)}
         except Exception as e:  # the jobs then train alone: slower, the same numbers
             log.warning("sweep.fuse: the groups could not be planned (%s: %s): every job trains alone",
                         type(e).__name__, str(e).splitlines()[0] if str(e) else "")

@@ -42,12 +42,13 @@ def group_key(config: dict) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def write_plan(sweep_dir: Path, jobs: list[tuple[Path, dict]]) -> int:
-    """The groups of two or more jobs, each job as its folder and resolved config; the number of
-    jobs in such groups (0: no plan is left behind)."""
+def write_plan(sweep_dir: Path, jobs: list[tuple[Path, dict]], keys: list[str] | None = None) -> int:
+    """The groups of two or more jobs, each job as its folder and resolved config (``keys``: their
+    group keys, when the caller has them already); the number of jobs in such groups (0: no plan
+    is left behind)."""
     groups: dict[str, list[dict]] = {}
-    for folder, config in jobs:
-        groups.setdefault(group_key(config), []).append({"dir": str(Path(folder).resolve()), "config": config})
+    for (folder, config), key in zip(jobs, keys or [group_key(c) for _, c in jobs]):
+        groups.setdefault(key, []).append({"dir": str(Path(folder).resolve()), "config": config})
     groups = {k: v for k, v in groups.items() if len(v) > 1}
     path = Path(sweep_dir) / FUSE_PLAN
     if not groups:
