@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import posinfo
-from posinfo import cache, location, quicklook, targets
+from posinfo import cache, location, quicklook, ridge, targets
 from posinfo.backbones import build_encoder, overflows_float16
 from posinfo.data import CanvasImages, ControlImages, EmbeddedImages, FolderImages, PhotoCrops, SyntheticImages
 from posinfo.errors import PosinfoError
@@ -35,7 +35,7 @@ from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, P
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.schema import check_config
 from posinfo.sources import CacheSettings, ReadoutStore, encoder_taps, open_features
-from posinfo.train import fit, fit_many, outcome, predict, resolve_steps
+from posinfo.train import fit_many, outcome, predict, resolve_steps
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,7 @@ class Plan:
     train_kwargs: dict
     cells: int | None = None  # target=grid: the grid's side
     labels: torch.Tensor | None = None  # target=grid: each readout output position's cell
+    solver: str = "sgd"  # readout.solver
 
     @property
     def classes(self) -> int | None:
@@ -310,7 +311,12 @@ def _validate(cfg: DictConfig, result: dict) -> Plan:
     steps = resolve_steps(tr.get("steps"))
     if steps is not None:  # only then: readouts stored before train.steps keep their keys
         train_kwargs["steps"] = steps
-    return Plan(device, kinds, target, int(tr.seed), size, fs, train_kwargs, cells, labels)
+    if str(tr.loss_at) != "image":  # likewise: readouts trained at image resolution keep their keys
+        train_kwargs["loss_at"] = str(tr.loss_at)
+    solver = str(ro.solver)
+    if solver == "ridge":
+        ridge.check(int(ro.depth), None if cells is None else cells * cells)
+    return Plan(device, kinds, target, int(tr.seed), size, fs, train_kwargs, cells, labels, solver)
 
 
 def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> Sources:
@@ -382,12 +388,18 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
 def _store(cfg: DictConfig, plan: Plan, sources: Sources) -> ReadoutStore | None:
     """The readout store's slot for this job's readout: its features, target, readout and training."""
     settings = sources.settings
+    readout = OmegaConf.to_container(cfg.readout, resolve=True)
+    if plan.solver == "sgd":  # SGD readouts stored before the solver existed keep their keys
+        readout.pop("solver", None)
+        readout.pop("ridge_folds", None)
+        train = plan.train_kwargs
+    else:  # the closed form depends on no seed, lr or schedule: every seed's job reuses it
+        train = {"solver": plan.solver}
     # A job that differs only in its evaluation input reuses the trained readout.
     return ReadoutStore.for_training(sources.train, settings, {
         **sources.key_fields, "images": sources.train_images, "dtype": settings.dtype,
         "target": OmegaConf.to_container(cfg.target, resolve=True),
-        "readout": OmegaConf.to_container(cfg.readout, resolve=True),
-        "train": plan.train_kwargs, "device": plan.device.type,
+        "readout": readout, "train": train, "device": plan.device.type,
     })
 
 
@@ -429,13 +441,12 @@ def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: lis
             members[store.path] = (sib, p, store)
     if len(members) < 2:
         return
-    readouts, goals, stats = [], [], None
+    readouts, stats = [], None
     for c, p, _ in members.values():
         readouts.append(_new_readout(sources.channels, c.readout, p))
         stats = _fit_stats(readouts[-1], sources.train, p.train_kwargs["batch_size"], stats)
-        goals.append(p.goal.to(p.device))
     log.info("training %d readouts together (sweep.fuse): this job's and %d siblings'", len(readouts), len(readouts) - 1)
-    histories = fit_many(readouts, sources.train, goals, progress=progress, **plan.train_kwargs)
+    histories = _fit_group(readouts, [(c, p) for c, p, _ in members.values()], sources.train, progress)
     diverged = 0
     for (_, _, store), readout, history in zip(members.values(), readouts, histories):
         if isinstance(history, Exception):
@@ -443,6 +454,47 @@ def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: lis
             continue
         store.save(readout, history)
     result["fused"] = {"readouts": len(readouts), "diverged": diverged}
+
+
+def _fit_group(readouts: list[torch.nn.Module], jobs: list[tuple[DictConfig, Plan]], train: FeatureSource,
+               progress: bool, log_paths: list | None = None) -> list:
+    """Fit readouts on the same training features: the SGD ones in one pass (train.fit_many),
+    the closed-form ones in one pass per readout geometry (posinfo.ridge). Each readout's
+    history, or the error that stopped it."""
+    out: list = [None] * len(readouts)
+    sgd = [i for i, (_, p) in enumerate(jobs) if p.solver == "sgd"]
+    if sgd:
+        plan = jobs[sgd[0]][1]
+        hists = fit_many([readouts[i] for i in sgd], train, [jobs[i][1].goal.to(plan.device) for i in sgd],
+                         progress=progress, log_paths=[log_paths[i] for i in sgd] if log_paths else None,
+                         **plan.train_kwargs)
+        for i, h in zip(sgd, hists):
+            out[i] = h
+    geometries: dict[tuple, list[int]] = {}
+    for i, (c, p) in enumerate(jobs):
+        if p.solver == "ridge":
+            geometries.setdefault((int(c.readout.kernel), int(c.readout.padding), int(c.readout.ridge_folds)), []).append(i)
+    for (kernel, padding, folds), idx in geometries.items():
+        plan = jobs[idx[0]][1]
+        hists = ridge.fit([readouts[i] for i in idx], train, [jobs[i][1].target.to(plan.device) for i in idx],
+                          kernel=kernel, padding=padding, feature_size=plan.feature_size, folds=folds,
+                          batch_size=plan.train_kwargs["batch_size"], progress=progress)
+        for i, h in zip(idx, hists):
+            out[i] = h
+            if log_paths and log_paths[i] is not None:
+                with open(log_paths[i], "a") as fh:
+                    fh.writelines(json.dumps(r) + "\n" for r in h)
+    return out
+
+
+def _training_outcome(history: list[dict]) -> dict | None:
+    """result.json's ``training``: how SGD ended (train.outcome), or the closed form's fit."""
+    last = history[-1]
+    if last.get("solver") == "ridge":
+        keep = ("solver", "lambda", "lambda_rel", "folds", "cv", "val_loss", "weights", "pass_s", "seconds")
+        return {"converged": True, "final_loss": last["loss"], **{k: last[k] for k in keep if k in last}}
+    step_losses = [v for h in history for v in h.get("step_losses", [])]
+    return outcome(step_losses) if step_losses else None  # None: reused from before steps were logged
 
 
 def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, result: dict,
@@ -458,14 +510,14 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
             fh.writelines(json.dumps(h) + "\n" for h in history)
     else:
         _fit_stats(readout, sources.train, plan.train_kwargs["batch_size"])
-        history = fit(readout, sources.train, plan.goal.to(plan.device), log_path=log_path, progress=progress,
-                      **plan.train_kwargs)
+        history = _fit_group([readout], [(cfg, plan)], sources.train, progress, [log_path])[0]
+        if isinstance(history, Exception):
+            raise history
         if store is not None:
             store.save(readout, history)
     readout.eval()
     result["train_loss"] = history[-1]["loss"]
-    step_losses = [v for h in history for v in h.get("step_losses", [])]
-    result["training"] = outcome(step_losses) if step_losses else None  # None: reused from before steps were logged
+    result["training"] = _training_outcome(history)
     with atomic_path(job_dir / READOUT_FILE) as tmp:
         torch.save(readout.state_dict(), tmp)
     return readout
@@ -475,6 +527,8 @@ def _new_readout(channels: int, ro: DictConfig, plan: Plan) -> torch.nn.Module:
     """An untrained readout on ``channels`` channels, initialised from the job's seed."""
     torch.manual_seed(plan.seed)
     readout = build_readout(channels, int(ro.kernel), int(ro.depth), int(ro.padding), plan.feature_size, plan.classes)
+    if plan.solver == "ridge":  # channels always standardised: the penalty must not depend on their scales
+        return ridge.LinearReadout(channels, int(ro.kernel), int(ro.padding)).to(plan.device)
     if str(ro.get("standardize", "none")) == "channel":  # its statistics come from the training features
         readout = torch.nn.Sequential(Standardize(channels), readout)
     return readout.to(plan.device)
@@ -487,13 +541,14 @@ def _channels(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, resu
     test_src = sources.tests["natural"][0]
     bs = _prediction_batch_size(plan.device)
     scorer = Scorer(plan.target.numpy())
-    target = plan.target.to(plan.device)
 
     def train_eval(idx: np.ndarray) -> tuple[float | None, float]:
         sub = ch.ChannelSubset(sources.train, idx)
         readout = _new_readout(len(idx), cfg.readout, plan)
         _fit_stats(readout, sub, plan.train_kwargs["batch_size"])
-        fit(readout, sub, target, progress=False, **plan.train_kwargs)
+        history = _fit_group([readout], [(cfg, plan)], sub, False)[0]
+        if isinstance(history, Exception):
+            raise history
         readout.eval()
         preds = _predict_all(readout, ch.ChannelSubset(test_src, idx), plan.size, bs)
         summary = summarize([scorer.spc(p) for p in preds], [scorer.mae(p) for p in preds])

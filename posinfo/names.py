@@ -36,6 +36,12 @@ PAPER_STEPS = 4950  # the paper's protocol: ceil(10,553 / 32) = 330 batches × 1
 CONVERGED_REL_CHANGE = 0.02  # converged: the loss fell by at most this over the last tenth of the steps
 NORMALIZATIONS = ("none", "imagenet", "model")  # model: the pretrained weights' own mean/std
 CACHE_DTYPES = ("float16", "float32")
+# readout.solver: how the readout's weights are found (docs/method.md, "The closed-form readout").
+# sgd: the paper's recipe; ridge: the optimum of the same objective, linear output, CV penalty.
+SOLVERS = ("sgd", "ridge")
+# train.loss_at: where the MSE is taken (posinfo.upsampling): image, after upsampling to the
+# target's size (the paper's arithmetic); feature, through the upsampling's Gram at the readout's size.
+LOSS_AT = ("image", "feature")
 
 # ----------------------------------------------------------------------------- files of a job folder
 

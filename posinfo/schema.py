@@ -24,7 +24,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from posinfo.errors import PosinfoError
 from posinfo.names import (BACKBONES, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, FEATURE_MEMORY,
-                           INPUT_KINDS, NORMALIZATIONS, PADDINGS, TARGET_RANGES, TARGETS, default_cache_dir)
+                           INPUT_KINDS, LOSS_AT, NORMALIZATIONS, PADDINGS, SOLVERS, TARGET_RANGES, TARGETS,
+                           default_cache_dir)
 
 # ----------------------------------------------------------------------------- rules
 
@@ -80,10 +81,13 @@ WORKERS = Rule("auto or an integer ≥ 0", lambda v: v == "auto" or (_is_int(v) 
                or (isinstance(v, str) and v.isdigit()))
 
 
-def _f(default: Any, rule: Rule, *, factory: bool = False) -> Any:
+def _f(default: Any, rule: Rule, *, factory: bool = False, absent: Any = MISSING) -> Any:
+    """A typed field. ``absent``: the value a result written before the field existed used,
+    when that is not today's default (with_defaults)."""
+    meta = {"rule": rule} if absent is MISSING else {"rule": rule, "absent": absent}
     if factory:
-        return field(default_factory=lambda: list(default), metadata={"rule": rule})
-    return field(default=default, metadata={"rule": rule})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 # ----------------------------------------------------------------------------- the groups
@@ -126,6 +130,8 @@ class ReadoutConfig:
     padding: int = _f(0, integer(0))
     feature_size: int = _f(28, integer(1))
     standardize: str = _f("none", one_of(("none", "channel")))
+    solver: str = _f("sgd", one_of(SOLVERS))  # sgd: the paper's recipe; ridge: the closed-form optimum (posinfo.ridge)
+    ridge_folds: int = _f(5, integer(2))  # readout.solver=ridge: K of the K-fold cross-validation of its penalty
 
 
 @dataclass
@@ -164,6 +170,7 @@ class TrainConfig:
     lr_gamma: float = _f(0.1, number(0, strict=True))
     seed: int = _f(0, integer(0))
     steps: Optional[str] = _f(None, STEPS)
+    loss_at: str = _f("image", one_of(LOSS_AT))  # where the MSE is taken (posinfo.upsampling)
 
 
 @dataclass
@@ -222,11 +229,14 @@ def group_keys(group: str) -> list[str]:
 
 
 def defaults() -> dict[str, Any]:
-    """Every typed key with a default, and that default (lists as lists)."""
+    """Every typed key with a default, and the value a result that lacks it used: the
+    default, or the field's ``absent`` value where the default changed (lists as lists)."""
     out = {}
     for g, cls in GROUPS.items():
         for key, f in _leaves(cls, f"{g}."):
-            if f.default_factory is not MISSING_FACTORY:
+            if "absent" in f.metadata:
+                out[key] = f.metadata["absent"]
+            elif f.default_factory is not MISSING_FACTORY:
                 out[key] = f.default_factory()
             elif f.default is not MISSING:
                 out[key] = f.default

@@ -18,6 +18,7 @@ from posinfo.errors import PosinfoError
 from posinfo.features import FeatureSource
 from posinfo.names import CONVERGED_REL_CHANGE, PAPER_STEPS
 from posinfo.readout import OneMapConv2d, Readout, Standardize, map_convs
+from posinfo.upsampling import FeatureLoss
 
 log = logging.getLogger(__name__)
 
@@ -34,33 +35,53 @@ def predict(readout: nn.Module, features: torch.Tensor, size: int) -> torch.Tens
 
 
 
-def _step(readout: nn.Module, feats: torch.Tensor, tgt: torch.Tensor, opt: torch.optim.Optimizer) -> float:
+class Loss:
+    """A readout's training loss on its output (B×1×Ho×Wo maps, or B×classes×Ho×Wo logits):
+    cross-entropy against cell labels at the readout's resolution (the location target, a long
+    map), or the MSE against a map target, taken after upsampling to the target's size
+    (``at="image"``, the paper's arithmetic) or through the upsampling's Gram at the readout's
+    own size (``at="feature"``, posinfo.upsampling.FeatureLoss: equal in real arithmetic)."""
+
+    def __init__(self, target: torch.Tensor, at: str = "image"):
+        self.categorical = target.dtype == torch.long
+        self.target = target if self.categorical else target.view(1, 1, *target.shape[-2:])
+        self.at = at
+        self._feature: FeatureLoss | None = None
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        t = self.target
+        if self.categorical:
+            return F.cross_entropy(out, t.view(1, *t.shape[-2:]).expand(len(out), *t.shape[-2:]))
+        if self.at == "feature":
+            if self._feature is None or self._feature.g_h.shape[0] != out.shape[-2]:
+                self._feature = FeatureLoss(t, out.shape[-2], out.shape[-1])
+            return self._feature(out)
+        pred = upsample(out, t.shape[-1])
+        return F.mse_loss(pred, t.expand_as(pred))
+
+
+def _step(readout: nn.Module, feats: torch.Tensor, loss_fn: Loss, opt: torch.optim.Optimizer) -> float:
     """One SGD step of one readout on one batch; its loss."""
-    if tgt.dtype == torch.long:  # the location target: cell labels at the readout's own resolution
-        logits = readout(feats)
-        loss = F.cross_entropy(logits, tgt.view(1, *tgt.shape[-2:]).expand(len(feats), *tgt.shape[-2:]))
-    else:
-        pred = predict(readout, feats, tgt.shape[-1])
-        loss = F.mse_loss(pred, tgt.expand_as(pred))
+    loss = loss_fn(readout(feats))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return loss.item()
 
 
-def _stack_parts(readout: nn.Module, tgt: torch.Tensor):
+def _stack_parts(readout: nn.Module, loss_fn: Loss):
     """(pre, conv, tail) for a readout whose only convolution is its last, a OneMapConv2d
     (depth 1, a map target): ``pre`` its Standardize or None, ``tail`` its BN and sigmoid.
     None for any other readout, which steps alone."""
     pre, r = None, readout
     if isinstance(r, nn.Sequential) and len(r) == 2 and isinstance(r[0], Standardize):
         pre, r = r[0], r[1]
-    if tgt.dtype == torch.long or not (isinstance(r, Readout) and isinstance(r[0], OneMapConv2d)):
+    if loss_fn.categorical or not (isinstance(r, Readout) and isinstance(r[0], OneMapConv2d)):
         return None
     return pre, r[0], nn.Sequential(*list(r)[1:])  # the same modules (a Readout cannot be sliced)
 
 
-def _stacks(readouts: list[tuple[int, nn.Module, torch.Tensor, torch.optim.Optimizer]]) -> list[list]:
+def _stacks(readouts: list[tuple[int, nn.Module, Loss, torch.optim.Optimizer]]) -> list[list]:
     """The readouts split into stacks that step together: depth-1 map readouts on the same
     input (no Standardize, or one with the same statistics) share their GEMM (map_convs);
     every other readout is a stack of one."""
@@ -91,9 +112,8 @@ def _stacked_step(stack: list, feats: torch.Tensor) -> list[float]:
     x = pre(feats) if pre is not None else feats
     maps = map_convs(x, [parts[1] for *_, parts in stack])
     losses = []
-    for (_, _, tgt, _, parts), out in zip(stack, maps):
-        pred = upsample(parts[2](out), tgt.shape[-1])
-        losses.append(F.mse_loss(pred, tgt.expand_as(pred)))
+    for (_, _, loss_fn, _, parts), out in zip(stack, maps):
+        losses.append(loss_fn(parts[2](out)))
     losses = torch.stack(losses)
     for _, _, _, opt, _ in stack:
         opt.zero_grad(set_to_none=True)
@@ -103,9 +123,9 @@ def _stacked_step(stack: list, feats: torch.Tensor) -> list[float]:
     return losses.tolist()
 
 
-def _epoch(batches, readouts: list[tuple[int, nn.Module, torch.Tensor, torch.optim.Optimizer]],
+def _epoch(batches, readouts: list[tuple[int, nn.Module, Loss, torch.optim.Optimizer]],
            step_scheds: list | None, left: int | None, bar) -> dict[int, list[tuple[float, int]]]:
-    """One pass over the batches, each batch used by each readout (index, readout, target,
+    """One pass over the batches, each batch used by each readout (index, readout, loss,
     optimiser), at most ``left`` steps; readouts that can share their GEMM step together
     (:func:`_stacks`), the others in turn. With ``step_scheds`` the lr schedules step per
     step (train.steps). Each readout's steps' losses and batch sizes."""
@@ -114,8 +134,8 @@ def _epoch(batches, readouts: list[tuple[int, nn.Module, torch.Tensor, torch.opt
     for feats in batches:
         for stack in stacks:
             if len(stack) == 1:
-                i, readout, tgt, opt = stack[0][:4]
-                losses[i].append((_step(readout, feats, tgt, opt), len(feats)))
+                i, readout, loss_fn, opt = stack[0][:4]
+                losses[i].append((_step(readout, feats, loss_fn, opt), len(feats)))
             else:
                 for (i, *_), v in zip(stack, _stacked_step(stack, feats)):
                     losses[i].append((v, len(feats)))
@@ -194,6 +214,7 @@ def fit_many(
     lr_gamma: float = 0.1,
     seed: int = 0,
     steps: int | None = None,
+    loss_at: str = "image",
     log_paths: list[Path | None] | None = None,
     progress: bool = True,
 ) -> list[list[dict] | PosinfoError]:
@@ -206,7 +227,7 @@ def fit_many(
     """
     from tqdm.auto import tqdm
 
-    tgts = [t if t.dtype == torch.long else t.view(1, 1, *t.shape[-2:]) for t in targets]
+    tgts = [Loss(t, loss_at) for t in targets]
     opts = [torch.optim.SGD(r.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay) for r in readouts]
     n_batches = -(-source.n // batch_size)
     scheds = [_schedule(opt, epochs, steps, n_batches, lr_milestones, lr_gamma)[0] for opt in opts]

@@ -1,0 +1,259 @@
+"""``readout.solver=ridge``: the optimal linear readout of the paper's objective, in closed form.
+
+The readout keeps the paper's geometry (k×k kernel, padding, taps, feature size) with a
+linear output: y = conv(x̂, w) + b on channel-standardised features x̂, upsampled to the
+target's S×S and compared with the target by the mean squared error, the paper's own loss.
+Its weights minimise
+
+    L(w, b) = 1/(n·S²) Σᵢ ‖U (Φᵢ w + b) − t‖²  +  λ ‖w‖²,
+
+a quadratic form (Φᵢ: image i's k×k patches, P×D with D = C·k²; U the bilinear upsampling,
+whose Gram UᵀU = G_h ⊗ G_w is posinfo.upsampling's). Its normal equations are accumulated
+in one pass over the training features: with R = R_h ⊗ R_w a square root of UᵀU (Cholesky
+factors of the two small Grams), Σᵢ Φᵢᵀ UᵀU Φᵢ = Σᵢ (RΦᵢ)ᵀ(RΦᵢ), one symmetric product per
+chunk of images, and Σᵢ Φᵢᵀ Uᵀt = (Σᵢ Φᵢ)ᵀ Uᵀt, so the target enters only at the end and one
+pass serves every target of a fused group. The bias is not penalised (eliminated exactly by
+its Schur complement). λ is chosen by K-fold cross-validation over training images (never
+test images): the folds' normal equations are kept apart, each fold's fit is the total
+minus the fold, and its validation loss is the same quadratic form on the fold. Nothing is
+random: no seed, identical results on re-run.
+
+Cost (docs/method.md, "The closed-form readout"): the pass is n·P·(D+1)² multiply-adds
+(products of at most ``CHUNK_ROWS`` rows in the features' precision, float32 for cached
+features, accumulated in float64), the memory K+1 matrices of (D+1)² float64; the solves
+one eigendecomposition per fold when D ≤ ``EIGH_MAX`` (every λ then costs a matrix
+product), else one Cholesky factorisation per fold and λ.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from posinfo.errors import PosinfoError
+from posinfo.readout import OneMapConv2d, Standardize
+from posinfo.upsampling import Upsampling
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 8192  # rows (images × positions) per symmetric product
+EIGH_MAX = 6000  # up to this many weights: one eigendecomposition per fold serves every λ
+# The penalties tried, relative to the mean diagonal of the (normalised) normal matrix:
+# from almost none to one that shrinks the weights to almost nothing.
+RELATIVE_LAMBDAS = tuple(10.0 ** e for e in range(-6, 3))
+
+
+class LinearReadout(nn.Sequential):
+    """The ridge readout: channel standardisation, then one k×k convolution C→1 with a linear
+    output (no BatchNorm, no sigmoid). Its state_dict stores the statistics and the weights."""
+
+    def __init__(self, in_channels: int, kernel: int, padding: int):
+        super().__init__(Standardize(in_channels), OneMapConv2d(in_channels, kernel, padding=padding))
+        nn.init.zeros_(self[1].weight)
+        nn.init.zeros_(self[1].bias)
+
+
+@dataclass
+class Moments:
+    """One fold's sums: H = Σ (RΦ)ᵀ(RΦ) over its images (bias last), s = Σ Φ (P×(D+1)), n images."""
+
+    h: torch.Tensor
+    s: torch.Tensor
+    n: int = 0
+
+
+def _patches(x: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:
+    """Φ for a batch: B×P×(D+1), each output position's k×k patch of every channel (the
+    conv weight's order: channel, row, column) and a 1 for the bias."""
+    cols = F.unfold(x, kernel, padding=padding).transpose(1, 2)  # B×P×D
+    return torch.cat([cols, cols.new_ones(*cols.shape[:2], 1)], dim=2)
+
+
+def moments(batches, folds: np.ndarray, n_folds: int, kernel: int, padding: int, out_hw: tuple[int, int],
+            size: int, standardize: Standardize, progress=None) -> list[Moments]:
+    """The normal equations of each fold, in one pass over ``batches`` (feature batches in
+    image order; ``folds[i]`` is image i's fold)."""
+    up = Upsampling.of(*out_hw, size)
+    g_h, g_w = up.gram()
+    r_h = torch.linalg.cholesky(g_h).t()  # G_h = R_hᵀR_h
+    r_w = torch.linalg.cholesky(g_w).t()
+    out: list[Moments] | None = None
+    at = 0
+    for x in batches:
+        xs = standardize(x)
+        phi = _patches(xs, kernel, padding)  # in the features' precision
+        b, p, d = phi.shape
+        if out is None:
+            out = [Moments(phi.new_zeros(d, d, dtype=torch.float64), phi.new_zeros(p, d, dtype=torch.float64))
+                   for _ in range(n_folds)]
+        rh, rw = r_h.to(phi), r_w.to(phi)  # R in the features' precision, on their device
+        rphi = torch.einsum("ya,xb,nabd->nyxd", rh, rw, phi.view(b, *out_hw, d)).reshape(b, p, d)
+        f = folds[at : at + b]
+        for k in np.unique(f):
+            sel = torch.from_numpy(np.flatnonzero(f == k)).to(phi.device)
+            m = out[k]
+            rows = rphi[sel].reshape(-1, d)
+            for lo in range(0, len(rows), CHUNK_ROWS):
+                chunk = rows[lo : lo + CHUNK_ROWS]
+                m.h += (chunk.t() @ chunk).double()
+            m.s += phi[sel].sum(dim=0).double()
+            m.n += len(sel)
+        at += b
+        if progress is not None:
+            progress(b)
+    if out is None:
+        raise PosinfoError("readout.solver=ridge found no training images")
+    return [Moments(m.h.cpu(), m.s.cpu(), m.n) for m in out]
+
+
+@dataclass
+class Problem:
+    """A quadratic problem over the fold set ``h``: w minimises wᵀMw − 2qᵀw + λ‖w‖², the bias follows."""
+
+    m: torch.Tensor  # D×D Schur complement of the bias
+    c: torch.Tensor  # D   the bias column
+    d: float  # the bias's own entry
+    g: torch.Tensor  # (D+1)×T right-hand sides, one per target
+
+    @classmethod
+    def of(cls, h: torch.Tensor, g: torch.Tensor) -> "Problem":
+        c, d = h[:-1, -1], float(h[-1, -1])
+        return cls(h[:-1, :-1] - torch.outer(c, c) / d, c, d, g)
+
+    def rhs(self) -> torch.Tensor:
+        return self.g[:-1] - torch.outer(self.c, self.g[-1]) / self.d
+
+    def weights(self, w: torch.Tensor) -> torch.Tensor:
+        """(D+1)×T: w and the optimal bias for it."""
+        b = (self.g[-1] - self.c @ w) / self.d
+        return torch.cat([w, b.unsqueeze(0)], dim=0)
+
+
+def _solutions(prob: Problem, lambdas: list[float]) -> list[torch.Tensor]:
+    """θ(λ) ((D+1)×T) for each λ: by one eigendecomposition, or one Cholesky factorisation per λ."""
+    q = prob.rhs()
+    n = prob.m.shape[0]
+    if n <= EIGH_MAX:
+        evals, vecs = torch.linalg.eigh(prob.m)
+        proj = vecs.t() @ q
+        return [prob.weights(vecs @ (proj / (evals.clamp_min(0) + lam).unsqueeze(1))) for lam in lambdas]
+    out = []
+    eye = torch.eye(n, dtype=prob.m.dtype)
+    for lam in lambdas:
+        factor = torch.linalg.cholesky(prob.m + lam * eye)
+        out.append(prob.weights(torch.cholesky_solve(q, factor)))
+    return out
+
+
+def _losses(theta: torch.Tensor, h: torch.Tensor, g: torch.Tensor, n: int, tt: torch.Tensor, pixels: int) -> torch.Tensor:
+    """The mean squared error per target of θ on a fold set with sums (h, g, n): 1/(n·S²) Σᵢ ‖UΦᵢθ − t‖²."""
+    quad = (theta * (h @ theta)).sum(dim=0)
+    lin = (theta * g).sum(dim=0)
+    return (quad - 2 * lin + n * tt) / (n * pixels)
+
+
+def solve(folds: list[Moments], maps: list[torch.Tensor], up: Upsampling, lambdas_rel=RELATIVE_LAMBDAS,
+          lambdas: list[float] | None = None) -> list[dict]:
+    """Cross-validate λ for each target map (S×S) and fit on all folds. One dict per target:
+    ``weights`` ((D+1) vector, bias last), ``lambda``, ``cv`` (λ → mean validation MSE),
+    ``train_loss``, ``val_loss``. ``lambdas``: absolute penalties instead of the relative grid."""
+    r = torch.stack([up.adjoint(t.double().reshape(up.size, up.size)).reshape(-1) for t in maps], dim=1)  # P×T
+    tt = torch.tensor([float((t.double() ** 2).sum()) for t in maps], dtype=torch.float64)
+    pixels = up.size * up.size
+    total_h = sum(f.h for f in folds)
+    total_s = sum(f.s for f in folds)
+    n = sum(f.n for f in folds)
+    scale = float(torch.diagonal(total_h)[:-1].mean()) / (n * pixels)  # the normalised matrix's mean diagonal
+    if lambdas is None:
+        lambdas = [rel * scale for rel in lambdas_rel]
+    else:
+        lambdas_rel = [lam / scale for lam in lambdas]
+    val = torch.zeros(len(lambdas), len(maps), dtype=torch.float64)
+    used = [f for f in folds if f.n > 0]
+    if len(used) < 2:
+        raise PosinfoError(f"readout.solver=ridge needs at least 2 training images per fold: {n} images give "
+                           f"{len(used)} non-empty fold(s); use more images (data.num_train) or readout.ridge_folds=2")
+    for f in used:
+        rest_n = n - f.n
+        prob = Problem.of((total_h - f.h) / (rest_n * pixels), (total_s - f.s).t() @ r / (rest_n * pixels))
+        for j, theta in enumerate(_solutions(prob, lambdas)):
+            val[j] += _losses(theta, f.h, f.s.t() @ r, f.n, tt, pixels) * f.n / n
+    best = val.argmin(dim=0)
+    prob = Problem.of(total_h / (n * pixels), total_s.t() @ r / (n * pixels))
+    out = []
+    for t in range(len(maps)):
+        j = int(best[t])
+        theta = _solutions(_one(prob, t), [lambdas[j]])[0][:, 0]
+        out.append({
+            "weights": theta, "lambda": lambdas[j], "lambda_rel": lambdas_rel[j],
+            "cv": {f"{lam:.3e}": float(v) for lam, v in zip(lambdas, val[:, t])},
+            "train_loss": float(_losses(theta.unsqueeze(1), total_h, total_s.t() @ r[:, t : t + 1], n, tt[t : t + 1], pixels)),
+            "val_loss": float(val[j, t]),
+            "at_edge": j in (0, len(lambdas) - 1),
+        })
+    return out
+
+
+def _one(prob: Problem, t: int) -> Problem:
+    return Problem(prob.m, prob.c, prob.d, prob.g[:, t : t + 1])
+
+
+def fold_of(n: int, n_folds: int) -> np.ndarray:
+    """Image i's fold: i mod K (images are exchangeable; deterministic, no seed)."""
+    return np.arange(n) % n_folds
+
+
+def fit(readouts: list[LinearReadout], source, maps: list[torch.Tensor], *, kernel: int, padding: int,
+        feature_size: int, folds: int, batch_size: int, progress: bool = True) -> list[list[dict]]:
+    """Fit each LinearReadout (standardisation already set, all equal) to its target map by
+    ridge with a cross-validated penalty; one pass over ``source``'s features serves all.
+    Returns each readout's history: one record, as :func:`posinfo.train.fit` returns one per epoch."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    n = source.n
+    if n < 2 * folds:
+        raise PosinfoError(f"readout.ridge_folds={folds} needs at least {2 * folds} training images, "
+                           f"data.num_train gives {n}: lower readout.ridge_folds (>= 2) or use more images")
+    side = feature_size + 2 * padding - kernel + 1
+    size = maps[0].shape[-1]
+    bar = tqdm(total=n, desc="ridge: normal equations", unit="img", leave=False, disable=None if progress else True)
+    sums = moments(source.batches(np.arange(n), batch_size), fold_of(n, folds), folds, kernel, padding, (side, side),
+                   size, readouts[0][0], bar.update)
+    bar.close()
+    t_pass = time.perf_counter() - t0
+    fits = solve(sums, [m.cpu() for m in maps], Upsampling.of(side, side, size))
+    seconds = round(time.perf_counter() - t0, 3)
+    histories = []
+    for readout, res in zip(readouts, fits):
+        conv = readout[1]
+        theta = res.pop("weights")
+        with torch.no_grad():
+            conv.weight.copy_(theta[:-1].view_as(conv.weight).to(conv.weight))
+            conv.bias.copy_(theta[-1:].to(conv.bias))
+        if res["at_edge"]:
+            log.warning("ridge: the cross-validated penalty %.2e lies at the edge of the grid tried (%g relative): "
+                        "the optimum may lie beyond it", res["lambda"], res["lambda_rel"])
+        histories.append([{"epoch": 1, "loss": res["train_loss"], "solver": "ridge", "lambda": res["lambda"],
+                           "lambda_rel": res["lambda_rel"], "val_loss": res["val_loss"], "cv": res["cv"],
+                           "folds": folds, "weights": int(theta.numel()), "pass_s": round(t_pass, 3),
+                           "seconds": seconds}])
+    log.info("ridge: %d readout(s), %d weights each, normal equations %.1fs, solves %.1fs", len(readouts),
+             histories[0][0]["weights"], t_pass, seconds - t_pass)
+    return histories
+
+
+def check(depth: int, classes: int | None) -> None:
+    """What the closed-form readout cannot be: one line each."""
+    if depth != 1:
+        raise PosinfoError(f"readout.solver=ridge with readout.depth={depth}: a deeper readout is not linear, so it "
+                           "has no closed form; use readout.depth=1 with ridge, or readout.solver=sgd")
+    if classes is not None:
+        raise PosinfoError("readout.solver=ridge with target=grid: the location target's readout is a classifier "
+                           "(cross-entropy), not a least-squares problem; use readout.solver=sgd with target=grid")

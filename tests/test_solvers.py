@@ -1,0 +1,211 @@
+"""The loss through the upsampling's Gram (train.loss_at=feature) and the closed-form readout
+(readout.solver=ridge), each against an independent dense computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from posinfo import ridge
+from posinfo.features import FeatureSource
+from posinfo.readout import Standardize, build_readout
+from posinfo.train import Loss, fit_many
+from posinfo.upsampling import FeatureLoss, Upsampling, interpolation_matrix
+
+
+class ArraySource(FeatureSource):
+    """Features held in one tensor (N×C×H×W), in the order asked."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.n = x, len(x)
+
+    def batches(self, order, batch_size):
+        for lo in range(0, len(order), batch_size):
+            yield self.x[torch.as_tensor(order[lo : lo + batch_size])]
+
+
+def _explicit_upsampling(n: int, size: int) -> torch.Tensor:
+    """The (size²)×(n²) matrix of F.interpolate, column by column from unit maps."""
+    eye = torch.eye(n * n, dtype=torch.float64).view(n * n, 1, n, n)
+    return F.interpolate(eye, size=(size, size), mode="bilinear", align_corners=False).view(n * n, -1).t()
+
+
+@pytest.mark.parametrize("n,size", [(26, 224), (7, 30), (28, 28)])
+def test_upsampling_factors_are_pytorchs_bilinear_and_its_gram_is_a_kronecker_product(n, size):
+    up = Upsampling.of(n, n, size)
+    dense = _explicit_upsampling(n, size)
+    assert torch.allclose(up.matrix(), dense, atol=1e-14, rtol=0)
+    g_h, g_w = up.gram()
+    assert torch.allclose(torch.kron(g_h, g_w), dense.t() @ dense, atol=1e-10, rtol=0)
+    assert interpolation_matrix(n, size).shape == (size, n)
+
+
+@pytest.mark.parametrize("kernel,padding", [(1, 0), (3, 0), (3, 1), (3, 2), (7, 0), (7, 3)])
+def test_feature_loss_and_gradient_equal_the_image_loss_in_float64(kernel, padding):
+    torch.manual_seed(kernel * 10 + padding)
+    fs, size = 12, 40
+    readout = build_readout(5, kernel, 1, padding, fs).double()
+    x = torch.randn(3, 5, fs, fs, dtype=torch.float64)
+    target = torch.rand(size, size, dtype=torch.float64)
+    grads = []
+    for at in ("image", "feature"):
+        readout.zero_grad()
+        loss = Loss(target, at)(readout(x))
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in readout.parameters()]))
+    (li, gi), (lf, gf) = grads
+    assert abs(li - lf) <= 1e-10 * max(1.0, abs(li))
+    for a, b in zip(gi, gf):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+
+
+def test_feature_loss_is_the_mean_squared_error_on_random_maps():
+    torch.manual_seed(1)
+    y = torch.randn(4, 1, 26, 26, dtype=torch.float64)
+    t = torch.rand(224, 224, dtype=torch.float64)
+    ref = F.mse_loss(F.interpolate(y, size=(224, 224), mode="bilinear", align_corners=False), t.expand(4, 1, 224, 224))
+    assert abs(FeatureLoss(t, 26, 26)(y).item() - ref.item()) < 1e-12
+
+
+def test_fused_training_with_the_feature_loss_equals_separate_training():
+    torch.manual_seed(2)
+    src = ArraySource(torch.randn(40, 6, 10, 10))
+    targets = [torch.rand(32, 32), torch.rand(32, 32)]
+
+    def readouts():
+        out = []
+        for i in range(2):
+            torch.manual_seed(i)
+            out.append(build_readout(6, 3, 1, 0, 10))
+        return out
+
+    kw = dict(epochs=3, batch_size=8, lr=0.05, lr_milestones=(2,), seed=0, loss_at="feature", progress=False)
+    together = readouts()
+    fit_many(together, src, targets, **kw)
+    alone = readouts()
+    for r, t in zip(alone, targets):
+        fit_many([r], src, [t], **kw)
+    for a, b in zip(together, alone):
+        for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+            assert torch.allclose(pa.float(), pb.float(), atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the closed-form readout
+
+
+def _toy(n=12, c=3, fs=8, size=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, fs, fs, dtype=torch.float64, generator=g)
+    x[:, 0] += torch.linspace(-1, 1, fs, dtype=torch.float64)  # some position to find
+    return x, torch.rand(size, size, dtype=torch.float64, generator=g)
+
+
+def _dense(x, t, std, kernel, padding, lam):
+    """min 1/(n·S²) Σ‖U(Φᵢθ) − t‖² + λ‖w‖² by one dense solve of the explicit problem."""
+    n, size = len(x), t.shape[-1]
+    side = x.shape[-1] + 2 * padding - kernel + 1
+    u = _explicit_upsampling(side, size)
+    a = torch.cat([u @ ridge._patches(std(x[i : i + 1]), kernel, padding)[0] for i in range(n)])
+    rhs = t.reshape(-1).repeat(n)
+    pen = torch.eye(a.shape[1], dtype=torch.float64)
+    pen[-1, -1] = 0
+    theta = torch.linalg.solve(a.t() @ a / (n * size * size) + lam * pen, a.t() @ rhs / (n * size * size))
+    return theta, float(((a @ theta - rhs) ** 2).mean() + lam * (theta[:-1] ** 2).sum())
+
+
+def _moments(x, kernel, padding, size, folds=3, std=None):
+    std = std or Standardize(x.shape[1]).double().fit([x])
+    side = x.shape[-1] + 2 * padding - kernel + 1
+    return ridge.moments([x[:5], x[5:]], ridge.fold_of(len(x), folds), folds, kernel, padding, (side, side), size,
+                         std), std, Upsampling.of(side, side, size)
+
+
+@pytest.mark.parametrize("kernel,padding", [(1, 0), (3, 0), (3, 1)])
+def test_ridge_equals_a_dense_least_squares_solution(kernel, padding):
+    x, t = _toy()
+    sums, std, up = _moments(x, kernel, padding, t.shape[-1])
+    got = ridge.solve(sums, [t], up, lambdas=[1e-3])[0]
+    theta, _ = _dense(x, t, std, kernel, padding, 1e-3)
+    assert torch.allclose(got["weights"], theta, atol=1e-8, rtol=0)
+
+
+def test_ridge_cholesky_path_equals_the_eigendecomposition_path(monkeypatch):
+    x, t = _toy()
+    sums, _, up = _moments(x, 3, 1, t.shape[-1])
+    by_eigh = ridge.solve(sums, [t], up)[0]
+    monkeypatch.setattr(ridge, "EIGH_MAX", 0)
+    by_cholesky = ridge.solve(sums, [t], up)[0]
+    assert by_eigh["lambda"] == by_cholesky["lambda"]
+    assert torch.allclose(by_eigh["weights"], by_cholesky["weights"], atol=1e-8, rtol=0)
+
+
+def test_ridge_objective_is_never_above_gradient_descent_on_it():
+    """The same linear readout and penalty trained by plain gradient descent ends no lower."""
+    x, t = _toy()
+    lam = 1e-3
+    sums, std, up = _moments(x, 3, 0, t.shape[-1])
+    theta = ridge.solve(sums, [t], up, lambdas=[lam])[0]["weights"]
+    _, best = _dense(x, t, std, 3, 0, lam)
+    w = torch.zeros(theta.numel(), dtype=torch.float64, requires_grad=True)
+    a = torch.cat([_explicit_upsampling(6, 20) @ ridge._patches(std(x[i : i + 1]), 3, 0)[0] for i in range(len(x))])
+    rhs = t.reshape(-1).repeat(len(x))
+    opt = torch.optim.SGD([w], lr=0.05, momentum=0.9)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = ((a @ w - rhs) ** 2).mean() + lam * (w[:-1] ** 2).sum()
+        loss.backward()
+        opt.step()
+    ours = float(((a @ theta - rhs) ** 2).mean() + lam * (theta[:-1] ** 2).sum())
+    assert ours <= loss.item() + 1e-12
+    assert abs(ours - best) < 1e-10
+
+
+def test_a_superset_of_channels_never_fits_worse_than_a_subset():
+    x, t = _toy(c=4)
+    sub_sums, _, up = _moments(x[:, :2], 3, 0, t.shape[-1])
+    all_sums, _, _ = _moments(x, 3, 0, t.shape[-1])
+    for lam in (1e-6, 1e-2):
+        sub = ridge.solve(sub_sums, [t], up, lambdas=[lam])[0]
+        full = ridge.solve(all_sums, [t], up, lambdas=[lam])[0]
+        assert full["train_loss"] <= sub["train_loss"] + 1e-12
+
+
+def test_ridge_fits_several_targets_in_one_pass_as_each_alone():
+    x, t = _toy()
+    t2 = torch.rand_like(t)
+    sums, _, up = _moments(x, 3, 1, t.shape[-1])
+    both = ridge.solve(sums, [t, t2], up)
+    for one, target in zip(both, (t, t2)):
+        alone = ridge.solve(sums, [target], up)[0]
+        assert one["lambda"] == alone["lambda"]
+        assert torch.allclose(one["weights"], alone["weights"], atol=1e-10, rtol=0)
+
+
+def test_ridge_fit_sets_the_readout_and_reports_its_cross_validation():
+    x, t = _toy(n=20)
+    readout = ridge.LinearReadout(3, 3, 0).double()
+    readout[0].fit([x])
+    hist = ridge.fit([readout], ArraySource(x), [t], kernel=3, padding=0, feature_size=8, folds=4, batch_size=6,
+                     progress=False)[0][-1]
+    assert hist["solver"] == "ridge" and len(hist["cv"]) == len(ridge.RELATIVE_LAMBDAS)
+    assert min(hist["cv"].values()) == pytest.approx(hist["val_loss"])
+    with torch.no_grad():
+        pred = F.interpolate(readout(x), size=(20, 20), mode="bilinear", align_corners=False)
+    assert float(((pred - t) ** 2).mean()) == pytest.approx(hist["loss"], rel=1e-9)
+
+
+def test_ridge_refuses_too_few_images_per_fold():
+    x, t = _toy(n=6)
+    readout = ridge.LinearReadout(3, 3, 0).double()
+    readout[0].fit([x])
+    with pytest.raises(Exception, match="readout.ridge_folds=5 needs at least 10 training images"):
+        ridge.fit([readout], ArraySource(x), [t], kernel=3, padding=0, feature_size=8, folds=5, batch_size=6,
+                  progress=False)
+
+
+def test_fold_assignment_is_deterministic_and_balanced():
+    f = ridge.fold_of(23, 5)
+    assert np.array_equal(f, ridge.fold_of(23, 5))
+    assert np.bincount(f).max() - np.bincount(f).min() <= 1
