@@ -14,7 +14,7 @@ from posinfo.errors import PosinfoError
 from posinfo.names import FUSE_PLAN
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.sweep.fuse import group_key, write_plan
-from posinfo.train import _stacks, fit, fit_many
+from posinfo.train import Loss, _stacks, fit, fit_many
 from sweep_helpers import out, results, summary, sweep
 
 
@@ -81,7 +81,7 @@ def test_depth1_map_readouts_on_the_same_input_share_one_step_and_the_rest_step_
     std_a, std_b, std_c = (Standardize(6), Standardize(6), Standardize(6))
     std_b.mean += 1  # other statistics: another input
     extra = [torch.nn.Sequential(s, build_readout(6, 3, 1, 1, 8)) for s in (std_a, std_b, std_c)]
-    entries = [(i, r, g, None) for i, (r, g) in enumerate(zip(readouts + extra, goals + [goals[0]] * 3))]
+    entries = [(i, r, Loss(g), None) for i, (r, g) in enumerate(zip(readouts + extra, goals + [goals[0]] * 3))]
     stacks = [[e[0] for e in st] for st in _stacks(entries)]
     assert stacks == [[0, 1, 4], [2], [3], [5, 7], [6]]
 

@@ -21,7 +21,7 @@ BAD = [
     (["backbone=vgg17"], "backbone=vgg17: no such option (did you mean vgg16?); choose one of posenet, resnet101, "
                          "resnet152, resnet18, resnet34, resnet50, timm, torchvision, vgg16"),
     (["readout.kernl=3"], "readout.kernl: no such key (did you mean readout.kernel?); the keys of readout are kernel, "
-                          "depth, padding, feature_size, standardize"),
+                          "depth, padding, feature_size, standardize, solver, ridge_folds"),
     (["data.num_workers=-2"], "data.num_workers=-2: must be auto or an integer ≥ 0"),
     (["forse=true"], "forse: no such key (did you mean force?); the top-level keys are analysis, backbone, cache, data, device, "
                      "dry_run, experiment, force, input, name, readout, sweep, target, train"),

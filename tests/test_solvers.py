@@ -209,3 +209,53 @@ def test_fold_assignment_is_deterministic_and_balanced():
     f = ridge.fold_of(23, 5)
     assert np.array_equal(f, ridge.fold_of(23, 5))
     assert np.bincount(f).max() - np.bincount(f).min() <= 1
+
+
+# ----------------------------------------------------------------------------- in a job
+
+
+def test_ridge_job_is_seed_free_records_its_fit_and_reuses_it_for_every_seed(make_cfg, tmp_path):
+    from posinfo.job import run
+
+    args = ("backbone=posenet", "target=hor", "input=natural", "readout.padding=1", "readout.solver=ridge",
+            "readout.ridge_folds=4")
+    a = run(make_cfg(*args, "train.seed=0"), tmp_path / "a")
+    b = run(make_cfg(*args, "train.seed=1", "train.lr=0.5"), tmp_path / "b")
+    assert a["metrics"] == b["metrics"] and not a["readout_reused"] and b["readout_reused"]
+    fresh = run(make_cfg(*args, "train.seed=2", f"cache.dir={tmp_path}/other"), tmp_path / "c")
+    assert fresh["metrics"] == a["metrics"] and not fresh["readout_reused"]  # recomputed: the same numbers
+    t = a["training"]
+    assert t["solver"] == "ridge" and t["folds"] == 4 and t["converged"]
+    assert t["lambda"] > 0 and min(t["cv"].values()) == pytest.approx(t["val_loss"])
+    assert a["train_loss"] == pytest.approx(t["final_loss"])
+
+
+def test_ridge_penalty_is_chosen_without_the_test_images(make_cfg, tmp_path):
+    from posinfo.job import run
+
+    args = ("backbone=posenet", "target=gau", "input=natural", "readout.padding=2", "readout.solver=ridge",
+            "readout.ridge_folds=4")
+    a = run(make_cfg(*args, "data.num_test=4"), tmp_path / "a")
+    b = run(make_cfg(*args, "data.num_test=7", f"cache.dir={tmp_path}/other"), tmp_path / "b")
+    assert a["training"]["cv"] == b["training"]["cv"] and a["training"]["lambda"] == b["training"]["lambda"]
+    assert a["metrics"]["natural"]["n_images"] != b["metrics"]["natural"]["n_images"]
+
+
+@pytest.mark.parametrize("override,words", [("readout.depth=2", "a deeper readout is not linear"),
+                                            ("target=grid", "use readout.solver=sgd with target=grid")])
+def test_ridge_refuses_what_has_no_closed_form(make_cfg, tmp_path, override, words):
+    from posinfo.errors import PosinfoError
+    from posinfo.job import run
+
+    with pytest.raises(PosinfoError, match=words):
+        run(make_cfg("backbone=posenet", "readout.solver=ridge", override), tmp_path / "j")
+
+
+def test_loss_at_changes_the_readout_stores_key(make_cfg, tmp_path):
+    from posinfo.job import run
+
+    args = ("backbone=posenet", "target=hor", "input=natural", "readout.padding=1")
+    a = run(make_cfg(*args), tmp_path / "a")
+    b = run(make_cfg(*args, "train.loss_at=feature"), tmp_path / "b")
+    assert not a["readout_reused"] and not b["readout_reused"]
+    assert abs(a["train_loss"] - b["train_loss"]) < 1e-4

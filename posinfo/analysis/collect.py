@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 _IGNORED = tuple(k for k in RUN_CONTROL_KEYS if k != "name") + LABEL_KEYS
 _IDENTITY = {"backbone.name": "backbone", "target.name": "target", "data.name": "data"}
 # Always in results.csv, in this order; any other config key joins when it varies.
-FIELDS = ("pretraining", "backbone.weights", "backbone.padding", "backbone.taps", "readout.kernel",
+FIELDS = ("pretraining", "backbone.weights", "backbone.padding", "backbone.taps", "readout.solver", "readout.kernel",
           "readout.depth", "readout.padding", "target.range", "train.seed", "train.epochs",
           "data.num_train", "data.num_test", "data.image_size", "data.normalize", "data.train_dir", "data.test_dir")
 

@@ -93,13 +93,16 @@ def paper_variants(row: dict) -> list[tuple[str, str]]:
 
 
 def _beyond_the_paper(row: dict) -> bool:
-    """Settings the paper never ran: a canvas border, standardised channels, a changed ViT position embedding."""
+    """Settings the paper never ran: a canvas border, standardised channels, a changed ViT position
+    embedding, a readout solver other than its SGD."""
     border = row.get("data.canvas.border")
     try:
         if not is_missing(border) and float(border) > 0:
             return True
     except (TypeError, ValueError):
         pass
+    if row.get("readout.solver") not in (None, "sgd") and not is_missing(row.get("readout.solver")):
+        return True
     return row.get("readout.standardize") == "channel" or row.get("backbone.pos_embed") in ("zero", "shuffle")
 
 
