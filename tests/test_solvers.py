@@ -131,16 +131,6 @@ def test_ridge_equals_a_dense_least_squares_solution(kernel, padding):
     assert torch.allclose(got["weights"], theta, atol=1e-8, rtol=0)
 
 
-def test_ridge_cholesky_path_equals_the_eigendecomposition_path(monkeypatch):
-    x, t = _toy()
-    sums, _, up = _moments(x, 3, 1, t.shape[-1])
-    by_eigh = ridge.solve(sums, [t], up)[0]
-    monkeypatch.setattr(ridge, "EIGH_MAX", 0)
-    by_cholesky = ridge.solve(sums, [t], up)[0]
-    assert by_eigh["lambda"] == by_cholesky["lambda"]
-    assert torch.allclose(by_eigh["weights"], by_cholesky["weights"], atol=1e-8, rtol=0)
-
-
 def test_ridge_objective_is_never_above_gradient_descent_on_it():
     """The same linear readout and penalty trained by plain gradient descent ends no lower."""
     x, t = _toy()
