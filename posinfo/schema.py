@@ -24,8 +24,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from posinfo.errors import PosinfoError
 from posinfo.names import (BACKBONES, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, FEATURE_MEMORY,
-                           INPUT_KINDS, LOSS_AT, NORMALIZATIONS, PADDINGS, SOLVERS, TARGET_RANGES, TARGETS,
-                           default_cache_dir)
+                           FOLDER_NAMED_ELSEWHERE, INPUT_KINDS, LOSS_AT, NORMALIZATIONS, PADDINGS, RUN_CONTROL_KEYS,
+                           SOLVERS, TARGET_RANGES, TARGETS, WEIGHT_FILE_KEYS, covered_by, default_cache_dir)
 
 # ----------------------------------------------------------------------------- rules
 
@@ -263,6 +263,19 @@ def rules() -> dict[str, Rule]:
     out = {key: f.metadata["rule"] for g, cls in GROUPS.items() for key, f in _leaves(cls, f"{g}.")}
     out.update(TOP_LEVEL)
     return out
+
+
+
+def folder_excluded_keys() -> list[str]:
+    """The override keys a job folder's name leaves out (Hydra's ``override_dirname.exclude_keys``).
+
+    Hydra matches exact keys, so a run-control key (posinfo.names.RUN_CONTROL_KEYS) is listed
+    with every typed key below it (``cache``: ``cache.dir``, …, ``cache.memory``): a key added
+    to a run-control group is left out of folder names without anyone listing it, and the
+    same job run with and without it lands in one folder. Then the weight files that
+    ``pretraining`` names, and the preset (the sweep folder's name says it)."""
+    keys = [*FOLDER_NAMED_ELSEWHERE, *RUN_CONTROL_KEYS, *WEIGHT_FILE_KEYS]
+    return keys + [k for k in rules() if covered_by(k, RUN_CONTROL_KEYS) and k not in keys]
 
 
 # ----------------------------------------------------------------------------- checks
