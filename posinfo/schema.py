@@ -245,12 +245,13 @@ def defaults() -> dict[str, Any]:
 
 def with_defaults(config: dict) -> dict:
     """``config`` (a resolved config, e.g. from an older result.json) with every typed key it
-    lacks set to its default: a result written before an option existed reads as having used
-    the option's default, which is what it did."""
+    lacks set to its default: a result written before an option (or its whole group) existed
+    reads as having used the option's default, which is what it did."""
     out = json.loads(json.dumps(config, default=str))
     for key, value in defaults().items():
         group, *path, name = key.split(".")
-        node = out.get(group)
+        # A whole group that did not exist yet (``analysis``) had every default too.
+        node = out.setdefault(group, {}) if isinstance(out, dict) else None
         for part in path:
             node = node.setdefault(part, {}) if isinstance(node, dict) else None
         if isinstance(node, dict) and name not in node:
