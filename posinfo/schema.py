@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from posinfo.errors import PosinfoError
+from posinfo.guards import memory_problems, no_effect_problems
 from posinfo.names import (BACKBONES, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, FEATURE_MEMORY,
                            FOLDER_NAMED_ELSEWHERE, INPUT_KINDS, LOSS_AT, NORMALIZATIONS, PADDINGS, RUN_CONTROL_KEYS,
                            SOLVERS, TARGET_RANGES, TARGETS, WEIGHT_FILE_KEYS, covered_by, default_cache_dir)
@@ -120,7 +121,8 @@ class InputConfig:
     kinds: List[str] = _f(("natural",), list_of(one_of(INPUT_KINDS), f"input kinds ({', '.join(INPUT_KINDS)})", nonempty=True), factory=True)
     file: Optional[str] = _f(None, OPTIONAL_TEXT)
     noise_seed: int = _f(0, integer(0))
-    tiles: int = _f(DEFAULT_TILES, integer(1))
+    # One tile is the image itself: shuffled would equal natural, and the control could not fail.
+    tiles: int = _f(DEFAULT_TILES, Rule("an integer ≥ 2 (1 tile leaves the image as it is)", lambda v: _is_int(v) and v >= 2))
 
 
 @dataclass
@@ -326,7 +328,9 @@ def missing_values_error(cfg: DictConfig) -> str | None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise PosinfoError (one line) for the first unset or out-of-range value of a composed config."""
+    """Raise PosinfoError (one line) for the first unset or out-of-range value of a composed config,
+    a setting it ignores, or a size beyond this machine's memory (posinfo.guards): every job
+    calls it first, before it allocates anything."""
     missing = missing_values_error(cfg)
     if missing:
         raise PosinfoError(missing)
@@ -339,6 +343,9 @@ def check_config(cfg: DictConfig) -> None:
         error = check_value(key, value, rule)
         if error:
             raise PosinfoError(error)
+    problems = no_effect_problems(cfg) + memory_problems(cfg)
+    if problems:
+        raise PosinfoError(problems[0])
 
 
 # ----------------------------------------------------------------------------- the command line

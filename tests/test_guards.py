@@ -50,3 +50,75 @@ def test_statistics_without_constant_channels_are_unchanged_bit_for_bit(caplog):
         st = Standardize(6).fit(iter(train))
     mean, std = _old_statistics(train)
     assert torch.equal(st.mean.flatten(), mean) and torch.equal(st.std.flatten(), std) and not caplog.records
+
+
+def test_one_tile_is_refused_since_the_shuffled_control_would_equal_natural():
+    assert schema.check_overrides(["input=controls", "input.tiles=1"], CONF) == \
+        "input.tiles=1: must be an integer ≥ 2 (1 tile leaves the image as it is)"
+    assert schema.check_overrides(["input=controls", "input.tiles=2"], CONF) is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["target=grid", "target.range=signed"],
+     "target.range=signed has no effect on target=grid: it applies to the stripes (horstp, verstp) only; drop "
+     "target.range (or use target.range=unit)"),
+    (["data=photos", "data.train_dir=/data/imgs"],
+     "data.train_dir=/data/imgs has no effect with data=photos, whose images are its own: use data=folder to read "
+     "that folder, or drop data.train_dir"),
+    (["data.test_dir=/data/test"],  # data=embedded
+     "data.test_dir=/data/test has no effect with data=embedded, whose images are its own: use data=folder to read "
+     "that folder, or drop data.test_dir"),
+])
+def test_a_setting_with_no_effect_is_refused_by_the_job_and_before_a_sweep(make_cfg, overrides, message):
+    from posinfo.preflight import job_problems
+
+    cfg = make_cfg("backbone=posenet", *overrides)  # posenet: no weights to look for
+    with pytest.raises(PosinfoError) as e:
+        schema.check_config(cfg)
+    assert str(e.value) == message
+    assert job_problems(cfg) == [message]  # the sweep's check before any job, and dry runs
+
+
+def test_sizes_beyond_memory_are_refused_with_an_estimate_before_anything_is_allocated(make_cfg, monkeypatch):
+    from posinfo import guards
+
+    monkeypatch.setattr(guards, "available_ram", lambda: 16 * 10**9)
+    schema.check_config(make_cfg("data.canvas.border=100"))  # tiny: fine
+    with pytest.raises(PosinfoError) as e:
+        schema.check_config(make_cfg("data.canvas.border=100000"))
+    assert str(e.value) == ("data.canvas.border=100000: one image on its 200064×200064 canvas takes 480.3 GB, more "
+                            "than the 16.0 GB of memory available: use data.canvas.border≤18225")
+    with pytest.raises(PosinfoError) as e:
+        schema.check_config(make_cfg("data.image_size=100000"))  # TINY: 4 test images
+    assert str(e.value) == ("data.image_size=100000: the job holds 5 maps and an image of 100000×100000 pixels (the "
+                            "target, 4 test prediction(s)), about 320.0 GB, more than the 16.0 GB of memory available: "
+                            "use data.image_size≤22360")
+
+
+def test_a_patch_model_refuses_an_image_size_it_cannot_cut_into_patches_before_the_job(make_cfg):
+    from posinfo.preflight import job_problems
+    from posinfo.zoo import build, image_size_problem
+
+    line = ("data.image_size=100: timm's vit_tiny_patch16_224 cuts images into 16×16 patches, and 100 is no multiple "
+            "of 16: use data.image_size=96 or 112")
+    cfg = make_cfg("backbone=timm", "backbone.model=vit_tiny_patch16_224", "backbone.weights=random", "data.image_size=100")
+    assert job_problems(cfg) == [line]
+    with pytest.raises(PosinfoError) as e:  # the job itself, before its first image
+        build("timm", "vit_tiny_patch16_224", "random", "zeros", None, None, "none", True, "keep", 100)
+    assert str(e.value) == line
+    assert image_size_problem("timm", "vit_tiny_patch16_224", 96) is None
+
+
+def test_float16_on_a_cpu_is_warned_as_slow_once(caplog):
+    from posinfo.backbones import build_encoder
+    from posinfo.features import FeatureExtractor
+
+    torch.manual_seed(0)
+    extract = FeatureExtractor(build_encoder("resnet18", "random", lazy=True), 4, torch.device("cpu"), "float16")
+    with caplog.at_level(logging.WARNING, logger="posinfo.features"):
+        for _ in range(2):
+            extract(torch.rand(1, 3, 32, 32))
+    assert [r.getMessage() for r in caplog.records if r.name == "posinfo.features"] == [
+        "backbone.precision=float16 on a CPU: the features are right, but CPUs have no fast float16 arithmetic and "
+        "extraction runs many times slower than in float32 (23× for one job measured): use backbone.precision=float32 "
+        "on a CPU"]
