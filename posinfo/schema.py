@@ -15,6 +15,8 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
+import re
 from dataclasses import MISSING as MISSING_FACTORY
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -374,6 +376,33 @@ def _override_values(override: Any) -> list[Any]:
     if override.is_sweep_override():  # glob(), interval(): left to Hydra
         return []
     return [v]
+
+
+# What Hydra's override grammar takes unquoted in a value; a path with anything else is quoted.
+_UNQUOTED = re.compile(r"[\w./:@%+-]*")
+
+
+def _home(value: str) -> str:
+    """``value`` with a leading ``~`` or ``~user`` expanded, quoted for Hydra if need be."""
+    path = os.path.expanduser(value)
+    if path == value or _UNQUOTED.fullmatch(path):
+        return path
+    return "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def expand_home(args: list[str]) -> list[str]:
+    """The command line with the ``~`` that starts an override's value (or each value of a sweep)
+    expanded as a shell would have: ``data.train_dir=~/data`` -> ``data.train_dir=/home/me/data``.
+    bash does this after ``=``, zsh and others do not, and Hydra's grammar refuses an unquoted
+    ``~``. A quoted value, a ``~`` elsewhere and Hydra's ``~key`` (delete) are left as typed."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if arg.startswith("-") or not sep or "~" not in value or any(c in value for c in "'\"[]{}()"):
+            out.append(arg)
+            continue
+        out.append(f"{key}=" + ",".join(_home(v) if v.startswith("~") else v for v in value.split(",")))
+    return out
 
 
 def _syntax_hint(overrides: list[str]) -> str | None:

@@ -122,3 +122,26 @@ def test_float16_on_a_cpu_is_warned_as_slow_once(caplog):
         "backbone.precision=float16 on a CPU: the features are right, but CPUs have no fast float16 arithmetic and "
         "extraction runs many times slower than in float32 (23× for one job measured): use backbone.precision=float32 "
         "on a CPU"]
+
+
+def test_a_tilde_on_the_command_line_is_expanded_as_the_shell_would_have(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/me")
+    assert schema.expand_home(["-m", "data.train_dir=~/tr", "data.test_dir=~/a,~/b", "x=~", "--cfg", "job"]) == \
+        ["-m", "data.train_dir=/home/me/tr", "data.test_dir=/home/me/a,/home/me/b", "x=/home/me", "--cfg", "job"]
+    kept = ['data.train_dir="~/tr"', "~cache.dir", "name=a~b", "backbone.taps=[1,2]"]  # quoted, delete, not leading
+    assert schema.expand_home(kept) == kept
+    monkeypatch.setenv("HOME", "/home/my data")  # a space: quoted, so that Hydra reads one value
+    assert schema.expand_home(["data.train_dir=~/tr"]) == ["data.train_dir='/home/my data/tr'"]
+
+
+def test_a_folder_under_tilde_runs_from_the_command_line(tmp_path, monkeypatch):
+    from conftest import run_sweep
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for d in ("tr", "te"):
+        (tmp_path / d).mkdir()
+    p = run_sweep("backbone=posenet", "data=folder", "data.train_dir=~/tr", "data.test_dir=~/te", "dry_run=true",
+                  cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "[dry run] would run" in p.stdout  # not Hydra's refusal of an unquoted '~'
+    assert "data.train_dir=" + str(tmp_path / "tr").replace("/", "_") in p.stdout  # the folder named after the path
