@@ -87,15 +87,14 @@ RUN_CONTROL_KEYS = ("force", "dry_run", "device", "name", "cache", "experiment_n
                     "sweep")
 # Keys that only name something another key already holds: table6's weight files (the
 # value of backbone.weights, named by `pretraining`) and the input set's label and list.
-LABEL_KEYS = ("saliency_weights", "segmentation_weights", "pretrained_weights", "input.name", "input.kinds")
-# Override keys left out of a job folder's name: the run-control keys as a user types
-# them (Hydra matches exact keys), the weight files named by `pretraining`, and the preset,
-# which the sweep folder's name already says.
-FOLDER_EXCLUDED_KEYS = (
-    "experiment", "name", "force", "dry_run", "device",
-    "cache", "cache.dir", "cache.enabled", "cache.max_gb", "cache.dtype",
-    "data.num_workers", "data.identity", "saliency_weights", "segmentation_weights", "sweep", "sweep.wait", "sweep.fuse",
-)
+WEIGHT_FILE_KEYS = ("saliency_weights", "segmentation_weights", "pretrained_weights")
+LABEL_KEYS = (*WEIGHT_FILE_KEYS, "input.name", "input.kinds")
+# Override keys a job folder's name leaves out besides the run-control keys and the weight
+# files: the preset, which the sweep folder's name already says. The whole list is derived
+# from these by posinfo.schema.folder_excluded_keys (Hydra matches exact keys, so every typed
+# key below a run-control key is listed there). The input set's kinds stay in the name: they
+# change what a job evaluates, and two lists in one folder would replace each other's result.
+FOLDER_NAMED_ELSEWHERE = ("experiment",)
 
 
 def covered_by(key: str, prefixes: tuple[str, ...]) -> bool:

@@ -1,29 +1,34 @@
 """Checks that cost no computation, so a job that cannot run fails before any job starts:
 the backbone's weights are reachable (ImageNet weights cached or fetchable, a weights file
-present), the data folders and an input file exist. Each problem is one line with the fix.
+present), the data folders and an input file exist, a patch model can take the image size, and
+no setting is one the configuration ignores. Each problem is one line with the fix.
 """
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from posinfo.guards import no_effect_problems
 from posinfo.io import user_path
 
 
 def job_problems(cfg: DictConfig) -> list[str]:
     """What would stop this job, as one line each (empty: nothing found)."""
-    out: list[str] = []
+    out: list[str] = no_effect_problems(cfg)
     bb, data = cfg.backbone, cfg.data
     weights = str(bb.weights)
     zoo = bb.name in ("timm", "torchvision")
     if zoo:
         from posinfo.errors import PosinfoError
-        from posinfo.zoo import check_model
+        from posinfo.zoo import check_model, image_size_problem
 
         try:
             check_model(str(bb.name), bb.get("model"))
         except PosinfoError as e:
             return [str(e)]
+        size = image_size_problem(str(bb.name), str(bb.model), int(data.image_size))
+        if size:
+            out.append(size)
     if bb.name != "posenet" and weights == "imagenet":
         problem = _pretrained_problem(str(bb.name), bb.get("model"))
         if problem:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import torch
 from torch import nn
 
 from posinfo.errors import PosinfoError
+
+log = logging.getLogger(__name__)
 
 
 def output_size(in_size: int, kernel: int, depth: int, padding: int) -> int:
@@ -161,7 +166,12 @@ class Readout(nn.Sequential):
 class Standardize(nn.Module):
     """Each feature channel standardised with its mean and std over the training set
     (``readout.standardize=channel``): the statistics are buffers, so they are stored and
-    reused with the readout."""
+    reused with the readout.
+
+    A channel constant over the training set is dropped: its std is set to infinity, so it
+    reads 0 for every image, train or test. It carries no position information, and divided
+    by a clamped std of ~0 any test value that differs from the constant becomes huge and
+    saturates every prediction (issue 22). Other channels' statistics are unchanged."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -171,20 +181,32 @@ class Standardize(nn.Module):
     @torch.no_grad()
     def fit(self, batches) -> "Standardize":
         """Set the statistics from feature batches (B×C×H×W), accumulated in float64."""
-        n, s1, s2 = 0, 0.0, 0.0
+        n, s1, s2, lo, hi = 0, 0.0, 0.0, None, None
         for x in batches:
+            lo = _fold(torch.minimum, lo, x.amin(dim=(0, 2, 3)))  # exact, unlike a variance of ~0
+            hi = _fold(torch.maximum, hi, x.amax(dim=(0, 2, 3)))
             x = x.double()
             n += x.shape[0] * x.shape[2] * x.shape[3]
             s1 = s1 + x.sum(dim=(0, 2, 3))
             s2 = s2 + (x * x).sum(dim=(0, 2, 3))
         mean = s1 / n
-        std = (s2 / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)  # a dead channel stays finite
+        std = (s2 / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
+        constant = (lo == hi).to(std.device)
+        if bool(constant.any()):
+            std = std.masked_fill(constant, math.inf)
+            log.warning("readout.standardize=channel: %d of %d feature channels are constant over the training set; "
+                        "dropped from the readout (they carry no position information)",
+                        int(constant.sum()), constant.numel())
         self.mean.copy_(mean.view_as(self.mean))
         self.std.copy_(std.view_as(self.std))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+def _fold(op, acc: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return x if acc is None else op(acc, x)
 
 
 def build_readout(in_channels: int, kernel: int = 3, depth: int = 1, padding: int = 0, in_size: int = 28,

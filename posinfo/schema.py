@@ -15,6 +15,8 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
+import re
 from dataclasses import MISSING as MISSING_FACTORY
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,9 +25,10 @@ from typing import Any, Callable, Iterable, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from posinfo.errors import PosinfoError
+from posinfo.guards import memory_problems, no_effect_problems
 from posinfo.names import (BACKBONES, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, FEATURE_MEMORY,
-                           INPUT_KINDS, LOSS_AT, NORMALIZATIONS, PADDINGS, SOLVERS, TARGET_RANGES, TARGETS,
-                           default_cache_dir)
+                           FOLDER_NAMED_ELSEWHERE, INPUT_KINDS, LOSS_AT, NORMALIZATIONS, PADDINGS, RUN_CONTROL_KEYS,
+                           SOLVERS, TARGET_RANGES, TARGETS, WEIGHT_FILE_KEYS, covered_by, default_cache_dir)
 
 # ----------------------------------------------------------------------------- rules
 
@@ -120,7 +123,8 @@ class InputConfig:
     kinds: List[str] = _f(("natural",), list_of(one_of(INPUT_KINDS), f"input kinds ({', '.join(INPUT_KINDS)})", nonempty=True), factory=True)
     file: Optional[str] = _f(None, OPTIONAL_TEXT)
     noise_seed: int = _f(0, integer(0))
-    tiles: int = _f(DEFAULT_TILES, integer(1))
+    # One tile is the image itself: shuffled would equal natural, and the control could not fail.
+    tiles: int = _f(DEFAULT_TILES, Rule("an integer ≥ 2 (1 tile leaves the image as it is)", lambda v: _is_int(v) and v >= 2))
 
 
 @dataclass
@@ -245,12 +249,13 @@ def defaults() -> dict[str, Any]:
 
 def with_defaults(config: dict) -> dict:
     """``config`` (a resolved config, e.g. from an older result.json) with every typed key it
-    lacks set to its default: a result written before an option existed reads as having used
-    the option's default, which is what it did."""
+    lacks set to its default: a result written before an option (or its whole group) existed
+    reads as having used the option's default, which is what it did."""
     out = json.loads(json.dumps(config, default=str))
     for key, value in defaults().items():
         group, *path, name = key.split(".")
-        node = out.get(group)
+        # A whole group that did not exist yet (``analysis``) had every default too.
+        node = out.setdefault(group, {}) if isinstance(out, dict) else None
         for part in path:
             node = node.setdefault(part, {}) if isinstance(node, dict) else None
         if isinstance(node, dict) and name not in node:
@@ -263,6 +268,19 @@ def rules() -> dict[str, Rule]:
     out = {key: f.metadata["rule"] for g, cls in GROUPS.items() for key, f in _leaves(cls, f"{g}.")}
     out.update(TOP_LEVEL)
     return out
+
+
+
+def folder_excluded_keys() -> list[str]:
+    """The override keys a job folder's name leaves out (Hydra's ``override_dirname.exclude_keys``).
+
+    Hydra matches exact keys, so a run-control key (posinfo.names.RUN_CONTROL_KEYS) is listed
+    with every typed key below it (``cache``: ``cache.dir``, …, ``cache.memory``): a key added
+    to a run-control group is left out of folder names without anyone listing it, and the
+    same job run with and without it lands in one folder. Then the weight files that
+    ``pretraining`` names, and the preset (the sweep folder's name says it)."""
+    keys = [*FOLDER_NAMED_ELSEWHERE, *RUN_CONTROL_KEYS, *WEIGHT_FILE_KEYS]
+    return keys + [k for k in rules() if covered_by(k, RUN_CONTROL_KEYS) and k not in keys]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -312,7 +330,9 @@ def missing_values_error(cfg: DictConfig) -> str | None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise PosinfoError (one line) for the first unset or out-of-range value of a composed config."""
+    """Raise PosinfoError (one line) for the first unset or out-of-range value of a composed config,
+    a setting it ignores, or a size beyond this machine's memory (posinfo.guards): every job
+    calls it first, before it allocates anything."""
     missing = missing_values_error(cfg)
     if missing:
         raise PosinfoError(missing)
@@ -325,6 +345,9 @@ def check_config(cfg: DictConfig) -> None:
         error = check_value(key, value, rule)
         if error:
             raise PosinfoError(error)
+    problems = no_effect_problems(cfg) + memory_problems(cfg)
+    if problems:
+        raise PosinfoError(problems[0])
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -353,6 +376,33 @@ def _override_values(override: Any) -> list[Any]:
     if override.is_sweep_override():  # glob(), interval(): left to Hydra
         return []
     return [v]
+
+
+# What Hydra's override grammar takes unquoted in a value; a path with anything else is quoted.
+_UNQUOTED = re.compile(r"[\w./:@%+-]*")
+
+
+def _home(value: str) -> str:
+    """``value`` with a leading ``~`` or ``~user`` expanded, quoted for Hydra if need be."""
+    path = os.path.expanduser(value)
+    if path == value or _UNQUOTED.fullmatch(path):
+        return path
+    return "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def expand_home(args: list[str]) -> list[str]:
+    """The command line with the ``~`` that starts an override's value (or each value of a sweep)
+    expanded as a shell would have: ``data.train_dir=~/data`` -> ``data.train_dir=/home/me/data``.
+    bash does this after ``=``, zsh and others do not, and Hydra's grammar refuses an unquoted
+    ``~``. A quoted value, a ``~`` elsewhere and Hydra's ``~key`` (delete) are left as typed."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if arg.startswith("-") or not sep or "~" not in value or any(c in value for c in "'\"[]{}()"):
+            out.append(arg)
+            continue
+        out.append(f"{key}=" + ",".join(_home(v) if v.startswith("~") else v for v in value.split(",")))
+    return out
 
 
 def _syntax_hint(overrides: list[str]) -> str | None:

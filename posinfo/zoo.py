@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -73,6 +74,29 @@ def check_model(kind: str, model: str | None) -> None:
         if model.startswith(_TV_TOKEN_MODELS):
             raise PosinfoError(f"backbone.model={model}: torchvision's {model} has no spatial feature maps between "
                                f"its blocks: use backbone=timm backbone.model=<its timm name> (e.g. vit_base_patch16_224)")
+
+
+def _patch_problem(m: nn.Module, model: str, image_size: int) -> str | None:
+    """One line if a patch model (a ViT's ``patch_embed``) cannot cut ``image_size`` into whole
+    patches: timm asserts it deep inside the first forward pass, after the images are made."""
+    pe = getattr(m, "patch_embed", None)
+    patch = getattr(pe, "patch_size", None)
+    if patch is None or getattr(pe, "dynamic_img_pad", False):  # no patches, or padded to whole ones
+        return None
+    ph, pw = (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[-1]))
+    step = math.lcm(ph, pw)
+    if image_size % step == 0:
+        return None
+    near = [v for v in (image_size // step * step, (image_size // step + 1) * step) if v >= 8]
+    return (f"data.image_size={image_size}: timm's {model} cuts images into {ph}×{pw} patches, and {image_size} is "
+            f"no multiple of {step}: use data.image_size={' or '.join(map(str, near))}")
+
+
+def image_size_problem(kind: str, model: str, image_size: int) -> str | None:
+    """One line if ``model`` cannot take ``data.image_size`` images (checked on a weightless meta copy)."""
+    if kind != "timm":
+        return None
+    return _patch_problem(_skeleton(_maker(kind, model, image_size)), model, image_size)
 
 
 # ----------------------------------------------------------------------------- bodies
@@ -387,6 +411,9 @@ def build(kind: str, model: str, weights: str, padding: str, taps: list[int] | N
         raise PosinfoError(f"backbone.pos_embed={pos_embed}: must be one of {', '.join(POS_EMBED)}")
     make = _maker(kind, model, image_size)
     skeleton = _skeleton(make)
+    problem = _patch_problem(skeleton, model, image_size)
+    if problem:
+        raise PosinfoError(problem)
     levels = _levels_timm(skeleton, model) if kind == "timm" else _levels_torchvision(skeleton, model)
     if pos_embed != "keep":
         _pos_embed(skeleton, pos_embed, model)  # checked before any weights are fetched

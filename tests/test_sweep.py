@@ -85,6 +85,24 @@ def test_preset_sweeps_land_in_deterministic_folders():
     assert str(job.hydra.sweep.subdir) == "experiment.table4=posenet_pad0,target=hor"
 
 
+def test_every_run_control_key_is_left_out_of_job_folder_names():
+    """Hydra matches exact keys: a typed key below a run-control key that is not listed puts the
+    same job in a second folder, which the analysis then counted as a second seed (issue 20:
+    cache.memory=host)."""
+    from posinfo.names import RUN_CONTROL_KEYS, covered_by
+    from posinfo.schema import folder_excluded_keys, rules
+
+    excluded = set(folder_excluded_keys())
+    assert {k for k in rules() if covered_by(k, RUN_CONTROL_KEYS)} <= excluded
+    # what was left out before still is: existing folders keep their names (resume relies on them)
+    assert {"experiment", "name", "force", "dry_run", "device", "cache", "cache.dir", "cache.enabled", "cache.max_gb",
+            "cache.dtype", "data.num_workers", "data.identity", "saliency_weights", "segmentation_weights", "sweep",
+            "sweep.wait", "sweep.fuse"} <= excluded
+    assert "input.kinds" not in excluded  # it changes what a job evaluates
+    for extra in ([], ["cache.memory=host"], ["cache.verify=false"], ["sweep.fuse=false", "cache.max_gb=1"]):
+        assert str(_hydra_cfg("target=gau", "readout.padding=1", *extra).hydra.sweep.subdir) == "readout.padding=1,target=gau"
+
+
 @pytest.mark.parametrize(
     "preset, task, n",
     [

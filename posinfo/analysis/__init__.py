@@ -48,7 +48,7 @@ def write_report(dirs: Iterable[str | Path], out: str | Path | None = None, figu
     written["results.csv"] = out / "results.csv"
     cells = aggregate(df)
     with atomic_path(out / "cells.csv") as tmp:  # one row per configuration × input, with its interval
-        cells.drop(columns=["job_dirs"]).to_csv(tmp, index=False)
+        cells.drop(columns=["job_dirs", "duplicate_dirs"]).to_csv(tmp, index=False)
     written["cells.csv"] = out / "cells.csv"
     tables = make_tables(cells, df)
     md = to_markdown(tables)

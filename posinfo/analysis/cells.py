@@ -5,6 +5,7 @@ figures modules share. Imports only posinfo.analysis.intervals: every other modu
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Any
@@ -14,6 +15,8 @@ import pandas as pd
 
 from posinfo.analysis.intervals import t_interval, unstable
 from posinfo.names import BACKBONES, INPUT_KINDS, PADDINGS, STRIPES, TARGETS
+
+log = logging.getLogger(__name__)
 
 # The measured columns of results.csv: aggregated over replicates, never part of a configuration.
 # A job's interval columns are the bootstrap over its test images (posinfo.analysis.intervals).
@@ -27,7 +30,7 @@ BORDER_PREFIX = "border_mae_"
 # Fields that distinguish replicates, not configurations.
 REPLICATE_FIELDS = ("train.seed",)
 _AGGREGATES = ("spc_std", "mae_std", "n_ok", "n_failed", "n_missing", "seeds", "job_dirs", "ci", "seed_spcs",
-               "unstable", "unconverged")
+               "unstable", "unconverged", "duplicate_dirs")
 
 _SHORT = {"readout.kernel": "k", "readout.depth": "depth", "readout.padding": "pad", "backbone.padding": "backbone pad",
           "backbone.taps": "taps", "backbone.weights": "weights", "pretraining": "", "train.seed": "seed",
@@ -99,9 +102,40 @@ def border_columns(df: pd.DataFrame) -> list[str]:
     return sorted(cols, key=lambda c: int(c[len(BORDER_PREFIX):]))
 
 
+def one_run_per_seed(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """``df`` with each ok run of one configuration and seed kept once, and {kept folder: the
+    folders left out}.
+
+    The same configuration and train.seed in two job folders is one run made twice (the same
+    command under another folder name, or a second sweep folder), never two replicates: counted
+    twice it would give its cell an interval of width 0. The first folder in order is kept, and
+    one warning names them all.
+    """
+    keys = [k for k in config_fields(df) + list(REPLICATE_FIELDS) if k in df]
+    ok = df[df.status == "ok"]
+    if ok.empty:
+        return df, {}
+    run_key = pd.Series(["\x1f".join(vals) for vals in pd.DataFrame({k: as_text(ok[k]) for k in keys})
+                         .itertuples(index=False)], index=ok.index)
+    dropped: dict[str, list[str]] = {}
+    for _, dirs in ok.job_dir.groupby(run_key, sort=False):
+        folders = list(dict.fromkeys(dirs))
+        if len(folders) > 1:
+            dropped[folders[0]] = folders[1:]
+            first = ok.loc[dirs.index[0]]
+            log.warning("one run in %d folders (%s %s, train.seed=%s): %s; counted once, from the first: runs of one "
+                        "seed are no replicates (delete the extra folders, or give each run its own train.seed)",
+                        len(folders), first.get("backbone"), first.get("target"), first.get("train.seed"),
+                        ", ".join(folders))
+    left_out = {d for ds in dropped.values() for d in ds}
+    return df[~df.job_dir.isin(left_out)], dropped
+
+
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration × input: the mean over replicates (seeds) with its 95% interval
-    (t over seeds; one seed: the bootstrap over its test images), NaN counts summed."""
+    (t over seeds; one seed: the bootstrap over its test images), NaN counts summed; a seed run
+    in several folders counted once (:func:`one_run_per_seed`)."""
+    df, dropped = one_run_per_seed(df)
     keys = config_fields(df) + ["input"]
     filled = df.copy()
     filled[keys] = filled[keys].astype(object).where(filled[keys].notna(), "<none>")
@@ -120,6 +154,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
             floor_mae=g.floor_mae.dropna().astype(float).mean() if g.floor_mae.notna().any() else np.nan,
             seeds=sorted({s for s in ok.get("train.seed", pd.Series(dtype=object)).dropna()}),
             job_dirs=list(ok.job_dir),
+            duplicate_dirs=[d for kept in ok.job_dir for d in dropped.get(kept, [])],
             unconverged=int((ok.get("converged", pd.Series(dtype=object)) == False).sum()),  # noqa: E712
             paper_table=g.paper_table.dropna().iloc[0] if g.paper_table.notna().any() else None,
             paper_spc=g.paper_spc.dropna().iloc[0] if g.paper_spc.notna().any() else np.nan,
@@ -183,6 +218,29 @@ def _display_fields(cells: pd.DataFrame, candidates: list[str]) -> list[str]:
     return keep
 
 
+def _tell_apart(cells: pd.DataFrame, fields: list[str]) -> list[str]:
+    """``fields`` and whatever more it takes for no two cells to share a table row and column.
+
+    Row labels show only the fields that vary, and a missing value (a key that an older
+    result lacks) or a field a label usually leaves out (``target.range`` of a ramp) would
+    let two cells read alike: one would print over the other. The first field that tells
+    clashing cells apart is added, until none clash.
+    """
+    fields = list(fields)
+    spare = [f for f in config_fields(cells) if f not in (*fields, "experiment", "backbone", "target_label", "config_label")]
+    while True:
+        key = pd.DataFrame({c: as_text(cells[c]) for c in ["target_label", "backbone", *fields, "input"]})
+        clash = key[key.duplicated(keep=False)]
+        if clash.empty:
+            return fields
+        groups = clash.groupby(list(clash.columns)).groups.values()
+        extra = next((f for f in spare if f not in fields and any(as_text(cells.loc[i, f]).nunique() > 1 for i in groups)),
+                     None)
+        if extra is None:  # cells that no config field tells apart are one configuration: never two cells
+            return fields
+        fields.append(extra)
+
+
 def _shown(field: str, value: Any) -> str:
     """A value as a label shows it: a weights file by its name, not its whole path."""
     if field == "backbone.weights" and isinstance(value, str) and ("/" in value or "\\" in value):
@@ -207,7 +265,7 @@ def label_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]
             stripe = g.target.isin(STRIPES)
             cells.loc[g.index[stripe], "target_label"] = g.target[stripe] + " [" + as_text(g["target.range"][stripe]) + "]"
         candidates = [f for f in config_fields(g) if f not in _NOT_ROW_FIELDS and not f.startswith("experiment/")]
-        fields = _display_fields(g, candidates)
+        fields = _tell_apart(g, _display_fields(g, candidates))
         fields_of[name] = fields
         for i, r in g.iterrows():
             # a field the backbone's name already says (backbone.model of "timm/convnext_tiny") is not repeated

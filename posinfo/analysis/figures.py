@@ -208,9 +208,9 @@ def _bars(g: pd.DataFrame, path: Path, metric: str, name: str) -> Figure | None:
         err = _interval_errors(rows, metric)
         ax.bar(xs, [r[metric] for r in rows], bw * 0.9, yerr=err if err.any() else None, color=colors(j % colors.N),
                label=c, error_kw={"elinewidth": 0.6, "capsize": 1})
-        # The paper's value only beside a bar of the paper's own configuration (its weights too):
-        # a random-weights bar next to the paper's ImageNet number would read as a comparison.
-        px = [(x, r.paper_spc) for x, r in zip(xs, rows) if has_paper and not math.isnan(r.paper_spc) and _paper_weights(r)]
+        # The paper's value only beside a bar of the paper's own configuration, weights included
+        # (posinfo.analysis.paper attaches it to no other cell), as in the tables.
+        px = [(x, r.paper_spc) for x, r in zip(xs, rows) if has_paper and not math.isnan(r.paper_spc)]
         if px:
             # a black tick as wide as the bar
             ax.plot(*zip(*px), ls="none", marker="_", ms=bw * 0.9 * 72 * (width - 0.7) / len(targets), mew=1.2, color="k")
@@ -242,12 +242,6 @@ def _interval_errors(rows: list, metric: str = "spc") -> np.ndarray:
     below = [r[metric] - r[lo] if lo in r and not math.isnan(r[lo]) else 0.0 for r in rows]
     above = [r[hi] - r[metric] if hi in r and not math.isnan(r[hi]) else 0.0 for r in rows]
     return np.clip(np.array([below, above], dtype=float), 0.0, None)
-
-
-def _paper_weights(row: pd.Series) -> bool:
-    """Whether a cell used the paper's weights (ImageNet; PosENet has none)."""
-    w = row.get("backbone.weights")
-    return w is None or (isinstance(w, float) and math.isnan(w)) or w in ("imagenet", "none")
 
 
 def spc_vs_level(g: pd.DataFrame, path: Path) -> Figure | None:

@@ -40,7 +40,11 @@ def paper_table() -> pd.DataFrame:
 
 
 def paper_weights(cfg: dict) -> dict:
-    """Which of the paper's pretrainings a weights value is: imagenet, random, VGG-SOD, VGG-SS or a file."""
+    """Which of the paper's pretrainings a weights value is: imagenet, random, VGG-SOD, VGG-SS or a file.
+
+    A weights file is one of the paper's only where the user said so: table6's files
+    (``saliency_weights``, ``segmentation_weights``), or ``pretraining=imagenet`` naming a file
+    as the ImageNet weights. Any other file is just a file, whatever it holds."""
     w = (cfg.get("backbone") or {}).get("weights")
     if w in ("imagenet", "random", "none", None):
         return {WEIGHTS_LABEL: w}
@@ -48,15 +52,16 @@ def paper_weights(cfg: dict) -> dict:
         return {WEIGHTS_LABEL: "VGG-SOD"}
     if w == cfg.get("segmentation_weights"):
         return {WEIGHTS_LABEL: "VGG-SS"}
-    return {WEIGHTS_LABEL: "file"}
+    return {WEIGHTS_LABEL: "imagenet" if cfg.get("pretraining") == "imagenet" else "file"}
 
 
 def paper_variants(row: dict) -> list[tuple[str, str]]:
     """Every (table, variant) of paper_tables.csv whose configuration this row has.
 
     The paper's default readout is k=3, depth 1, padding 0 on all taps of a zero-padded
-    backbone with ImageNet weights; each table changes one thing. Random weights still
-    match (the table then says so in a note); other weight files match only Table 6.
+    backbone with ImageNet weights; each table changes one thing. Only the paper's weights
+    match: ImageNet (PosENet has none), and Table 6's files for Table 6; random weights and
+    any other file match nothing, so the paper's numbers never stand beside a control.
     """
     def num(k):
         try:
@@ -72,7 +77,7 @@ def paper_variants(row: dict) -> list[tuple[str, str]]:
     zeros = is_missing(row.get("backbone.padding")) or row.get("backbone.padding") == "zeros"
     w = row.get(WEIGHTS_LABEL)
     out: list[tuple[str, str]] = []
-    if w in ("imagenet", "random", "none", None):
+    if w in ("imagenet", "none", None):
         if (k, d, p) == (3, 1, 0) and all_taps and zeros:
             out.append(("table1", ""))
         if (k, p) == (3, 0) and all_taps and zeros:

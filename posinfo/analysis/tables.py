@@ -186,6 +186,11 @@ def _notes(g: pd.DataFrame, deviations: dict[str, int], ours_rows: list[tuple[Ro
         notes.append("NaN k/N: k of N test images got a constant prediction, whose SPC is undefined; the SPC "
                      "shown is the mean over the other images (– if none; the paper prints such cells as .0).")
     notes += _interval_notes(g)
+    repeated = sorted({d for ds in g.get("duplicate_dirs", pd.Series(dtype=object)).dropna() for d in ds})
+    if repeated:
+        notes.append(f"Counted once: {len(repeated)} job folder(s) repeat the run of another folder (the same "
+                     f"configuration and train.seed) and are left out, runs of one seed being no replicates: "
+                     f"{', '.join(repeated)}.")
     if deviations:
         notes += _deviation_notes(deviations, ours_rows)
     return notes + _stripe_notes(g)

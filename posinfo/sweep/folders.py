@@ -3,7 +3,7 @@
 The same command always lands in the same folder (that is what makes a re-run a resume).
 Hydra reads the names through two resolvers, ``${posinfo.job_dirname:...}`` and
 ``${posinfo.sweep_name:...}`` (conf/hydra/default.yaml), and the job folder leaves out
-the keys of ``${posinfo.folder_excluded_keys:}`` (posinfo.names).
+the keys of ``${posinfo.folder_excluded_keys:}`` (posinfo.schema.folder_excluded_keys).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from posinfo.names import FOLDER_EXCLUDED_KEYS
+from posinfo.schema import folder_excluded_keys
 
 # A folder name longer than this (in bytes) becomes a readable prefix + a hash of the whole
 # name. File systems allow 255 bytes per component; some (eCryptfs) fewer.
@@ -72,5 +72,5 @@ def register_resolvers() -> None:
     """The resolvers conf/hydra/default.yaml names folders with."""
     OmegaConf.register_new_resolver("posinfo.job_dirname", job_dirname, replace=True)
     OmegaConf.register_new_resolver("posinfo.sweep_name", sweep_name, replace=True)
-    OmegaConf.register_new_resolver("posinfo.folder_excluded_keys", lambda: list(FOLDER_EXCLUDED_KEYS), replace=True)
+    OmegaConf.register_new_resolver("posinfo.folder_excluded_keys", folder_excluded_keys, replace=True)
 

@@ -231,6 +231,9 @@ def _export_checkout(root: Path) -> None:
 def cli(main: Callable[[], Any], conf_dir: Path) -> None:
     """Run sweep.py's Hydra ``main``: bad values stop it with one line before Hydra composes
     anything; SIGTERM as an interrupt; a summary even for an aborted sweep."""
+    from posinfo.schema import expand_home
+
+    sys.argv[1:] = expand_home(sys.argv[1:])  # Hydra reads sys.argv itself
     error = check_command_line(sys.argv[1:], conf_dir)
     if error:
         print(f"posinfo: error: {error}", file=sys.stderr, flush=True)
