@@ -249,3 +249,19 @@ def test_loss_at_changes_the_readout_stores_key(make_cfg, tmp_path):
     b = run(make_cfg(*args, "train.loss_at=feature"), tmp_path / "b")
     assert not a["readout_reused"] and not b["readout_reused"]
     assert abs(a["train_loss"] - b["train_loss"]) < 1e-4
+
+
+def test_a_seed_free_ridge_cell_counts_once_and_a_random_backbone_keeps_its_seeds():
+    import pandas as pd
+
+    from posinfo.analysis.cells import seed_free_once
+
+    def rows(weights, backbone="vgg16", solver="ridge"):
+        return pd.DataFrame({"train.seed": [2, 0, 1], "readout.solver": solver, "backbone.weights": weights,
+                             "backbone": backbone, "spc": [.5, .5, .5]})
+
+    once = seed_free_once(rows("/w/vgg16_imagenet.pth"))
+    assert len(once) == 1 and once["train.seed"].iloc[0] == 0
+    assert len(seed_free_once(rows("none", backbone="posenet"))) == 1
+    assert len(seed_free_once(rows("random"))) == 3  # each seed is another network
+    assert len(seed_free_once(rows("/w/vgg16_imagenet.pth", solver="sgd"))) == 3
