@@ -491,7 +491,8 @@ def _training_outcome(history: list[dict]) -> dict | None:
     """result.json's ``training``: how SGD ended (train.outcome), or the closed form's fit."""
     last = history[-1]
     if last.get("solver") == "ridge":
-        keep = ("solver", "lambda", "lambda_rel", "folds", "cv", "val_loss", "weights", "pass_s", "seconds")
+        keep = ("solver", "lambda", "lambda_rel", "lambdas_skipped", "folds", "cv", "val_loss", "weights", "pass_s",
+                "seconds")
         return {"converged": True, "final_loss": last["loss"], **{k: last[k] for k in keep if k in last}}
     step_losses = [v for h in history for v in h.get("step_losses", [])]
     return outcome(step_losses) if step_losses else None  # None: reused from before steps were logged

@@ -28,6 +28,7 @@ one Cholesky factorisation (D³/3) per fold and λ, and one per λ chosen.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -149,18 +150,18 @@ class Problem:
         return torch.cat([w, b.unsqueeze(0)], dim=0)
 
 
-def _solutions(prob: Problem, lambdas: list[float]) -> list[torch.Tensor]:
+def _solutions(prob: Problem, lambdas: list[float]) -> list[torch.Tensor | None]:
     """θ(λ) ((D+1)×T) for each λ: one Cholesky factorisation of M + λI per λ (on this CPU a
-    1,473-weight factorisation took 0.2 s, an eigendecomposition serving every λ 11 s)."""
+    1,473-weight factorisation took 0.2 s, an eigendecomposition serving every λ 11 s). None
+    where M + λI is not numerically positive definite: a penalty below the rounding of the
+    normal equations (accumulated from float32 products) on nearly collinear features, e.g.
+    the 3×3 shifts of a tap upsampled 4× to the feature size."""
     q = prob.rhs()
     eye = torch.eye(prob.m.shape[0], dtype=prob.m.dtype, device=prob.m.device)
-    out = []
+    out: list[torch.Tensor | None] = []
     for lam in lambdas:
         factor, info = torch.linalg.cholesky_ex(prob.m + lam * eye)
-        if int(info) != 0:
-            raise PosinfoError(f"readout.solver=ridge: the normal equations are not positive definite at penalty "
-                               f"{lam:.2e} (non-finite or float-overflowing features?); check the features' scale")
-        out.append(prob.weights(torch.cholesky_solve(q, factor)))
+        out.append(prob.weights(torch.cholesky_solve(q, factor)) if int(info) == 0 else None)
     return out
 
 
@@ -196,7 +197,10 @@ def solve(folds: list[Moments], maps: list[torch.Tensor], up: Upsampling, lambda
         rest_n = n - f.n
         prob = Problem.of((total_h - f.h) / (rest_n * pixels), (total_s - f.s).t() @ r / (rest_n * pixels))
         for j, theta in enumerate(_solutions(prob, lambdas)):
-            val[j] += _losses(theta, f.h, f.s.t() @ r, f.n, tt, pixels) * f.n / n
+            val[j] += math.inf if theta is None else _losses(theta, f.h, f.s.t() @ r, f.n, tt, pixels) * f.n / n
+    if not torch.isfinite(val).any():
+        raise PosinfoError("readout.solver=ridge: the normal equations are not positive definite at any penalty tried "
+                           "(non-finite or overflowing features?); check the features, e.g. cache.dtype=float32")
     best = [int(j) for j in val.argmin(dim=0)]
     prob = Problem.of(total_h / (n * pixels), total_s.t() @ r / (n * pixels))
     chosen = sorted(set(best))
@@ -204,13 +208,17 @@ def solve(folds: list[Moments], maps: list[torch.Tensor], up: Upsampling, lambda
     out = []
     for t in range(len(maps)):
         j = best[t]
+        if final[j] is None:
+            raise PosinfoError(f"readout.solver=ridge: the normal equations of all training images are not positive "
+                               f"definite at the penalty cross-validation chose ({lambdas[j]:.2e}); check the features")
         theta = final[j][:, t]
         out.append({
             "weights": theta, "lambda": lambdas[j], "lambda_rel": lambdas_rel[j],
-            "cv": {f"{lam:.3e}": float(v) for lam, v in zip(lambdas, val[:, t])},
+            "cv": {f"{lam:.3e}": (float(v) if math.isfinite(v) else None) for lam, v in zip(lambdas, val[:, t])},
             "train_loss": float(_losses(theta.unsqueeze(1), total_h, total_s.t() @ r[:, t : t + 1], n, tt[t : t + 1], pixels)),
             "val_loss": float(val[j, t]),
-            "at_edge": j in (0, len(lambdas) - 1),
+            "at_edge": j == len(lambdas) - 1 or (j == 0 and math.isfinite(val[0, t])),
+            "skipped": int((~torch.isfinite(val[:, t])).sum()),
         })
     return out
 
@@ -254,6 +262,7 @@ def fit(readouts: list[LinearReadout], source, maps: list[torch.Tensor], *, kern
                         "the optimum may lie beyond it", res["lambda"], res["lambda_rel"])
         histories.append([{"epoch": 1, "loss": res["train_loss"], "solver": "ridge", "lambda": res["lambda"],
                            "lambda_rel": res["lambda_rel"], "val_loss": res["val_loss"], "cv": res["cv"],
+                           "lambdas_skipped": res["skipped"],
                            "folds": folds, "weights": int(theta.numel()), "pass_s": round(t_pass, 3),
                            "seconds": seconds}])
     log.info("ridge: %d readout(s), %d weights each, normal equations %.1fs, solves %.1fs", len(readouts),
