@@ -26,8 +26,9 @@ dtype, ...). Files in the cache directory:
     deleted by the next process that takes the entry's lock.
 ``readouts/<key>.pt``
     the readout store (posinfo.sources.ReadoutStore): trained readouts, reused by
-    jobs that differ only in their evaluation input. Listed by ``ls``, removed by
-    ``clear``.
+    jobs that differ only in their evaluation input, keyed also by the identity of
+    the entry they were trained on (``content_id``), so a rebuilt entry serves none
+    of the readouts of its earlier build. Listed by ``ls``, removed by ``clear``.
 ``encoders/<key>.json``
     an encoder configuration's name and taps (channels, sizes), so that a job whose
     features are all cached never builds its encoder (posinfo.sources.encoder_taps).
@@ -307,6 +308,57 @@ def _corrupt_chunk(path: Path, checksum: dict) -> int | None:
         if f.read(1):
             return -1
     return None
+
+
+def _entry_of(arr: Any) -> tuple[Path, str] | None:
+    """The folder and key of the entry whose data file ``arr`` maps (an entry opened here, or a
+    slice of one: numpy keeps a memory map's file name through slicing); None for any other array."""
+    name = getattr(arr, "filename", None)
+    if not name:
+        return None
+    p = Path(name)
+    if _is_tmp(p) or not p.name.endswith(_DATA_SUFFIX):
+        return None
+    return p.parent, p.name[: -len(_DATA_SUFFIX)]
+
+
+def content_id(arr: Any) -> dict | None:
+    """What pins down the bytes of the entry that ``arr`` maps: its key, when it was written and
+    the CRC-32s recorded then. A rebuild of the entry (after it failed its checksum) writes it
+    anew, so its identity changes even when the rebuilt bytes equal the first build's. None when
+    ``arr`` is no complete entry's map (features computed in memory)."""
+    found = _entry_of(arr)
+    meta = _read_meta(*found) if found else None
+    if meta is None:
+        return None
+    checksum = meta.get("checksum")
+    return {"entry": found[1], "created": meta.get("created"),
+            "crc32": checksum.get("values") if isinstance(checksum, dict) else None}
+
+
+def recheck(arr: Any) -> str | None:
+    """Check the entry that ``arr`` maps against its checksum now, trusting no earlier check (a
+    sweep trusts one check per file; bytes damaged in place without changing the file's size or
+    time stamp pass that): None if it is sound (or unchecked: written before checksums), else one
+    line naming the entry. A corrupt entry loses its verification stamp, so its next use checks
+    it again and rebuilds it."""
+    found = _entry_of(arr)
+    meta = _read_meta(*found) if found else None
+    if meta is None or not isinstance(meta.get("checksum"), dict):
+        return None
+    cache_dir, key = found
+    data = _data_path(cache_dir, key)
+    try:
+        bad = _corrupt_chunk(data, meta["checksum"])
+    except OSError as e:
+        what = f"unreadable: {e.strerror or e}"
+    else:
+        if bad is None:
+            return None
+        what = "its size changed" if bad < 0 else f"chunk {bad + 1} of {len(meta['checksum']['values'])} fails its checksum"
+    _VERIFIED.discard(str(data.resolve()))
+    _unlink(_stamp_path(cache_dir, key))
+    return f"feature cache entry {key} in {cache_dir} is corrupt ({what})"
 
 
 def _check_args(shape: Sequence[int], dtype: str, max_gb: float) -> tuple[int, ...]:

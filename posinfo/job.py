@@ -34,7 +34,7 @@ from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, P
                            READOUT_FILE, RESULT_FILE, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.schema import check_config
-from posinfo.sources import CacheSettings, ReadoutStore, encoder_taps, open_features
+from posinfo.sources import CacheSettings, ReadoutStore, blame_features, encoder_taps, open_features
 from posinfo.train import fit, fit_many, outcome, predict, resolve_steps
 
 log = logging.getLogger(__name__)
@@ -388,7 +388,7 @@ def _store(cfg: DictConfig, plan: Plan, sources: Sources) -> ReadoutStore | None
         "target": OmegaConf.to_container(cfg.target, resolve=True),
         "readout": OmegaConf.to_container(cfg.readout, resolve=True),
         "train": plan.train_kwargs, "device": plan.device.type,
-    })
+    }, force=bool(cfg.get("force", False)))
 
 
 def _fit_stats(readout: torch.nn.Module, source, batch_size: int, stats: dict | None = None) -> dict | None:
@@ -413,7 +413,7 @@ def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: lis
     so a sibling that differs anyway only misses its entry and trains alone. A readout that
     diverges is not stored: its own job trains it again and fails alone."""
     own = _store(cfg, plan, sources)
-    if own is None or own.path.is_file():
+    if own is None or own.holds():
         return  # no store (features not cached), or already trained: nothing to gain
     members = {own.path: (cfg, plan, own)}
     for sib in siblings:
@@ -425,7 +425,7 @@ def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: lis
         if (p.train_kwargs, p.device, p.size, p.feature_size) != (plan.train_kwargs, plan.device, plan.size, plan.feature_size):
             continue
         store = _store(sib, p, sources)
-        if store is not None and store.path not in members and not store.path.is_file():
+        if store is not None and store.path not in members and not store.holds():
             members[store.path] = (sib, p, store)
     if len(members) < 2:
         return
@@ -458,8 +458,11 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
             fh.writelines(json.dumps(h) + "\n" for h in history)
     else:
         _fit_stats(readout, sources.train, plan.train_kwargs["batch_size"])
-        history = fit(readout, sources.train, plan.goal.to(plan.device), log_path=log_path, progress=progress,
-                      **plan.train_kwargs)
+        try:
+            history = fit(readout, sources.train, plan.goal.to(plan.device), log_path=log_path, progress=progress,
+                          **plan.train_kwargs)
+        except PosinfoError as e:  # e.g. diverged: on damaged features, say which entry
+            raise blame_features(sources.train, e) from e
         if store is not None:
             store.save(readout, history)
     readout.eval()
