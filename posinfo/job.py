@@ -31,7 +31,7 @@ from posinfo.features import FeatureExtractor, FeatureSource
 from posinfo.io import atomic_path, user_path, write_json
 from posinfo.metrics import Scorer, summarize
 from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
-                           READOUT_FILE, RESULT_FILE, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
+                           READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.schema import check_config
 from posinfo.sources import CacheSettings, ReadoutStore, blame_features, encoder_taps, open_features
@@ -194,7 +194,9 @@ def run(
         result["status"] = "failed"
         result["error"] = msg if isinstance(e, PosinfoError) else f"{type(e).__name__}: {msg}"
         # One line on the console; the full traceback goes to the job's log file.
-        log.error("job failed: %s (traceback in %s)", result["error"], job_dir / JOB_LOG)
+        # A staged run's log joins its job folder's when it ends (posinfo.sweep.outputs): name that one.
+        shown = job_dir.parent if job_dir.name == STAGING_DIR else job_dir
+        log.error("job failed: %s (traceback in %s)", result["error"], shown / JOB_LOG)
         with open(job_dir / JOB_LOG, "a") as fh:
             fh.write(traceback.format_exc())
         raise

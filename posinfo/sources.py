@@ -12,19 +12,22 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from posinfo import cache
 from posinfo.encoder import Encoder, Tap
 from posinfo.errors import PosinfoError
-from posinfo.features import CachedFeatures, FeatureExtractor, FeatureSource, LiveFeatures, ResidentFeatures, fill, placement
+from posinfo.features import (CachedFeatures, FeatureExtractor, FeatureSource, LiveFeatures, ResidentFeatures, available_ram,
+                               fill, placement)
 from posinfo.io import atomic_path, write_json
-from posinfo.names import SWEEP_ID_ENV
+from posinfo.names import HOST_MEMORY_SHARE, SWEEP_ID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +96,36 @@ def open_features(name: str, dataset: Any, extractor: FeatureExtractor, channels
     if settings.enabled:
         fields = {**key_fields, "images": dataset.identity(), "dtype": settings.dtype}
         shape = (len(dataset), fs, fs, channels)  # channels-last: see features.CachedFeatures
+
+        def compute(out: np.ndarray) -> None:
+            fill(out, dataset, extractor, num_workers, progress)
+
         arr = None
         if getattr(dataset, "prefix_stable", False):  # a larger set's entry holds these images first
             arr = cache.get_prefix(settings.dir, fields, shape, settings.dtype, verify=settings.verify)
         if arr is None:
-            arr = cache.get_or_create(settings.dir, fields, shape, settings.dtype,
-                                      lambda out: fill(out, dataset, extractor, num_workers, progress),
-                                      settings.max_gb, verify=settings.verify)
+            arr = cache.get_or_create(settings.dir, fields, shape, settings.dtype, compute, settings.max_gb,
+                                      verify=settings.verify)
+        if arr is None and cache.read_only(settings.dir):
+            arr = _in_memory(name, shape, settings.dtype, compute)
         if arr is not None:
             where = placement(settings.memory, arr.nbytes, extractor.device) if name == "train" else "disk"
             return CachedFeatures(arr, extractor.device) if where == "disk" else ResidentFeatures(arr, extractor.device, where)
     log.info("%s features computed per batch (uncached)", name)
     return LiveFeatures(dataset, extractor, num_workers)
+
+
+def _in_memory(name: str, shape: tuple[int, ...], dtype: str, compute: Callable[[np.ndarray], None]) -> np.ndarray | None:
+    """A read-only cache's miss, computed once into RAM for this job (not stored) when it takes at
+    most HOST_MEMORY_SHARE of the available RAM: per-batch features would run the encoder again
+    every epoch. None (per-batch features) when it does not fit."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > HOST_MEMORY_SHARE * available_ram():
+        return None
+    log.info("%s features computed into memory (%.2f GB; the cache folder is read-only)", name, nbytes / 1e9)
+    arr = np.empty(shape, dtype)
+    compute(arr)
+    return arr
 
 
 class ReadoutStore:
@@ -185,8 +206,9 @@ class ReadoutStore:
                 torch.save({"state_dict": readout.state_dict(), "history": history,
                             "sweep": os.environ.get(SWEEP_ID_ENV)}, tmp)
         except OSError as e:
-            log.warning("cannot store the trained readout in %s (%s): not stored, results unaffected",
-                        self.path.parent, e.strerror or e)
+            if not cache.note_read_only(self.path.parent.parent, e):  # a read-only cache warns once, for all
+                log.warning("cannot store the trained readout in %s (%s): not stored, results unaffected",
+                            self.path.parent, e.strerror or e)
 
 
 def blame_features(source: FeatureSource | None, error: Exception) -> Exception:
