@@ -24,6 +24,7 @@ from posinfo import grid
 from posinfo.errors import PosinfoError
 from posinfo.names import SWEEP_ID_ENV, utc_now
 from posinfo.schema import missing_values_error
+from posinfo.preflight import job_problems
 from posinfo.sweep.checks import folder_problem, sweep_problems
 from posinfo.sweep.lock import SweepLock
 from posinfo.sweep.status import format_summary, summarize_sweep
@@ -51,13 +52,17 @@ class SweepSummary(Callback):
         self.lock: SweepLock | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """One job (no -m): its folder, before Hydra creates it."""
+        """One job (no -m): its folder and, unless it is a dry run (which lists them), the same
+        checks a sweep makes before any job, so that e.g. offline ImageNet weights fail at once."""
         try:
             run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
         except Exception:  # noqa: BLE001  a value only Hydra resolves (${hydra:...}): its own check
             run_dir = None
         if run_dir is not None:
             _stop([folder_problem(run_dir, "hydra.run.dir")])
+        if not config.get("dry_run"):
+            _stop([missing_values_error(config)])
+            _stop(job_problems(config)[:1])  # one line, as the job itself would fail with
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _active
