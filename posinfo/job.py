@@ -415,8 +415,8 @@ def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: lis
     so a sibling that differs anyway only misses its entry and trains alone. A readout that
     diverges is not stored: its own job trains it again and fails alone."""
     own = _store(cfg, plan, sources)
-    if own is None or own.holds():
-        return  # no store (features not cached), or already trained: nothing to gain
+    if own is None or own.holds() or not own.can_store():
+        return  # no store (features not cached, or read-only), or already trained: nothing to gain
     members = {own.path: (cfg, plan, own)}
     for sib in siblings:
         try:

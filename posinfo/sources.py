@@ -166,6 +166,21 @@ class ReadoutStore:
             return False
         return not self.force or self._stored_by_this_sweep()
 
+    def can_store(self) -> bool:
+        """Whether a readout can be stored here now (a probe file is written and removed): a fused
+        group trains its siblings' readouts only to store them, which a read-only cache cannot."""
+        probe = self.path.with_name(f".probe.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            if not cache.note_read_only(self.path.parent.parent, e):
+                log.warning("cannot store trained readouts in %s (%s): this job trains its own alone",
+                            self.path.parent, e.strerror or e)
+            return False
+        return True
+
     def _stored_by_this_sweep(self) -> bool:
         sweep = os.environ.get(SWEEP_ID_ENV)
         if not sweep:

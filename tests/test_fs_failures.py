@@ -62,9 +62,10 @@ def test_a_read_only_cache_serves_its_hits_and_computes_its_misses_in_memory_wit
     monkeypatch.setattr(cache, "_READ_ONLY", set())
     with monkeypatch.context() as m, caplog.at_level(logging.WARNING):
         _refuse_writes_below(m, store)
-        hits = run(make_cfg(*base, "target=gau"), tmp_path / "b", progress=False)  # a readout it cannot store
+        hits = run(make_cfg(*base, "target=gau"), tmp_path / "b", progress=False,  # readouts it cannot store:
+                   siblings=[make_cfg(*base, "target=ver")])  # no fused group trains its siblings' in vain
         misses = run(make_cfg(*base, "target=hor", "data.num_train=20"), tmp_path / "c", progress=False)
-    assert hits["status"] == misses["status"] == "ok"
+    assert hits["status"] == misses["status"] == "ok" and "fused" not in hits
     assert sorted(store.rglob("*")) == before  # nothing written, not even a lock file
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "cache" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith(f"feature cache {store} cannot be written (Read-only file system)")
