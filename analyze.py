@@ -9,9 +9,11 @@ Writes results.csv, tables.md, tables.tex and figures (PNG + PDF) into DIR/analy
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from posinfo.errors import PosinfoError
 from posinfo.analysis import write_report
+from posinfo.io import quiet_closed_pipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,9 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        write_report(args.dirs, args.out, figures=not args.no_figures)
+        with quiet_closed_pipe():  # `python analyze.py … | head`
+            write_report(args.dirs, args.out, figures=not args.no_figures)
     except PosinfoError as e:
         print(f"analyze: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # --out names a file, or a folder that cannot be written
+        where = e.filename or args.out
+        why = "is a file" if args.out and Path(args.out).is_file() else f"cannot be written ({e.strerror or e})"
+        print(f"analyze: error: {where} {why}: give --out a folder that can be written (new or existing)",
+              file=sys.stderr)
         return 1
     return 0
 

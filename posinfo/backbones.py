@@ -15,9 +15,10 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from posinfo.errors import PosinfoError
+from posinfo.errors import PosinfoError, reason
 from posinfo.encoder import Encoder, file_state_dict, set_padding
 from posinfo.names import PADDINGS
+from posinfo.net import fetch_problem
 from posinfo.partialconv import PartialConv2d
 
 log = logging.getLogger(__name__)
@@ -75,27 +76,24 @@ def _imagenet_unavailable(name: str, reason: str) -> str:
 
 def _imagenet_state_dict(name: str) -> dict:
     weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+    problem = imagenet_problem(name)  # offline: one line at once, not a download that fails later
+    if problem:
+        raise PosinfoError(problem)
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as e:  # URLError, OSError, hash mismatch: all mean "not available here"
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise PosinfoError(_imagenet_unavailable(name, reason)) from None
+        raise PosinfoError(_imagenet_unavailable(name, reason(e))) from None
 
 
 @functools.lru_cache(maxsize=None)
 def imagenet_problem(name: str, timeout_s: float = 5.0) -> str | None:
     """None if torchvision's ImageNet weights of ``name`` are in the torch hub cache or can be
     fetched from here (a HEAD request); else the one-line error a job would fail with."""
-    import urllib.request
-
     url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
     if (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file():
         return None
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s):
-            return None
-    except Exception as e:  # URLError, timeout, HTTP error: not fetchable from here
-        return _imagenet_unavailable(name, f"not in the torch hub cache, and {type(e).__name__} fetching it")
+    why = fetch_problem(url, timeout_s)
+    return None if why is None else _imagenet_unavailable(name, f"not in the torch hub cache, and {why} fetching it")
 
 
 def _check_fits(model: nn.Module, sd: dict, used_prefixes: tuple[str, ...], source: str, name: str) -> None:

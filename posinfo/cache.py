@@ -26,8 +26,9 @@ dtype, ...). Files in the cache directory:
     deleted by the next process that takes the entry's lock.
 ``readouts/<key>.pt``
     the readout store (posinfo.sources.ReadoutStore): trained readouts, reused by
-    jobs that differ only in their evaluation input. Listed by ``ls``, removed by
-    ``clear``.
+    jobs that differ only in their evaluation input, keyed also by the identity of
+    the entry they were trained on (``content_id``), so a rebuilt entry serves none
+    of the readouts of its earlier build. Listed by ``ls``, removed by ``clear``.
 ``encoders/<key>.json``
     an encoder configuration's name and taps (channels, sizes), so that a job whose
     features are all cached never builds its encoder (posinfo.sources.encoder_taps).
@@ -61,6 +62,7 @@ import filelock
 import numpy as np
 
 from posinfo.errors import PosinfoError
+from posinfo.io import quiet_closed_pipe
 from posinfo.names import CACHE_DIR_ENV, SWEEP_ID_ENV, default_cache_dir, utc_now
 
 log = logging.getLogger(__name__)
@@ -279,12 +281,56 @@ def _reserve(path: Path, cache_dir: Path, key: str) -> None:
             if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate: best effort
                 return
             raise
-        raise PosinfoError(
-            f"no space left in {cache_dir} for feature cache entry {key} ({_fmt_size(size)} needed): "
-            f"free space there, set cache.dir to a larger disk, or cache.enabled=false"
-        ) from None
+        raise _no_space(cache_dir, key, size) from None
     finally:
         os.close(fd)
+
+
+def _no_space(cache_dir: Path, key: str, size: int) -> PosinfoError:
+    return PosinfoError(
+        f"no space left in {cache_dir} for feature cache entry {key} ({_fmt_size(size)} needed): "
+        f"free space there, set cache.dir to a larger disk, or cache.enabled=false"
+    )
+
+
+# errno of a write refused by the folder (a read-only mount, no permission), not by a full disk
+_READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+_READ_ONLY: set[str] = set()  # cache folders this process found it cannot write to
+
+
+def note_read_only(cache_dir: Path, error: OSError) -> bool:
+    """Whether ``error`` is a write refused by ``cache_dir`` (read-only, no permission); the first
+    time per folder and process, one warning that says what a read-only cache does."""
+    if error.errno not in _READ_ONLY_ERRNOS:
+        return False
+    where = _folder_id(cache_dir)
+    if where not in _READ_ONLY:
+        _READ_ONLY.add(where)
+        log.warning("feature cache %s cannot be written (%s): its entries and readouts are used, what it lacks is "
+                    "computed for this job and not stored (to store it, set cache.dir to a writable folder)",
+                    cache_dir, error.strerror or error)
+    return True
+
+
+def read_only(cache_dir: Path) -> bool:
+    """Whether this process found ``cache_dir`` read-only (note_read_only)."""
+    return _folder_id(cache_dir) in _READ_ONLY
+
+
+def _folder_id(cache_dir: Path) -> str:
+    return str(Path(cache_dir).expanduser().resolve())
+
+
+def _writable(cache_dir: Path, key: str) -> bool:
+    """Whether the entry's lock file can be opened for writing: a shared cache mounted read-only
+    (common on clusters) is still read; only its misses cannot be stored."""
+    try:
+        with open(_lock_path(cache_dir, key), "a"):
+            return True
+    except OSError as e:
+        if note_read_only(cache_dir, e):
+            return False
+        raise
 
 
 def _checksum(path: Path) -> dict:
@@ -307,6 +353,57 @@ def _corrupt_chunk(path: Path, checksum: dict) -> int | None:
         if f.read(1):
             return -1
     return None
+
+
+def _entry_of(arr: Any) -> tuple[Path, str] | None:
+    """The folder and key of the entry whose data file ``arr`` maps (an entry opened here, or a
+    slice of one: numpy keeps a memory map's file name through slicing); None for any other array."""
+    name = getattr(arr, "filename", None)
+    if not name:
+        return None
+    p = Path(name)
+    if _is_tmp(p) or not p.name.endswith(_DATA_SUFFIX):
+        return None
+    return p.parent, p.name[: -len(_DATA_SUFFIX)]
+
+
+def content_id(arr: Any) -> dict | None:
+    """What pins down the bytes of the entry that ``arr`` maps: its key, when it was written and
+    the CRC-32s recorded then. A rebuild of the entry (after it failed its checksum) writes it
+    anew, so its identity changes even when the rebuilt bytes equal the first build's. None when
+    ``arr`` is no complete entry's map (features computed in memory)."""
+    found = _entry_of(arr)
+    meta = _read_meta(*found) if found else None
+    if meta is None:
+        return None
+    checksum = meta.get("checksum")
+    return {"entry": found[1], "created": meta.get("created"),
+            "crc32": checksum.get("values") if isinstance(checksum, dict) else None}
+
+
+def recheck(arr: Any) -> str | None:
+    """Check the entry that ``arr`` maps against its checksum now, trusting no earlier check (a
+    sweep trusts one check per file; bytes damaged in place without changing the file's size or
+    time stamp pass that): None if it is sound (or unchecked: written before checksums), else one
+    line naming the entry. A corrupt entry loses its verification stamp, so its next use checks
+    it again and rebuilds it."""
+    found = _entry_of(arr)
+    meta = _read_meta(*found) if found else None
+    if meta is None or not isinstance(meta.get("checksum"), dict):
+        return None
+    cache_dir, key = found
+    data = _data_path(cache_dir, key)
+    try:
+        bad = _corrupt_chunk(data, meta["checksum"])
+    except OSError as e:
+        what = f"unreadable: {e.strerror or e}"
+    else:
+        if bad is None:
+            return None
+        what = "its size changed" if bad < 0 else f"chunk {bad + 1} of {len(meta['checksum']['values'])} fails its checksum"
+    _VERIFIED.discard(str(data.resolve()))
+    _unlink(_stamp_path(cache_dir, key))
+    return f"feature cache entry {key} in {cache_dir} is corrupt ({what})"
 
 
 def _check_args(shape: Sequence[int], dtype: str, max_gb: float) -> tuple[int, ...]:
@@ -356,7 +453,7 @@ def get_or_create(
         log.info("feature cache hit %s (%s, %s)", key, _fmt_size(arr.nbytes), cache_dir)
         return arr
     size = math.prod(shape) * np.dtype(dtype).itemsize
-    if not _fits(cache_dir, key, size, max_gb):
+    if not _fits(cache_dir, key, size, max_gb):  # too large, or a read-only folder (read_only says which)
         return None
 
     lock = filelock.FileLock(str(_lock_path(cache_dir, key)))
@@ -374,6 +471,10 @@ def get_or_create(
             )
             return arr
         _create(cache_dir, key, fields, shape, dtype, fill, size)
+    except OSError as e:  # a folder whose lock files can be written, but not the entry
+        if not note_read_only(cache_dir, e):
+            raise
+        return None
     finally:
         lock.release()
 
@@ -415,7 +516,8 @@ def get_prefix(cache_dir: Path, fields: dict, shape: tuple[int, ...], dtype: str
 
 
 def _fits(cache_dir: Path, key: str, size: int, max_gb: float) -> bool:
-    """Whether an entry of ``size`` bytes may be written (one warning line if not)."""
+    """Whether an entry of ``size`` bytes may be written (one warning line if not: too large for
+    cache.max_gb or the free disk, or a folder that cannot be written)."""
     limit = max_gb * 1e9
     if size > limit:
         log.warning(
@@ -430,6 +532,8 @@ def _fits(cache_dir: Path, key: str, size: int, max_gb: float) -> bool:
             f"cannot create feature cache dir {cache_dir}: {e.strerror or e} "
             f"(set cache.dir or ${CACHE_DIR_ENV}, or cache.enabled=false)"
         ) from e
+    if not _writable(cache_dir, key):  # before the free space: a read-only file system may report none
+        return False
     free = shutil.disk_usage(cache_dir).free
     if size > free - DISK_MARGIN_BYTES:
         log.warning(
@@ -490,9 +594,11 @@ def _create(
         os.replace(tmp_meta, _meta_path(cache_dir, key))  # last: marks it complete
         _VERIFIED.add(str(_data_path(cache_dir, key).resolve()))
         _stamp(cache_dir, key)
-    except BaseException:
+    except BaseException as e:
         _unlink(tmp_data)
         _unlink(tmp_meta)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # filled while writing the meta, say
+            raise _no_space(cache_dir, key, size) from None
         raise
     log.info(
         "feature cache: wrote %s (%s) in %.1f s", key, _fmt_size(meta["size_bytes"]),
@@ -710,27 +816,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache_dir = (args.dir if args.dir is not None else default_cache_dir()).expanduser()
 
     try:
-        if args.cmd == "ls":
-            _print_ls(cache_dir)
-        elif args.cmd == "rm":
-            # Resolve every key first so a typo removes nothing.
-            entries = list_entries(cache_dir)
-            for k in args.keys:
-                _match(cache_dir, entries, k)
-            for k in args.keys:
-                for e in remove(cache_dir, k):
-                    print(f"removed {e.key} ({_fmt_size(e.size_bytes)})")
-        elif args.cmd == "clear":
-            entries = list_entries(cache_dir)
-            total = sum(e.size_bytes for e in entries)
-            n = clear(cache_dir)
-            n_ro, ro_bytes = clear_readouts(cache_dir)
-            print(f"removed {n} entries ({_fmt_size(total)}) and {n_ro} stored readouts ({_fmt_size(ro_bytes)}) "
-                  f"from {cache_dir}")
+        with quiet_closed_pipe():
+            _run(args.cmd, args.keys if args.cmd == "rm" else [], cache_dir)
     except PosinfoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # rm or clear on a cache folder this user cannot change (read-only, another's)
+        print(f"error: cannot change {e.filename or cache_dir}: {e.strerror or e}: run it as the cache's owner, "
+              "or where the folder is writable", file=sys.stderr)
+        return 2
     return 0
+
+
+def _run(cmd: str, keys: list[str], cache_dir: Path) -> None:
+    """One command of the CLI."""
+    if cmd == "ls":
+        _print_ls(cache_dir)
+    elif cmd == "rm":
+        # Resolve every key first so a typo removes nothing.
+        entries = list_entries(cache_dir)
+        for k in keys:
+            _match(cache_dir, entries, k)
+        for k in keys:
+            for e in remove(cache_dir, k):
+                print(f"removed {e.key} ({_fmt_size(e.size_bytes)})")
+    elif cmd == "clear":
+        entries = list_entries(cache_dir)
+        total = sum(e.size_bytes for e in entries)
+        n = clear(cache_dir)
+        n_ro, ro_bytes = clear_readouts(cache_dir)
+        print(f"removed {n} entries ({_fmt_size(total)}) and {n_ro} stored readouts ({_fmt_size(ro_bytes)}) "
+              f"from {cache_dir}")
 
 
 if __name__ == "__main__":

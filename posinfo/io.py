@@ -70,3 +70,17 @@ def read_result(job_dir: str | Path) -> dict | None:
         return json.loads(p.read_text())
     except (OSError, ValueError):
         return None
+
+
+@contextlib.contextmanager
+def quiet_closed_pipe() -> Iterator[None]:
+    """A command whose reader stops early (``… | head -1``) ends quietly, not with a
+    BrokenPipeError traceback: what it printed was all the reader wanted."""
+    import sys
+
+    try:
+        yield
+        sys.stdout.flush()  # inside: a failing flush is caught here, not at exit
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit; /dev/null keeps that flush from failing too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -31,10 +31,10 @@ from posinfo.features import FeatureExtractor, FeatureSource
 from posinfo.io import atomic_path, user_path, write_json
 from posinfo.metrics import Scorer, summarize
 from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
-                           READOUT_FILE, RESULT_FILE, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
+                           READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.schema import check_config
-from posinfo.sources import CacheSettings, ReadoutStore, encoder_taps, open_features
+from posinfo.sources import CacheSettings, ReadoutStore, blame_features, encoder_taps, open_features
 from posinfo.train import fit_many, outcome, predict, resolve_steps
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,9 @@ def run(
         result["status"] = "failed"
         result["error"] = msg if isinstance(e, PosinfoError) else f"{type(e).__name__}: {msg}"
         # One line on the console; the full traceback goes to the job's log file.
-        log.error("job failed: %s (traceback in %s)", result["error"], job_dir / JOB_LOG)
+        # A staged run's log joins its job folder's when it ends (posinfo.sweep.outputs): name that one.
+        shown = job_dir.parent if job_dir.name == STAGING_DIR else job_dir
+        log.error("job failed: %s (traceback in %s)", result["error"], shown / JOB_LOG)
         with open(job_dir / JOB_LOG, "a") as fh:
             fh.write(traceback.format_exc())
         raise
@@ -400,7 +402,7 @@ def _store(cfg: DictConfig, plan: Plan, sources: Sources) -> ReadoutStore | None
         **sources.key_fields, "images": sources.train_images, "dtype": settings.dtype,
         "target": OmegaConf.to_container(cfg.target, resolve=True),
         "readout": readout, "train": train, "device": plan.device.type,
-    })
+    }, force=bool(cfg.get("force", False)))
 
 
 def _fit_stats(readout: torch.nn.Module, source, batch_size: int, stats: dict | None = None) -> dict | None:
@@ -425,8 +427,8 @@ def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: lis
     so a sibling that differs anyway only misses its entry and trains alone. A readout that
     diverges is not stored: its own job trains it again and fails alone."""
     own = _store(cfg, plan, sources)
-    if own is None or own.path.is_file():
-        return  # no store (features not cached), or already trained: nothing to gain
+    if own is None or own.holds() or not own.can_store():
+        return  # no store (features not cached, or read-only), or already trained: nothing to gain
     members = {own.path: (cfg, plan, own)}
     for sib in siblings:
         try:
@@ -437,7 +439,7 @@ def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: lis
         if (p.train_kwargs, p.device, p.size, p.feature_size) != (plan.train_kwargs, plan.device, plan.size, plan.feature_size):
             continue
         store = _store(sib, p, sources)
-        if store is not None and store.path not in members and not store.path.is_file():
+        if store is not None and store.path not in members and not store.holds():
             members[store.path] = (sib, p, store)
     if len(members) < 2:
         return
@@ -512,6 +514,8 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
     else:
         _fit_stats(readout, sources.train, plan.train_kwargs["batch_size"])
         history = _fit_group([readout], [(cfg, plan)], sources.train, progress, [log_path])[0]
+        if isinstance(history, PosinfoError):  # e.g. diverged: on damaged features, say which entry
+            raise blame_features(sources.train, history) from history
         if isinstance(history, Exception):
             raise history
         if store is not None:

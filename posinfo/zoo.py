@@ -22,6 +22,7 @@ Weights load lazily (only when some features are not cached), like the built-in 
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import math
 from pathlib import Path
@@ -31,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from posinfo.errors import PosinfoError
+from posinfo.errors import PosinfoError, reason
+from posinfo.net import fetch_problem
 
 log = logging.getLogger(__name__)
 
@@ -261,10 +263,9 @@ def model_mean_std(kind: str, model: str) -> tuple[tuple[float, ...], tuple[floa
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+@functools.lru_cache(maxsize=None)
 def pretrained_problem(kind: str, model: str) -> str | None:
     """None if the pretrained weights are cached here or fetchable; else the job's one-line error."""
-    import urllib.request
-
     if kind == "torchvision":
         import torchvision
 
@@ -284,16 +285,21 @@ def pretrained_problem(kind: str, model: str) -> str | None:
             for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
                 if isinstance(try_to_load_from_cache(cfg.hf_hub_id, f), str):
                     return None
+            if _hf_offline():
+                return _unavailable(kind, model, "not cached, and HF_HUB_OFFLINE is set")
             url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors"
         else:
             if (Path(torch.hub.get_dir()) / "checkpoints" / cfg.url.rsplit("/", 1)[-1]).is_file():
                 return None
             url = cfg.url
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5.0):
-            return None
-    except Exception as e:  # URLError, timeout, HTTP error: not fetchable from here
-        return _unavailable(kind, model, f"not cached, and {type(e).__name__} fetching it")
+    why = fetch_problem(url)
+    return None if why is None else _unavailable(kind, model, f"not cached, and {why} fetching it")
+
+
+def _hf_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode())
 
 
 def _unavailable(kind: str, model: str, reason: str) -> str:
@@ -387,11 +393,13 @@ def _real(kind: str, model: str, make: Callable[[bool], nn.Module], weights: str
           rng_state: torch.Tensor) -> nn.Module:
     """The model with its weights: pretrained (fetched now), a file's, or drawn from ``rng_state``."""
     if weights == "imagenet":
+        problem = pretrained_problem(kind, model)  # offline: one line at once, not the hub's retries
+        if problem:
+            raise PosinfoError(problem)
         try:
             return make(True)
-        except Exception as e:  # offline, missing file, hash mismatch
-            reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            raise PosinfoError(_unavailable(kind, model, reason)) from None
+        except Exception as e:  # a download cut short, a hash mismatch
+            raise PosinfoError(_unavailable(kind, model, reason(e))) from None
     with torch.random.fork_rng(devices=[]):
         torch.set_rng_state(rng_state)
         m = make(False)

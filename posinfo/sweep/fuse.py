@@ -63,7 +63,8 @@ def clear_plan(sweep_dir: Path) -> None:
 
 
 def siblings_of(sweep_dir: Path, job_dir: Path) -> list[DictConfig]:
-    """The configs of the other jobs in ``job_dir``'s group that are not done yet; [] without a
+    """The configs of the other jobs in ``job_dir``'s group that are not done yet (or all of them
+    under force=true); [] without a
     plan, or when the plan cannot be read (the job then trains alone: slower, same numbers)."""
     from posinfo.sweep.status import is_done
 
@@ -79,6 +80,7 @@ def siblings_of(sweep_dir: Path, job_dir: Path) -> list[DictConfig]:
     me = str(Path(job_dir).resolve())
     for members in groups:
         if any(m.get("dir") == me for m in members):
-            return [OmegaConf.create(m["config"]) for m in members
-                    if m.get("dir") != me and not is_done(Path(m["dir"]), m["config"])[0]]
+            # force=true re-runs done jobs too: their readouts are retrained with this one's
+            return [OmegaConf.create(m["config"]) for m in members if m.get("dir") != me
+                    and (m["config"].get("force") or not is_done(Path(m["dir"]), m["config"])[0])]
     return []

@@ -24,7 +24,8 @@ from posinfo import grid
 from posinfo.errors import PosinfoError
 from posinfo.names import SWEEP_ID_ENV, utc_now
 from posinfo.schema import missing_values_error
-from posinfo.sweep.checks import sweep_problems
+from posinfo.preflight import job_problems
+from posinfo.sweep.checks import folder_problem, sweep_problems
 from posinfo.sweep.lock import SweepLock
 from posinfo.sweep.status import format_summary, summarize_sweep
 from posinfo.sweep.warnings import repeated
@@ -50,13 +51,23 @@ class SweepSummary(Callback):
         self.sweep_dir: Path | None = None
         self.lock: SweepLock | None = None
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """One job (no -m): its folder and, unless it is a dry run (which lists them), the same
+        checks a sweep makes before any job, so that e.g. offline ImageNet weights fail at once."""
+        try:
+            run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+        except Exception:  # noqa: BLE001  a value only Hydra resolves (${hydra:...}): its own check
+            run_dir = None
+        if run_dir is not None:
+            _stop([folder_problem(run_dir, "hydra.run.dir")])
+        if not config.get("dry_run"):
+            _stop([missing_values_error(config)])
+            _stop(job_problems(config)[:1])  # one line, as the job itself would fail with
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _active
-        err = missing_values_error(config)
-        if err is not None:  # before the sweeper resolves its params into a Hydra traceback
-            print(f"posinfo: error: {err}", file=sys.stderr, flush=True)
-            sys.exit(2)
-
+        _stop([missing_values_error(config)])  # before the sweeper resolves its params into a Hydra traceback
+        _stop([folder_problem(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")])
         if not config.get("dry_run"):  # a dry run only reads, and lists each job's problems (sweep.task)
             self._check_and_claim(config)
         self.since = utc_now()
@@ -82,10 +93,7 @@ class SweepSummary(Callback):
                 self.lock.acquire(wait=bool(OmegaConf.select(config, "sweep.wait", default=False)))
             except PosinfoError as e:
                 self.lock, errors = None, [str(e)]
-        for e in errors:
-            print(f"posinfo: error: {e}", file=sys.stderr, flush=True)
-        if errors:
-            sys.exit(2)
+        _stop(errors)
 
     def release(self) -> None:
         if self.lock is not None:
@@ -114,6 +122,15 @@ class SweepSummary(Callback):
         self.release()
         if not self.report():
             sys.exit(1)
+
+
+def _stop(problems: list[str | None]) -> None:
+    """Print each problem as one line and exit 2, before any job; nothing when there is none."""
+    problems = [p for p in problems if p]
+    for p in problems:
+        print(f"posinfo: error: {p}", file=sys.stderr, flush=True)
+    if problems:
+        sys.exit(2)
 
 
 def report_unfinished(why: str) -> bool:
