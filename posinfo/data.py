@@ -101,6 +101,18 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_image(path: str | Path, size: int) -> torch.Tensor:
+    """One image file as a job reads a folder's images (RGB, PIL bilinear to size×size, 3×size×size in
+    [0, 1]); one line naming the file if it is missing or unreadable."""
+    p = user_path(path)
+    if not p.is_file():
+        raise PosinfoError(f"image file '{p}' does not exist: give an existing jpg/png image")
+    reason = _check_readable(p)
+    if reason is not None:
+        raise PosinfoError(f"image file '{p}' is not a readable image ({reason}): give a valid jpg/png image")
+    return _load_resized(p, _check_size(size))
+
+
 def _check_size(size: int) -> int:
     """Validate an image side length (config value) and return it as int."""
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < _MIN_SIZE:

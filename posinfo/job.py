@@ -32,6 +32,7 @@ from posinfo.io import atomic_path, user_path, write_json
 from posinfo.metrics import Scorer, summarize
 from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
                            READOUT_FILE, RESULT_FILE, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
+from posinfo.names import MODULE_BACKBONE, PYTHON_DATA  # what posinfo.probe sets for Python objects
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.schema import check_config
 from posinfo.sources import CacheSettings, ReadoutStore, encoder_taps, open_features
@@ -90,6 +91,10 @@ def _source_dataset(data: DictConfig, split: str):
         return EmbeddedImages(split, n=n, size=size)
     if data.name == "photos":
         return PhotoCrops(split, n=n, size=size)
+    if data.name == PYTHON_DATA:  # images held by this process (posinfo.probe): the key is in *_dir
+        from posinfo import userdata
+
+        return userdata.dataset(data.train_dir if split == "train" else data.test_dir, n, size)
     if data.name == "folder":
         root = data.train_dir if split == "train" else data.test_dir
         if root in (None, "", "???"):
@@ -105,7 +110,7 @@ def cache_settings(cache_cfg: DictConfig) -> CacheSettings:
 
 def _weights_identity(backbone: DictConfig, seed: int) -> str:
     w = str(backbone.weights)
-    if backbone.name == "posenet":
+    if backbone.name in ("posenet", MODULE_BACKBONE):  # a module's weights: its content hash, in its name
         return "none"
     if w == "imagenet" and backbone.name in ("timm", "torchvision"):
         from posinfo.zoo import pretrained_identity
