@@ -38,6 +38,8 @@ KEY_DIGITS = 16
 SPLIT_SEED = 0  # the permutation that splits one set into training and test images: fixed, not a job's seed
 
 _SETS: dict[str, "ImageSet"] = {}
+_RANGE_FIX = ("posinfo takes RGB in [0, 1], un-normalised (as a folder's images): pass uint8 images or divide by 255, "
+              "and undo any normalisation")
 
 
 class ImageSet(torch.utils.data.Dataset):
@@ -112,8 +114,7 @@ def as_image(item: Any, size: int, what: str = "image") -> torch.Tensor:
     x = x.float()
     lo, hi = float(x.min()), float(x.max())
     if not (lo >= 0.0 and hi <= 1.0):  # NaN fails too
-        raise PosinfoError(f"{what}: values span [{lo:.3g}, {hi:.3g}]; posinfo takes RGB in [0, 1], un-normalised "
-                           "(as a folder's images): pass uint8 images or divide by 255, and undo any normalisation")
+        raise PosinfoError(f"{what}: values span [{lo:.3g}, {hi:.3g}]; {_RANGE_FIX}")
     if tuple(x.shape[1:]) != (size, size):
         x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
     return x.clamp(0, 1).contiguous()
@@ -151,16 +152,23 @@ def _from_tensor(images: torch.Tensor, size: int) -> ImageSet:
     if images.dim() != 4:
         raise PosinfoError(f"images: a tensor of shape {tuple(images.shape)} is not a set of images: give N×3×H×W")
     images = images.detach().cpu()
+    if images.dtype != torch.uint8 and len(images):  # the whole set before any job (the job checks each image)
+        lo, hi = float(images.min()), float(images.max())
+        if not (lo >= 0.0 and hi <= 1.0):
+            raise PosinfoError(f"images: values span [{lo:.3g}, {hi:.3g}]; {_RANGE_FIX}")
     return ImageSet("tensor", lambda i: images[i], [f"{i:05d}" for i in range(len(images))],
                     _digest([_tensor_bytes(images)]), size)
 
 
-def _from_files(paths: Sequence[str | Path], size: int, names: list[str] | None = None) -> ImageSet:
+def _from_files(paths: Sequence[str | Path], size: int, names: list[str] | None = None,
+                checked: bool = False) -> ImageSet:
     files = [user_path(p) for p in paths]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise PosinfoError(f"images: no such file '{missing[0]}'" + (f" (+{len(missing) - 1} more)" if len(missing) > 1
                                                                        else "") + ": give existing jpg/png files")
+    for p in [] if checked else files:  # each decoded once, as data=folder does: a bad one named before any job
+        read_image(p, 8)
     names = names or [p.name for p in files]
     return ImageSet("files", lambda i: files[i], names, _digest([p.read_bytes() for p in files]), size)
 
@@ -173,6 +181,7 @@ def _from_dataset(ds: Any, size: int) -> ImageSet:
     else:
         log.info("hashing the %d images of %s once to key their features", n, type(ds).__name__)
         content = _digest([_item_bytes(ds[i]) for i in range(n)])
+    as_image(ds[0], size, f"images[0] ({type(ds).__name__})")  # its form and range, before any job
     return ImageSet(type(ds).__name__, lambda i: ds[i], names, content, size)
 
 
@@ -183,7 +192,7 @@ def image_set(images: Any, size: int) -> ImageSet:
         p = user_path(images)
         if p.is_dir():  # listed (and checked) as data=folder lists a folder; read at whatever size asked
             folder = FolderImages(p, size=size)
-            return _from_files([folder.root / name for name in folder.names], size, folder.names)
+            return _from_files([folder.root / name for name in folder.names], size, folder.names, checked=True)
         return _from_files([p], size)
     if isinstance(images, torch.Tensor):
         return _from_tensor(images, size)
