@@ -7,6 +7,7 @@ images, as the job scores its test images (SPC, MAE and border MAE; or the grid 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -33,15 +34,21 @@ def evaluate(job_dir: str, images: str, out: str | None = None, device: str = "a
     return path, doc
 
 
+def _interval(m: dict, key: str) -> str:
+    """``.684 [.651, .702]``; the interval left out where it is undefined (fewer than two images)."""
+    lo, hi = m.get(f"{key}_lo"), m.get(f"{key}_hi")
+    bounds = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None and math.isfinite(lo) else ""
+    return f"{m[key]:.3f}{bounds}"
+
+
 def summary(doc: dict) -> str:
-    """One line: the headline metric with its interval, the image count, the floor or chance."""
+    """One line: the headline metrics with their intervals, the image count, the floor or chance."""
     m = doc["metrics"]
     if "accuracy" in m:
-        return (f"grid accuracy {m['accuracy']:.3f} [{m['accuracy_lo']:.3f}, {m['accuracy_hi']:.3f}] "
-                f"(chance {m['chance']:.3f}), {m['n_images']} images")
-    spc = "nan" if m["spc"] is None else f"{m['spc']:.3f} [{m['spc_lo']:.3f}, {m['spc_hi']:.3f}]"
-    return (f"SPC {spc}  MAE {m['mae']:.3f} [{m['mae_lo']:.3f}, {m['mae_hi']:.3f}] (floor {m['floor_mae']:.3f}), "
-            f"{m['n_images']} images, {m['n_nan']} NaN")
+        return f"grid accuracy {_interval(m, 'accuracy')} (chance {m['chance']:.3f}), {m['n_images']} image(s)"
+    spc = "nan" if m["spc"] is None else _interval(m, "spc")
+    return (f"SPC {spc}  MAE {_interval(m, 'mae')} (floor {m['floor_mae']:.3f}), {m['n_images']} image(s), "
+            f"{m['n_nan']} NaN")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,8 @@ def figures(job_dir: str, images: list[str], out: str | None = None, device: str
 
     trained = load(job_dir, device)
     folder = user_path(out) if out else trained.job_dir / PREDICT_DIR
-    title = f"{trained.backbone['name']} {trained.backbone.get('model') or ''} | target {trained.cfg.target.name}"
+    bb = trained.backbone
+    title = f"{bb['name']}{'/' + str(bb['model']) if bb.get('model') else ''} | target {trained.cfg.target.name}"
     written: list[Path] = []
     for image in images:
         ds = trained.images(image)
