@@ -17,7 +17,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from posinfo.errors import PosinfoError, reason
 from posinfo.encoder import Encoder, file_state_dict, set_padding
-from posinfo.names import PADDINGS
+from posinfo.names import MODULE_BACKBONE, PADDINGS
 from posinfo.net import fetch_problem
 from posinfo.partialconv import PartialConv2d
 
@@ -207,6 +207,10 @@ def build_encoder(
     way, drawn from the global RNG state at the time of this call. A weights file is
     always checked here (memory-mapped), so a wrong file fails before any work.
     """
+    if name == MODULE_BACKBONE:  # a user's nn.Module or feature maps, registered by posinfo.probe
+        from posinfo import usermodels
+
+        return usermodels.build(str(model), padding, taps, nodes, normalize)
     if name in ZOO:  # any torchvision / timm model
         from posinfo import zoo
 

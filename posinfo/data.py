@@ -101,6 +101,19 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_image(path: str | Path, size: int, what: str = "image file", fix_missing: str = "give an existing jpg/png image",
+               fix_unreadable: str = "give a valid jpg/png image") -> torch.Tensor:
+    """One image file as a job reads a folder's images (RGB, PIL bilinear to size×size, 3×size×size in
+    [0, 1]); one line naming the file (as ``what``) and the fix if it is missing or unreadable."""
+    p = user_path(path)
+    if not p.is_file():
+        raise PosinfoError(f"{what} '{p}' does not exist: {fix_missing}")
+    reason = _check_readable(p)
+    if reason is not None:
+        raise PosinfoError(f"{what} '{p}' is not a readable image ({reason}): {fix_unreadable}")
+    return _load_resized(p, _check_size(size))
+
+
 def _check_size(size: int) -> int:
     """Validate an image side length (config value) and return it as int."""
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < _MIN_SIZE:
@@ -321,13 +334,8 @@ def synthetic_image(kind: str, size: int = 224, seed: int = 0, file: str | None 
     """
     size = _check_size(size)
     if file is not None:
-        path = user_path(file)
-        if not path.is_file():
-            raise PosinfoError(f"input file '{path}' does not exist: set input.file to an existing jpg/png image or null")
-        reason = _check_readable(path)
-        if reason is not None:
-            raise PosinfoError(f"input file '{path}' is not a readable image ({reason}): use a valid jpg/png or input.file=null")
-        return _load_resized(path, size)
+        return read_image(file, size, "input file", "set input.file to an existing jpg/png image or null",
+                          "use a valid jpg/png or input.file=null")
     if kind == "black":
         return torch.zeros(3, size, size, dtype=torch.float32)
     if kind == "white":

@@ -32,7 +32,9 @@ from posinfo.io import atomic_path, user_path, write_json
 from posinfo.metrics import Scorer, summarize
 from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
                            READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
+from posinfo.names import MODULE_BACKBONE, PYTHON_DATA  # what posinfo.probe sets for Python objects
 from posinfo.readout import Standardize, build_readout, output_size
+from posinfo.readout import make as make_readout
 from posinfo.schema import check_config
 from posinfo.sources import CacheSettings, ReadoutStore, blame_features, encoder_taps, open_features
 from posinfo.train import fit_many, outcome, predict, resolve_steps
@@ -90,6 +92,10 @@ def _source_dataset(data: DictConfig, split: str):
         return EmbeddedImages(split, n=n, size=size)
     if data.name == "photos":
         return PhotoCrops(split, n=n, size=size)
+    if data.name == PYTHON_DATA:  # images held by this process (posinfo.probe): the key is in *_dir
+        from posinfo import userdata
+
+        return userdata.dataset(data.train_dir if split == "train" else data.test_dir, n, size)
     if data.name == "folder":
         root = data.train_dir if split == "train" else data.test_dir
         if root in (None, "", "???"):
@@ -105,7 +111,7 @@ def cache_settings(cache_cfg: DictConfig) -> CacheSettings:
 
 def _weights_identity(backbone: DictConfig, seed: int) -> str:
     w = str(backbone.weights)
-    if backbone.name == "posenet":
+    if backbone.name in ("posenet", MODULE_BACKBONE):  # a module's weights: its content hash, in its name
         return "none"
     if w == "imagenet" and backbone.name in ("timm", "torchvision"):
         from posinfo.zoo import pretrained_identity
@@ -531,12 +537,8 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
 def _new_readout(channels: int, ro: DictConfig, plan: Plan) -> torch.nn.Module:
     """An untrained readout on ``channels`` channels, initialised from the job's seed."""
     torch.manual_seed(plan.seed)
-    readout = build_readout(channels, int(ro.kernel), int(ro.depth), int(ro.padding), plan.feature_size, plan.classes)
-    if plan.solver == "ridge":  # channels always standardised: the penalty must not depend on their scales
-        return ridge.LinearReadout(channels, int(ro.kernel), int(ro.padding)).to(plan.device)
-    if str(ro.get("standardize", "none")) == "channel":  # its statistics come from the training features
-        readout = torch.nn.Sequential(Standardize(channels), readout)
-    return readout.to(plan.device)
+    return make_readout(channels, int(ro.kernel), int(ro.depth), int(ro.padding), plan.feature_size, plan.classes,
+                        str(ro.standardize), plan.solver).to(plan.device)
 
 
 def _channels(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, result: dict) -> None:

@@ -30,6 +30,11 @@ CONTROL_KINDS = ("shuffled", "rotated")
 DEFAULT_TILES = 4  # shuffled: each test image cut into DEFAULT_TILES × DEFAULT_TILES tiles
 
 DATA_SOURCES = ("embedded", "folder", "photos")
+# Set only by posinfo.probe, never typed on a command line (no YAML option: sweep.py refuses them): a
+# user's nn.Module or feature maps (backbone.model names it in posinfo.usermodels' registry) and
+# images held by the calling process (data.train_dir/test_dir name them in posinfo.userdata's).
+MODULE_BACKBONE = "module"
+PYTHON_DATA = "python"
 
 # Training budgets and the convergence rule (posinfo.train; docs/method.md, "Training outcome").
 PAPER_STEPS = 4950  # the paper's protocol: ceil(10,553 / 32) = 330 batches × 15 epochs
@@ -55,6 +60,9 @@ CHANNELS_PNG = "channels.png"
 READOUT_FILE = "readout.pt"
 PREDICTIONS_PNG = "predictions.png"
 PREDICTIONS_NPZ = "predictions.npz"
+# A finished job's readout applied to new images (python -m posinfo.predict / posinfo.evaluate).
+PREDICT_DIR = "predict"
+EVALUATIONS_DIR = "evaluations"
 # What a run leaves in its job folder (job.log and Hydra's .hydra/ aside).
 JOB_OUTPUTS = (RESULT_FILE, PER_IMAGE_FILE, READOUT_FILE, TRAIN_LOG, PREDICTIONS_PNG, PREDICTIONS_NPZ, CHANNELS_CSV,
                CHANNELS_PNG)

@@ -26,11 +26,12 @@ def _gray(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return (np.clip((a - lo) / (hi - lo), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
-def save(path: Path, target: np.ndarray, panels: list[tuple[str, np.ndarray, np.ndarray]], title: str) -> None:
-    """Draw the target and (label, image, prediction) panels into ``path`` (atomically)."""
+def save(path: Path, target: np.ndarray, panels: list[tuple[str, np.ndarray, np.ndarray]], title: str,
+         tile: int = TILE) -> None:
+    """Draw the target and (label, image, prediction) panels, ``tile`` px each, into ``path`` (atomically)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    t, pad = TILE, 4
+    t, pad = tile, 4
     font = ImageFont.load_default(size=11)
     title_h, label_h = 18, 15
     width = (len(panels) + 1) * (t + pad) + pad

@@ -213,3 +213,27 @@ def build_readout(in_channels: int, kernel: int = 3, depth: int = 1, padding: in
                   classes: int | None = None) -> Readout:
     validate(in_size, kernel, depth, padding)
     return Readout(in_channels, kernel, depth, padding, classes)
+
+
+class LinearReadout(nn.Sequential):
+    """The closed-form readout (``readout.solver=ridge``, posinfo.ridge): channel
+    standardisation, then one k×k convolution C→1 with a linear output (no BatchNorm, no
+    sigmoid). Its state_dict stores the statistics and the weights."""
+
+    def __init__(self, in_channels: int, kernel: int, padding: int):
+        super().__init__(Standardize(in_channels), OneMapConv2d(in_channels, kernel, padding=padding))
+        nn.init.zeros_(self[1].weight)
+        nn.init.zeros_(self[1].bias)
+
+
+def make(in_channels: int, kernel: int, depth: int, padding: int, in_size: int, classes: int | None,
+         standardize: str, solver: str) -> nn.Module:
+    """The readout a job's ``readout`` group describes (untrained): f_pem, behind a Standardize
+    with ``standardize=channel``; with ``solver=ridge`` the linear readout, whose channels are
+    always standardised (its penalty must not depend on their scales)."""
+    readout = build_readout(in_channels, kernel, depth, padding, in_size, classes)  # validates
+    if solver == "ridge":
+        return LinearReadout(in_channels, kernel, padding)
+    if standardize == "channel":  # its statistics come from the training features
+        return nn.Sequential(Standardize(in_channels), readout)
+    return readout

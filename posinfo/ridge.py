@@ -35,10 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from posinfo.errors import PosinfoError
-from posinfo.readout import OneMapConv2d, Standardize
+from posinfo.readout import LinearReadout, Standardize
 from posinfo.upsampling import Upsampling
 
 log = logging.getLogger(__name__)
@@ -47,16 +46,6 @@ CHUNK_ROWS = 8192  # rows (images × positions) per symmetric product
 # The penalties tried, relative to the mean diagonal of the (normalised) normal matrix:
 # from almost none to one that shrinks the weights to almost nothing.
 RELATIVE_LAMBDAS = tuple(10.0 ** e for e in range(-6, 3))
-
-
-class LinearReadout(nn.Sequential):
-    """The ridge readout: channel standardisation, then one k×k convolution C→1 with a linear
-    output (no BatchNorm, no sigmoid). Its state_dict stores the statistics and the weights."""
-
-    def __init__(self, in_channels: int, kernel: int, padding: int):
-        super().__init__(Standardize(in_channels), OneMapConv2d(in_channels, kernel, padding=padding))
-        nn.init.zeros_(self[1].weight)
-        nn.init.zeros_(self[1].bias)
 
 
 @dataclass

@@ -27,8 +27,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from posinfo.errors import PosinfoError
 from posinfo.guards import memory_problems, no_effect_problems
 from posinfo.names import (BACKBONES, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, FEATURE_MEMORY,
-                           FOLDER_NAMED_ELSEWHERE, INPUT_KINDS, LOSS_AT, NORMALIZATIONS, PADDINGS, RUN_CONTROL_KEYS,
-                           SOLVERS, TARGET_RANGES, TARGETS, WEIGHT_FILE_KEYS, covered_by, default_cache_dir)
+                           FOLDER_NAMED_ELSEWHERE, INPUT_KINDS, LOSS_AT, MODULE_BACKBONE, NORMALIZATIONS, PADDINGS,
+                           PYTHON_DATA, RUN_CONTROL_KEYS, SOLVERS, TARGET_RANGES, TARGETS, WEIGHT_FILE_KEYS, covered_by,
+                           default_cache_dir)
 
 # ----------------------------------------------------------------------------- rules
 
@@ -98,7 +99,7 @@ def _f(default: Any, rule: Rule, *, factory: bool = False, absent: Any = MISSING
 
 @dataclass
 class BackboneConfig:
-    name: str = _f(MISSING, one_of(BACKBONES))
+    name: str = _f(MISSING, one_of((*BACKBONES, MODULE_BACKBONE)))
     weights: str = _f("imagenet", Rule("imagenet, random, none (posenet) or a path to a state-dict file", lambda v: isinstance(v, str) and v != ""))
     padding: str = _f("zeros", one_of(PADDINGS))
     taps: Optional[List[int]] = _f(None, optional(list_of(integer(0), "level indices (integers ≥ 0)", nonempty=True), "all levels"))
@@ -151,7 +152,7 @@ def _nested(cls: type) -> Any:
 
 @dataclass
 class DataConfig:
-    name: str = _f(MISSING, one_of(DATA_SOURCES))
+    name: str = _f(MISSING, one_of((*DATA_SOURCES, PYTHON_DATA)))
     train_dir: Optional[str] = _f(None, OPTIONAL_TEXT)
     test_dir: Optional[str] = _f(None, OPTIONAL_TEXT)
     image_size: int = _f(224, integer(8))

@@ -199,6 +199,12 @@ def _levels_torchvision(m: nn.Module, model: str) -> list[tuple[str, str]]:
     return levels
 
 
+def graph_taps(m: nn.Module, taps: list[int] | None, nodes: list[str] | None, what: str) -> dict[str, str]:
+    """{tap name: graph node} of any torch.fx-traceable module ``m`` (on the meta device), chosen as for
+    ``backbone=torchvision``: levels from its graph (``taps`` picks them by index) or ``nodes`` by name."""
+    return _choose(_levels_torchvision(m, what), taps, nodes, "torchvision", what, lambda: _all_nodes(m))
+
+
 def default_taps(n_levels: int) -> list[int]:
     """Every level up to MAX_DEFAULT_TAPS, else that many evenly spaced (first and last kept)."""
     if n_levels <= MAX_DEFAULT_TAPS:

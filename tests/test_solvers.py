@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from posinfo import ridge
 from posinfo.features import FeatureSource
-from posinfo.readout import Standardize, build_readout
+from posinfo.readout import LinearReadout, Standardize, build_readout
 from posinfo.train import Loss, fit_many
 from posinfo.upsampling import FeatureLoss, Upsampling, interpolation_matrix
 
@@ -175,7 +175,7 @@ def test_ridge_fits_several_targets_in_one_pass_as_each_alone():
 
 def test_ridge_fit_sets_the_readout_and_reports_its_cross_validation():
     x, t = _toy(n=20)
-    readout = ridge.LinearReadout(3, 3, 0).double()
+    readout = LinearReadout(3, 3, 0).double()
     readout[0].fit([x])
     hist = ridge.fit([readout], ArraySource(x), [t], kernel=3, padding=0, feature_size=8, folds=4, batch_size=6,
                      progress=False)[0][-1]
@@ -188,7 +188,7 @@ def test_ridge_fit_sets_the_readout_and_reports_its_cross_validation():
 
 def test_ridge_refuses_too_few_images_per_fold():
     x, t = _toy(n=6)
-    readout = ridge.LinearReadout(3, 3, 0).double()
+    readout = LinearReadout(3, 3, 0).double()
     readout[0].fit([x])
     with pytest.raises(Exception, match="readout.ridge_folds=5 needs at least 10 training images"):
         ridge.fit([readout], ArraySource(x), [t], kernel=3, padding=0, feature_size=8, folds=5, batch_size=6,

@@ -19,7 +19,7 @@ from posinfo.analysis.intervals import per_image_intervals
 from posinfo.analysis.paper import WEIGHTS_LABEL, attach_paper, paper_weights
 from posinfo.errors import PosinfoError
 from posinfo.schema import with_defaults
-from posinfo.names import INPUT_KINDS, LABEL_KEYS, NOT_JOB_DIRS, RESULT_FILE, RUN_CONTROL_KEYS, covered_by
+from posinfo.names import INPUT_KINDS, LABEL_KEYS, MODULE_BACKBONE, NOT_JOB_DIRS, RESULT_FILE, RUN_CONTROL_KEYS, covered_by
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +221,9 @@ def _tidy(jobs: list[dict]) -> pd.DataFrame:
 
 
 def _backbone_label(bb: dict, choice: str | None) -> str | None:
-    """The backbone's name; for any-model backbones the model too: ``timm/convnext_tiny``."""
+    """The backbone's name; for any-model backbones the model too: ``timm/convnext_tiny``, ``module/Net-<hash>``."""
     name = bb.get("name", choice)
-    return f"{name}/{bb['model']}" if name in ("timm", "torchvision") and bb.get("model") else name
+    return f"{name}/{bb['model']}" if name in ("timm", "torchvision", MODULE_BACKBONE) and bb.get("model") else name
 
 
 def _experiment_from(overrides: list[str]) -> str | None:
