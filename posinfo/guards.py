@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from posinfo.names import STRIPES, SYNTHETIC_KINDS
+from posinfo.names import SELF_CONTAINED_DATA, STRIPES, SYNTHETIC_KINDS
 
 # Bytes per pixel of the arrays a job holds at data.image_size: float32 maps (the target, a
 # prediction) and float32 RGB images (an image, an image on its canvas).
@@ -37,7 +37,7 @@ def no_effect_problems(cfg: DictConfig) -> list[str]:
         out.append(f"target.range={rng} has no effect on target={target}: it applies to the stripes "
                    f"({', '.join(STRIPES)}) only; drop target.range (or use target.range=unit)")
     data = _get(cfg, "data.name")
-    if data != "folder":
+    if data in SELF_CONTAINED_DATA:  # folder reads the dirs; posinfo.probe's python data names its images by them
         for key in ("data.train_dir", "data.test_dir"):
             if _get(cfg, key) not in (None, ""):
                 out.append(f"{key}={_get(cfg, key)} has no effect with data={data}, whose images are its own: "

@@ -30,6 +30,7 @@ CONTROL_KINDS = ("shuffled", "rotated")
 DEFAULT_TILES = 4  # shuffled: each test image cut into DEFAULT_TILES × DEFAULT_TILES tiles
 
 DATA_SOURCES = ("embedded", "folder", "photos")
+SELF_CONTAINED_DATA = ("embedded", "photos")  # their images are their own: data.train_dir/test_dir mean nothing there
 # Set only by posinfo.probe, never typed on a command line (no YAML option: sweep.py refuses them): a
 # user's nn.Module or feature maps (backbone.model names it in posinfo.usermodels' registry) and
 # images held by the calling process (data.train_dir/test_dir name them in posinfo.userdata's).
