@@ -1,4 +1,5 @@
-"""The jobs of a sweep, expanded the way Hydra's basic sweeper expands them.
+"""The jobs of a sweep, expanded the way Hydra's basic sweeper expands them (the Hydra grid of
+``-m key=a,b``; the location target ``target=grid`` is posinfo.location).
 
 Torch-free. Used by the sweep summary (how many jobs to expect), the analysis (which
 jobs never started) and the tests (what a preset launches).
