@@ -1,6 +1,6 @@
 """Every experiment preset declares the paper's grid, and (slow) every preset runs end to end.
 
-The grid is expanded by posinfo.grid (Hydra's own basic sweeper code), from the preset's
+The grid is expanded by posinfo.sweepgrid (Hydra's own basic sweeper code), from the preset's
 ``hydra.sweeper.params`` plus any command-line overrides, exactly as ``sweep.py -m`` does.
 """
 
@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import CONF, run_sweep
-from posinfo.grid import expand as expand_grid
+from posinfo.sweepgrid import expand as expand_grid
 
 PRESETS = ["quickstart", "table1", "table2a", "table2b", "table3", "table4", "table6", "canvas", "padding",
            "vit_pos_embed", "modern_cnns"]

@@ -15,11 +15,13 @@ every option of the plugin stays and the commands users know keep working.
   the rest and Hydra skips the summary. Here every job is waited for, and one without a
   result is recorded as failed in its folder (result.json with the Slurm state, the
   status record), so the summary names it and the sweep exits non-zero.
-* **Fused training** (``hydra/sweeper=basic``, Hydra's default): the job configs the sweeper
-  composes to check a batch before launching it also give the groups of jobs that share
-  their training features and order (posinfo.sweep.fuse); the first job of a group trains
+* **Fused training** (``hydra/sweeper=basic``, Hydra's default): as the sweeper hands out a
+  batch (``get_job_batch``), it composes the batch's jobs and plans the groups of jobs that
+  share their training features and order (posinfo.sweep.fuse); the first job of a group trains
   the group's readouts together. With the basic launcher, which runs jobs in order, and the
   submitit launchers, where each group is one task that runs its jobs in order.
+
+Hydra's internals (the basic sweeper and launcher) come through posinfo.hydra_compat.
 """
 
 
@@ -29,7 +31,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.search_path_plugin import SearchPathPlugin
@@ -37,6 +38,11 @@ from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 from omegaconf import OmegaConf, open_dict
+
+from posinfo.hydra_compat import basic_sweeper, launch_here
+
+# Hydra's plugin scan has loaded its basic sweeper before this module: subclass that one.
+BasicSweeper, BasicSweeperConf = basic_sweeper()
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +54,8 @@ def _dry_run(launcher: Any) -> bool:
 
 def _list_locally(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
     """A dry run: the jobs go through Hydra's basic launcher, in this process."""
-    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-
     log.info("dry run: listing the jobs here (%s submits nothing)", type(launcher).__name__)
-    basic = BasicLauncher()
-    basic.setup(hydra_context=launcher.hydra_context, task_function=launcher.task_function, config=launcher.config)
-    return basic.launch(job_overrides, initial_job_idx=initial_job_idx)
+    return launch_here(launcher.hydra_context, launcher.task_function, launcher.config, job_overrides, initial_job_idx)
 
 
 class PosinfoJoblibLauncher(JoblibLauncher):
@@ -64,7 +66,11 @@ class PosinfoJoblibLauncher(JoblibLauncher):
 
 
 class _WaitsForEveryJob:
-    """The submitit launchers' ``launch``, waiting for every job and recording lost ones."""
+    """The submitit launchers' ``launch``, a fused group per task, waiting for every task and
+    recording lost ones. It builds its own executor as upstream's ``launch`` does, because that
+    ``launch`` offers no hook for either: it maps one task per job and waits with
+    ``[j.results()[0] for j in jobs]``, which raises at the first lost task and drops the
+    handles of the rest. Each job still runs through upstream's ``__call__``."""
 
     _EXECUTOR: str
     params: dict
@@ -198,9 +204,9 @@ class PosinfoSlurmLauncher(_WaitsForEveryJob, SlurmLauncher):
 
 
 class PosinfoSweeper(BasicSweeper):
-    """Hydra's basic sweeper; with ``sweep.fuse=true`` and the basic or a submitit launcher, the
-    configs it composes to check each batch also make the batch's fuse plan (posinfo.sweep.fuse),
-    so every job is composed once, not twice; a submitit launcher gets the groups too."""
+    """Hydra's basic sweeper; with ``sweep.fuse=true`` and the basic or a submitit launcher, each
+    batch it hands out is planned first (posinfo.sweep.fuse): the groups of jobs that train their
+    readouts together; a submitit launcher gets the groups too. Validation and launch are Hydra's."""
 
     def sweep(self, arguments: list[str]) -> Any:
         from posinfo.sweep import fuse
@@ -214,16 +220,22 @@ class PosinfoSweeper(BasicSweeper):
             fuse.clear_plan(Path(str(self.config.hydra.sweep.dir)))
         return super().sweep(arguments)
 
-    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        """Hydra's check that every job of the batch composes; then the batch's fuse plan."""
-        loader = self.hydra_context.config_loader
-        configs = []
-        for overrides in batch:
-            configs.append((self._next_idx, loader.load_sweep_config(master_config=self.config,
-                                                                      sweep_overrides=list(overrides))))
-            self._next_idx += 1
+    def get_job_batch(self) -> Sequence[Sequence[str]]:
+        """The next batch (Hydra's), its fuse plan written before Hydra validates and launches it.
+        Its jobs are composed here for the plan and again by Hydra's check: a job that does not
+        compose leaves the plan unwritten, and Hydra's check reports it."""
+        batch = super().get_job_batch()
+        first, self._next_idx = self._next_idx, self._next_idx + len(batch)
         if getattr(self, "_fuse", False):
+            loader = self.hydra_context.config_loader
+            try:
+                configs = [(first + i, loader.load_sweep_config(master_config=self.config,
+                                                                sweep_overrides=list(overrides)))
+                           for i, overrides in enumerate(batch)]
+            except Exception:  # Hydra's validate_batch_is_legal raises it next, in its own words
+                return batch
             self._write_plan(configs)
+        return batch
 
     def _write_plan(self, configs: list[tuple[int, Any]]) -> None:
         from posinfo.sweep import fuse

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from posinfo import grid
+from posinfo import sweepgrid
 from posinfo.analysis.cells import BORDER_PREFIX, GRID_METRICS, INTERVAL_COLUMNS, METRICS
 from posinfo.analysis.intervals import per_image_intervals
 from posinfo.analysis.paper import WEIGHTS_LABEL, attach_paper, paper_weights
@@ -124,7 +124,7 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]]:
     """The override list of every job a Hydra multirun in ``sweep_dir`` was asked to launch."""
     from omegaconf import OmegaConf
 
-    return grid.expand_config(OmegaConf.load(sweep_dir / "multirun.yaml")) or []
+    return sweepgrid.expand_config(OmegaConf.load(sweep_dir / "multirun.yaml")) or []
 
 
 def find_jobs(dirs: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:

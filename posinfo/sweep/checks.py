@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from posinfo import grid
+from posinfo import sweepgrid
 from posinfo.preflight import job_problems
 
 # Override keys that can change what preflight checks; other axes (target, readout, train)
@@ -28,7 +28,7 @@ def sweep_problems(config: DictConfig) -> list[str]:
     """One line per distinct problem, with how many of the sweep's jobs it stops."""
     from hydra import compose
 
-    jobs = grid.expand_config(config) or [list(config.hydra.overrides.task)]
+    jobs = sweepgrid.expand_config(config) or [list(config.hydra.overrides.task)]
     found: Counter[str] = Counter()
     checked: dict[tuple[str, ...], list[str]] = {}
     for overrides in jobs:

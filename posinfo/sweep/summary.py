@@ -20,7 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from posinfo import grid
+from posinfo import sweepgrid
 from posinfo.errors import PosinfoError
 from posinfo.names import SWEEP_ID_ENV, utc_now
 from posinfo.schema import missing_values_error
@@ -34,7 +34,7 @@ def expected_jobs(config: DictConfig) -> int | None:
     """How many jobs the basic sweeper launches; None for another sweeper or a grid that
     cannot be expanded (the summary then counts what reported)."""
     try:
-        jobs = grid.expand_config(config)
+        jobs = sweepgrid.expand_config(config)
     except Exception:
         return None
     return None if jobs is None else len(jobs)

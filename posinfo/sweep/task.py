@@ -207,11 +207,10 @@ def _remove_stale_temporaries(job_dir: Path) -> None:
 
 def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
     """One line for the first bad override of a sweep.py command line, else None."""
-    from hydra._internal.utils import get_args_parser
-
+    from posinfo.hydra_compat import args_parser
     from posinfo.schema import check_overrides
 
-    args, _ = get_args_parser().parse_known_args(argv)
+    args, _ = args_parser().parse_known_args(argv)
     if args.multirun and args.cfg:
         return f"--cfg {args.cfg} prints the config of one job: drop -m (e.g. python sweep.py KEY=VALUE ... --cfg job)"
     return check_overrides(list(args.overrides), conf_dir)
