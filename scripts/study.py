@@ -527,7 +527,8 @@ def _gap(cells, s: Scale, sz, ns: list[int]) -> list[str]:
 
 
 def _imagenet_vs_random(cells, sz, ns: list[int]) -> list[str]:
-    """Conclusion 2: does ImageNet training add or remove position information?"""
+    """Conclusion 2: does ImageNet training add or remove position information? Each comparison
+    once: ``ns`` leaves out the main part's training-set size, whose embedded row is the main part's."""
     rows = []
     for n in ns:
         a, r = sz("ImageNet", n), sz("random", n)
@@ -611,7 +612,7 @@ def conclusions(cells, s: Scale) -> list[str]:
              "Each line is computed from the tables below: a difference of means over seeds with its 95% "
              "Welch interval (where a cell has one seed: the normal approximation from both cells' own intervals); "
              "*raises*/*lowers*, *more*/*less* only where the interval excludes zero.", ""]
-            + _gap(cells, s, sz, ns) + _imagenet_vs_random(cells, sz, ns) + _content(cells))
+            + _gap(cells, s, sz, ns) + _imagenet_vs_random(cells, sz, [n for n in ns if n != s.n_main]) + _content(cells))
 
 
 def diff_sign(text: str) -> int:
