@@ -89,7 +89,7 @@ def parts(w: Path, s: Scale) -> list[Part]:
 def backbone_label(row) -> str:
     if row.get("backbone") == "posenet":
         return "PosENet, readout padding 2"
-    arch = "EfficientNet-Lite0" if row.get("backbone") == "timm" else "VGG16"
+    arch = "EfficientNet-Lite0" if str(row.get("backbone")).startswith("timm") else "VGG16"
     w = Path(str(row.get("backbone.weights") or "")).name
     kind = {"vgg16_imagenet.pth": "ImageNet", "efficientnet_lite0_imagenet.pth": "ImageNet",
             "vgg16_hed.pth": "edge (HED)", "random": "random"}.get(w, w)
@@ -328,7 +328,7 @@ def section_cost(out: Path, names: list[str]) -> list[str]:
     return ["## Cost: fitting one readout on cached features", "",
             "Median `timing.train_s` of the jobs that fitted their readout alone (not reused, not a fused group's), "
             "on this 2-core CPU, shared with other work while the study ran: compare within a row's backbone.", "",
-            md_table(["backbone", "solver", "channels", "kernel", "N train", "median s", "jobs"], table), ""]
+            md_table(["part", "solver", "channels", "kernel", "N train", "median s", "jobs"], table), ""]
 
 
 def write_report(out: Path, doc: Path, s: Scale, smoke: bool, minutes: dict) -> None:
