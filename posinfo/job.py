@@ -359,13 +359,7 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
                                              int(cfg.readout.padding))
     log.info("%s taps %s -> %d channels at %d×%d", bb.name, [(t.name, t.size[0]) for t in taps], c,
              plan.feature_size, plan.feature_size)
-    key_fields = {"backbone": name, "weights": _weights_identity(bb, plan.seed), "padding": str(bb.padding),
-                  "taps": [t.name for t in taps], "feature_size": plan.feature_size, "image_size": plan.size,
-                  "normalize": str(data.normalize)}
-    if str(bb.get("pos_embed", "keep")) != "keep":  # only then: the keys of every other entry stay as they were
-        key_fields["pos_embed"] = str(bb.pos_embed)
-    if precision != "float32":  # likewise
-        key_fields["precision"] = precision
+    key_fields = _key_fields(bb, data, name, taps, plan, precision)
     num_workers = resolve_num_workers(data.get("num_workers", "auto"), plan.device)
     train_ds = make_dataset(data, "train")
     test_ds = make_dataset(data, "test") if any(k not in SYNTHETIC_KINDS for k in plan.kinds) else None
@@ -391,6 +385,18 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
     return Sources(source("train", train_ds, num_workers), tests,
                    source("synthetic", synth_ds, 0),  # a few images already in memory: no workers
                    synth_ds, c, key_fields, train_ds.identity(), settings, synth_kinds)
+
+
+def _key_fields(bb: DictConfig, data: DictConfig, name: str, taps: list, plan: Plan, precision: str) -> dict:
+    """What identifies the features of a backbone configuration in the cache (with the images)."""
+    fields = {"backbone": name, "weights": _weights_identity(bb, plan.seed), "padding": str(bb.padding),
+              "taps": [t.name for t in taps], "feature_size": plan.feature_size, "image_size": plan.size,
+              "normalize": str(data.normalize)}
+    if str(bb.get("pos_embed", "keep")) != "keep":  # only then: the keys of every other entry stay as they were
+        fields["pos_embed"] = str(bb.pos_embed)
+    if precision != "float32":  # likewise
+        fields["precision"] = precision
+    return fields
 
 
 def _store(cfg: DictConfig, plan: Plan, sources: Sources) -> ReadoutStore | None:

@@ -255,19 +255,14 @@ def fit_many(
             for i in list(live):
                 if steps is None:
                     scheds[i].step()
-                total, count = sum(v * n for v, n in losses[i]), sum(n for _, n in losses[i])
-                if not np.isfinite(total):
-                    out[i] = _diverged(total, epoch)
+                rec = _record(losses[i], epoch, lrs[i], seconds, paths[i])
+                if isinstance(rec, PosinfoError):
+                    out[i] = rec
                     live.remove(i)
                     continue
-                rec = {"epoch": epoch, "loss": total / count, "lr": lrs[i], "seconds": seconds,
-                       "step_losses": [v for v, _ in losses[i]]}
                 out[i].append(rec)
                 if len(readouts) == 1:
                     log.info("epoch %d/%d  loss %.5f  lr %g  %.1fs", epoch, n_epochs, rec["loss"], lrs[i], seconds)
-                if paths[i] is not None:
-                    with open(paths[i], "a") as fh:
-                        fh.write(json.dumps(rec) + "\n")
             if len(readouts) > 1:
                 log.info("epoch %d/%d  %d readouts fused  losses %s  %.1fs", epoch, n_epochs, len(live),
                          " ".join(f"{out[i][-1]['loss']:.5f}" for i in live), seconds)
@@ -276,6 +271,20 @@ def fit_many(
     for r in readouts:
         r.eval()
     return out
+
+
+def _record(losses: list[tuple[float, int]], epoch: int, lr: float, seconds: float,
+            path: Path | None) -> dict | PosinfoError:
+    """One readout's epoch record from its steps' (loss, batch size), appended as a JSON line to
+    ``path``; the PosinfoError that stops it when the epoch's loss is not finite."""
+    total, count = sum(v * n for v, n in losses), sum(n for _, n in losses)
+    if not np.isfinite(total):
+        return _diverged(total, epoch)
+    rec = {"epoch": epoch, "loss": total / count, "lr": lr, "seconds": seconds, "step_losses": [v for v, _ in losses]}
+    if path is not None:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+    return rec
 
 
 def _schedule(opt: torch.optim.Optimizer | None, epochs: int, steps: int | None, n_batches: int,
