@@ -228,13 +228,10 @@ def fit_many(
     from tqdm.auto import tqdm
 
     tgts = [Loss(t, loss_at) for t in targets]
-    opts = [torch.optim.SGD(r.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay) for r in readouts]
     n_batches = -(-source.n // batch_size)
-    scheds = [_schedule(opt, epochs, steps, n_batches, lr_milestones, lr_gamma)[0] for opt in opts]
-    n_epochs = _schedule(None, epochs, steps, n_batches, lr_milestones, lr_gamma)[1]
+    opts, scheds, n_epochs = _optimisers(readouts, lr, momentum, weight_decay, epochs, steps, n_batches,
+                                         lr_milestones, lr_gamma)
     gen = torch.Generator().manual_seed(seed)
-    for r in readouts:
-        r.train()  # the readout's own BatchNorm learns; the encoder is frozen elsewhere
     paths = log_paths or [None] * len(readouts)
     with flush_denormals():
         out: list[list[dict] | PosinfoError] = [[] for _ in readouts]
@@ -245,24 +242,14 @@ def fit_many(
             order = torch.randperm(source.n, generator=gen).numpy()
             lrs = {i: opts[i].param_groups[0]["lr"] for i in live}
             left = None if steps is None else steps - done
-            bar = tqdm(total=n_batches if left is None else min(n_batches, left), desc=f"epoch {epoch}/{n_epochs}",
-                       unit="batch", leave=False, disable=None if progress else True)  # None: a bar only on a terminal
-            losses = _epoch(source.batches(order, batch_size), [(i, readouts[i], tgts[i], opts[i]) for i in live],
-                            scheds if steps is not None else None, left, bar)
-            bar.close()
+            with tqdm(total=n_batches if left is None else min(n_batches, left), desc=f"epoch {epoch}/{n_epochs}",
+                      unit="batch", leave=False, disable=None if progress else True) as bar:  # a bar only on a terminal
+                losses = _epoch(source.batches(order, batch_size), [(i, readouts[i], tgts[i], opts[i]) for i in live],
+                                scheds if steps is not None else None, left, bar)
             done += len(losses[live[0]])
             seconds = round(time.perf_counter() - t0, 3)
-            for i in list(live):
-                if steps is None:
-                    scheds[i].step()
-                rec = _record(losses[i], epoch, lrs[i], seconds, paths[i])
-                if isinstance(rec, PosinfoError):
-                    out[i] = rec
-                    live.remove(i)
-                    continue
-                out[i].append(rec)
-                if len(readouts) == 1:
-                    log.info("epoch %d/%d  loss %.5f  lr %g  %.1fs", epoch, n_epochs, rec["loss"], lrs[i], seconds)
+            _close_epoch(live, losses, out, scheds if steps is None else None, epoch, lrs, seconds, paths,
+                         n_epochs if len(readouts) == 1 else None)
             if len(readouts) > 1:
                 log.info("epoch %d/%d  %d readouts fused  losses %s  %.1fs", epoch, n_epochs, len(live),
                          " ".join(f"{out[i][-1]['loss']:.5f}" for i in live), seconds)
@@ -273,14 +260,43 @@ def fit_many(
     return out
 
 
+def _optimisers(readouts: list[nn.Module], lr: float, momentum: float, weight_decay: float, epochs: int,
+                steps: int | None, n_batches: int, lr_milestones: tuple[int, ...], lr_gamma: float):
+    """Each readout's SGD optimiser and lr schedule, and the number of epochs; the readouts set to
+    train mode (their own BatchNorm learns; the encoder is frozen elsewhere)."""
+    opts = [torch.optim.SGD(r.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay) for r in readouts]
+    scheds = [_schedule(opt, epochs, steps, n_batches, lr_milestones, lr_gamma)[0] for opt in opts]
+    for r in readouts:
+        r.train()
+    return opts, scheds, _schedule(None, epochs, steps, n_batches, lr_milestones, lr_gamma)[1]
+
+
+def _close_epoch(live: list[int], losses: dict, out: list, scheds: list | None, epoch: int, lrs: dict, seconds: float,
+                 paths: list, n_epochs: int | None) -> None:
+    """Each live readout's epoch: its lr schedule stepped (``scheds``: per epoch; None when they
+    step per step), its record appended to ``out``, or its error in its place and it leaves ``live``."""
+    for i in list(live):
+        if scheds is not None:
+            scheds[i].step()
+        rec = _record(losses[i], epoch, lrs[i], seconds, paths[i], n_epochs)
+        if isinstance(rec, PosinfoError):
+            live.remove(i)
+            out[i] = rec
+        else:
+            out[i].append(rec)
+
+
 def _record(losses: list[tuple[float, int]], epoch: int, lr: float, seconds: float,
-            path: Path | None) -> dict | PosinfoError:
+            path: Path | None, n_epochs: int | None) -> dict | PosinfoError:
     """One readout's epoch record from its steps' (loss, batch size), appended as a JSON line to
-    ``path``; the PosinfoError that stops it when the epoch's loss is not finite."""
+    ``path`` and logged when ``n_epochs`` is given (a readout training alone); the PosinfoError
+    that stops it when the epoch's loss is not finite."""
     total, count = sum(v * n for v, n in losses), sum(n for _, n in losses)
     if not np.isfinite(total):
         return _diverged(total, epoch)
     rec = {"epoch": epoch, "loss": total / count, "lr": lr, "seconds": seconds, "step_losses": [v for v, _ in losses]}
+    if n_epochs is not None:
+        log.info("epoch %d/%d  loss %.5f  lr %g  %.1fs", epoch, n_epochs, rec["loss"], lr, seconds)
     if path is not None:
         with open(path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
