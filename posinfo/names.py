@@ -18,7 +18,8 @@ STRIPES = ("horstp", "verstp")
 TARGET_RANGES = ("unit", "signed")
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-BACKBONES = ("posenet", "vgg16", *RESNETS, "timm", "torchvision")  # the last two: any model (posinfo.zoo)
+BAGNETS = ("bagnet9", "bagnet17", "bagnet33")  # receptive fields of 9, 17, 33 px (posinfo.bagnet)
+BACKBONES = ("posenet", "vgg16", *RESNETS, *BAGNETS, "timm", "torchvision")  # the last two: any model (posinfo.zoo)
 PADDINGS = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 CANVAS_COLORS = ("black", "white", "mean", "noise")  # data.canvas.color
 
