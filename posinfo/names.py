@@ -31,6 +31,8 @@ CONTROL_KINDS = ("shuffled", "rotated")
 DEFAULT_TILES = 4  # shuffled: each test image cut into DEFAULT_TILES × DEFAULT_TILES tiles
 
 DATA_SOURCES = ("embedded", "folder", "photos")
+# The paper's datasets that `python -m posinfo.datasets fetch` downloads (posinfo.datasets).
+FETCHABLE_DATASETS = ("duts", "pascal-s")
 
 # Training budgets and the convergence rule (posinfo.train; docs/method.md, "Training outcome").
 PAPER_STEPS = 4950  # the paper's protocol: ceil(10,553 / 32) = 330 batches × 15 epochs
@@ -104,12 +106,19 @@ CACHE_DIR_ENV = "POSINFO_CACHE_DIR"
 SWEEP_ID_ENV = "POSINFO_SWEEP_ID"  # set by the sweep summary callback; inherited by workers and Slurm jobs
 ISOLATE_ENV = "POSINFO_ISOLATE"
 GPU_LOCK_DIR_ENV = "POSINFO_GPU_LOCK_DIR"
+DATA_DIR_ENV = "POSINFO_DATA_DIR"  # where `python -m posinfo.datasets fetch` puts datasets, and data=duts reads them
 
 
 def default_cache_dir() -> Path:
     """``$POSINFO_CACHE_DIR``, else ``~/.cache/posinfo`` (the config's ``cache.dir`` default)."""
     env = os.environ.get(CACHE_DIR_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "posinfo"
+
+
+def default_data_dir() -> Path:
+    """``$POSINFO_DATA_DIR``, else ``~/.cache/posinfo-data``: the fetcher's default ``--to`` and data=duts's root."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "posinfo-data"
 
 
 def utc_now() -> str:
