@@ -157,22 +157,38 @@ def download(url: str, dest: Path, timeout_s: float) -> None:
     once the whole file has arrived (its length as the server stated it)."""
     part = dest.with_name(dest.name + ".part")
     start = part.stat().st_size if part.is_file() else 0
+    try:
+        _receive(url, part, start, timeout_s)
+    except urllib.error.HTTPError as e:
+        if e.code != 416 or not start:
+            raise
+        # Nothing left to send from byte `start`: a .part whose rename was interrupted, or a
+        # longer one. Its bytes cannot be trusted to be complete: fetched again from the start.
+        log.warning("%s: the server has nothing after byte %d (HTTP 416): downloading it from the start", dest.name, start)
+        part.unlink()
+        _receive(url, part, 0, timeout_s)
+    os.replace(part, dest)
+
+
+def _receive(url: str, part: Path, start: int, timeout_s: float) -> None:
+    """The bytes of ``url`` from ``start`` on (or all of them, if the server ignores the Range)
+    into ``part``, checked against the length the server announced."""
+    name = part.name.removesuffix(".part")
     with urllib.request.urlopen(_request(url, start=start), timeout=timeout_s) as r:
         resumed = start > 0 and r.status == 206 and r.headers.get("Content-Range", "").startswith(f"bytes {start}-")
         if start and not resumed:
             log.warning("%s: the server did not resume at byte %d (HTTP %d): downloading it from the start",
-                        dest.name, start, r.status)
+                        name, start, r.status)
             start = 0
         length = r.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
         if resumed:
-            log.info("%s: resuming at byte %d", dest.name, start)
-        _copy(r, part, start, total, dest.name)
+            log.info("%s: resuming at byte %d", name, start)
+        _copy(r, part, start, total, name)
     size = part.stat().st_size
     if total is not None and size != total:
-        raise PosinfoError(f"{dest.name}: the connection ended at {size} of {total} bytes: run the command again "
+        raise PosinfoError(f"{name}: the connection ended at {size} of {total} bytes: run the command again "
                            f"to resume ({part} is kept)")
-    os.replace(part, dest)
 
 
 def _copy(response, part: Path, start: int, total: int | None, name: str) -> None:
@@ -262,7 +278,11 @@ def fetch(names: Sequence[str], root: Path, pins: dict[str, str] | None = None, 
         path = downloads / a.file
         if not path.is_file():
             log.info("downloading %s from %s", a.file, a.url)
-            download(a.url, path, timeout_s)
+            try:
+                download(a.url, path, timeout_s)
+            except (urllib.error.URLError, OSError) as e:  # a server or a connection that failed mid-way
+                raise PosinfoError(f"downloading {a.url} failed ({type(e).__name__}: {getattr(e, 'reason', e)}): "
+                                   f"run the command again to resume it") from None
         how = verify(path, a, root, pins.get(a.file))
         out[a.folder] = {"images": unpack(path, a, root), "verified": how}
     return out
