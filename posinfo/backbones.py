@@ -190,8 +190,8 @@ def _check_builtin(name: str, weights: str, padding: str, init: str, model: str 
     """One line for a setting a built-in backbone (VGG16, the ResNets, PosENet) does not take."""
     if model or nodes or pos_embed != "keep":
         key = "backbone.model" if model else "backbone.nodes" if nodes else "backbone.pos_embed"
-        raise PosinfoError(f"{key} applies to backbone=timm or backbone=torchvision, not {name}: "
-                           f"use backbone=torchvision backbone.model={name}, or drop {key}")
+        instead = "" if name in BAGNETS else f"use backbone=torchvision backbone.model={name}, or "  # not in torchvision
+        raise PosinfoError(f"{key} applies to backbone=timm or backbone=torchvision, not {name}: {instead}drop {key}")
     if name not in NAMES:
         raise PosinfoError(f"unknown backbone '{name}': choose one of {', '.join(NAMES + ZOO)}")
     if init not in INITS:
