@@ -15,24 +15,26 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from posinfo import bagnet
 from posinfo.errors import PosinfoError, reason
 from posinfo.encoder import Encoder, file_state_dict, set_padding
-from posinfo.names import MODULE_BACKBONE, PADDINGS
+from posinfo.names import BAGNETS, MODULE_BACKBONE, PADDINGS
 from posinfo.net import fetch_problem
 from posinfo.partialconv import PartialConv2d
 
 log = logging.getLogger(__name__)
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-NAMES = ("posenet", "vgg16", *RESNETS)
+NAMES = ("posenet", "vgg16", *RESNETS, *BAGNETS)  # BAGNETS: posinfo.bagnet
 ZOO = ("timm", "torchvision")  # any model of either library: posinfo.zoo
 
 # level -> graph node. VGG16: relu1_2 ... relu5_3, each the last op before a max-pool.
 _VGG16_NODES = {1: "features.3", 2: "features.8", 3: "features.15", 4: "features.22", 5: "features.29"}
 # ResNet: layer1..layer4 as in the authors' code; the paper counts five levels, so the
-# stem (ReLU before the max-pool) is offered as f0.
+# stem (ReLU before the max-pool) is offered as f0. BagNets have the same node names (their
+# stem ends in a ReLU too, with no max-pool), and the authors' code reads layer1..layer4.
 _RESNET_NODES = {0: "relu", 1: "layer1", 2: "layer2", 3: "layer3", 4: "layer4"}
-_DEFAULT_LEVELS = {"vgg16": [1, 2, 3, 4, 5], **{r: [1, 2, 3, 4] for r in RESNETS}}
+_DEFAULT_LEVELS = {"vgg16": [1, 2, 3, 4, 5], **{r: [1, 2, 3, 4] for r in (*RESNETS, *BAGNETS)}}
 
 # Random-init ResNet-101/152 in eval mode reach activations of 1e4–1e7 (no trained BatchNorm
 # statistics to tame the residual sums): beyond float16's 65504.
@@ -60,9 +62,9 @@ def _check_padding(name: str, padding: str) -> None:
         raise PosinfoError(f"unknown backbone.padding '{padding}': choose one of {', '.join(PADDINGS)}")
     if padding == "zeros":
         return
-    if padding == "none" and name != "vgg16":
+    if padding == "none" and name not in ("vgg16", *BAGNETS):
         raise PosinfoError(
-            f"backbone.padding=none is only defined for vgg16, not {name} (its residual additions need matching sizes): use zeros, reflect, replicate or circular"
+            f"backbone.padding=none is only defined for vgg16 and the BagNets, not {name} (its residual additions need matching sizes): use zeros, reflect, replicate or circular"
         )
 
 
@@ -75,6 +77,8 @@ def _imagenet_unavailable(name: str, reason: str) -> str:
 
 
 def _imagenet_state_dict(name: str) -> dict:
+    if name in BAGNETS:
+        return bagnet.imagenet_state_dict(name)
     weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
     problem = imagenet_problem(name)  # offline: one line at once, not a download that fails later
     if problem:
@@ -89,6 +93,8 @@ def _imagenet_state_dict(name: str) -> dict:
 def imagenet_problem(name: str, timeout_s: float = 5.0) -> str | None:
     """None if torchvision's ImageNet weights of ``name`` are in the torch hub cache or can be
     fetched from here (a HEAD request); else the one-line error a job would fail with."""
+    if name in BAGNETS:
+        return bagnet.imagenet_problem(name, timeout_s)
     url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
     if (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file():
         return None
@@ -96,11 +102,21 @@ def imagenet_problem(name: str, timeout_s: float = 5.0) -> str | None:
     return None if why is None else _imagenet_unavailable(name, f"not in the torch hub cache, and {why} fetching it")
 
 
+def imagenet_identity(name: str) -> str:
+    """What ``imagenet`` weights are for a built-in backbone (a cache-key field)."""
+    if name in BAGNETS:
+        return bagnet.imagenet_identity(name)
+    return str(torchvision.models.get_model_weights(name).IMAGENET1K_V1)
+
+
 def _check_fits(model: nn.Module, sd: dict, used_prefixes: tuple[str, ...], source: str, name: str) -> None:
-    """Insist that every weight the taps depend on is present in ``sd`` and fits."""
+    """Insist that every weight the taps depend on is present in ``sd`` and fits (a BagNet
+    checkpoint may also hold its classifier, and an old one lack num_batches_tracked)."""
     expected = model.state_dict()
-    missing = [k for k in expected if k.startswith(used_prefixes) and k not in sd]
-    unexpected = [k for k in sd if k not in expected]
+    optional = bagnet.OPTIONAL_SUFFIXES if name in BAGNETS else ()
+    ignored = bagnet.IGNORED_PREFIXES if name in BAGNETS else ()
+    missing = [k for k in expected if k.startswith(used_prefixes) and k not in sd and not k.endswith(optional)]
+    unexpected = [k for k in sd if k not in expected and not k.startswith(ignored)]
     wrong = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
         def show(keys: list[str]) -> str:
@@ -112,9 +128,9 @@ def _check_fits(model: nn.Module, sd: dict, used_prefixes: tuple[str, ...], sour
             parts.append(f"unexpected keys: {show(unexpected)}")
         if wrong:
             parts.append(f"wrong shapes: {show(wrong)}")
-        raise PosinfoError(
-            f"backbone.weights '{source}' does not fit torchvision's {name} ({'; '.join(parts)}): save the state dict of a torchvision {name}"
-        )
+        what, fix = ((name, bagnet.file_fix(name)) if name in BAGNETS else
+                     (f"torchvision's {name}", f"save the state dict of a torchvision {name}"))
+        raise PosinfoError(f"backbone.weights '{source}' does not fit {what} ({'; '.join(parts)}): {fix}")
 
 
 INITS = ("torchvision", "pytorch")
@@ -158,7 +174,7 @@ def overflows_float16(name: str, weights: str, padding: str = "zeros") -> bool:
 def _weights_source(name: str, weights: str, model: nn.Module, used: tuple[str, ...]) -> tuple[str, dict | None]:
     """What the weights are called in messages, and a weights file's checked state dict."""
     if weights == "imagenet":
-        return f"imagenet ({torchvision.models.get_model_weights(name).IMAGENET1K_V1})", None
+        return f"imagenet ({imagenet_identity(name)})", None
     if weights == "random":
         log.warning("backbone %s uses random weights (a control, not the paper's ImageNet weights)", name)
         return "random", None
@@ -172,8 +188,8 @@ def _check_builtin(name: str, weights: str, padding: str, init: str, model: str 
     """One line for a setting a built-in backbone (VGG16, the ResNets, PosENet) does not take."""
     if model or nodes or pos_embed != "keep":
         key = "backbone.model" if model else "backbone.nodes" if nodes else "backbone.pos_embed"
-        raise PosinfoError(f"{key} applies to backbone=timm or backbone=torchvision, not {name}: "
-                           f"use backbone=torchvision backbone.model={name}, or drop {key}")
+        instead = "" if name in BAGNETS else f"use backbone=torchvision backbone.model={name}, or "  # not in torchvision
+        raise PosinfoError(f"{key} applies to backbone=timm or backbone=torchvision, not {name}: {instead}drop {key}")
     if name not in NAMES:
         raise PosinfoError(f"unknown backbone '{name}': choose one of {', '.join(NAMES + ZOO)}")
     if init not in INITS:
@@ -185,6 +201,24 @@ def _check_builtin(name: str, weights: str, padding: str, init: str, model: str 
     _check_padding(name, padding)  # before any weights are fetched
     if weights in (None, "", "none"):
         raise PosinfoError(f"backbone.weights is empty for {name}: use imagenet, random or a path to a state-dict file")
+
+
+def _skeleton(name: str) -> tuple[nn.Module, tuple[str, ...]]:
+    """The model on the meta device, and the state-dict prefixes its taps can use. On the meta
+    device only the layers the taps use ever get memory or weights, so VGG16's 120M-parameter
+    classifier is never initialised (1 s per job saved)."""
+    with torch.device("meta"):
+        if name in BAGNETS:
+            return bagnet.bagnet(name), bagnet.USED_PREFIXES
+        model = torchvision.models.get_model(name, weights=None)
+    return model, (("features.",) if name == "vgg16" else ("conv1.", "bn1.", "layer"))
+
+
+def _loadable(body: nn.Module, sd: dict) -> dict:
+    """``sd`` restricted to ``body``'s keys; a BatchNorm counter an old checkpoint lacks
+    (checked optional by _check_fits) is 0: eval mode never reads it."""
+    return {k: sd[k] if k in sd or not k.endswith(bagnet.OPTIONAL_SUFFIXES) else torch.zeros((), dtype=torch.long)
+            for k in body.state_dict()}
 
 
 def build_encoder(
@@ -219,13 +253,9 @@ def build_encoder(
     levels = _levels(name, taps)
     if name == "posenet":
         return Encoder(name, None, {}, normalize)
-    # Built on the meta device: only the layers the taps use ever get memory or weights,
-    # so VGG16's 120M-parameter classifier is never initialised (1 s per job saved).
-    with torch.device("meta"):
-        model = torchvision.models.get_model(name, weights=None)
+    model, used = _skeleton(name)
     table = _VGG16_NODES if name == "vgg16" else _RESNET_NODES
     nodes = {f"f{lv}": table[lv] for lv in levels}
-    used = ("features.",) if name == "vgg16" else ("conv1.", "bn1.", "layer")
     source, file_sd = _weights_source(name, weights, model, used)
     set_padding(model, padding)
     body = create_feature_extractor(model, return_nodes={node: tap for tap, node in nodes.items()},
@@ -243,7 +273,7 @@ def build_encoder(
                 torch.set_rng_state(rng_state)
                 (_init_pytorch if init == "pytorch" else _init_random)(body)
         else:
-            body.load_state_dict({k: sd[k] for k in body.state_dict()}, strict=True)
+            body.load_state_dict(_loadable(body, sd), strict=True)
 
     encoder = Encoder(name, body, nodes, normalize, materialize)
     return encoder if lazy else encoder.materialize()

@@ -117,10 +117,10 @@ def _weights_identity(backbone: DictConfig, seed: int) -> str:
         from posinfo.zoo import pretrained_identity
 
         return pretrained_identity(str(backbone.name), str(backbone.model))
-    if w == "imagenet":
-        import torchvision
+    if w == "imagenet":  # torchvision's V1 weights, or a BagNet's official file
+        from posinfo.backbones import imagenet_identity
 
-        return str(torchvision.models.get_model_weights(backbone.name).IMAGENET1K_V1)
+        return imagenet_identity(str(backbone.name))
     if w == "random":  # torchvision's rules keep the key they always had
         init = str(backbone.get("init", "torchvision"))
         return f"random(seed={seed})" if init == "torchvision" else f"random(seed={seed},init={init})"

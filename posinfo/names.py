@@ -18,7 +18,8 @@ STRIPES = ("horstp", "verstp")
 TARGET_RANGES = ("unit", "signed")
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-BACKBONES = ("posenet", "vgg16", *RESNETS, "timm", "torchvision")  # the last two: any model (posinfo.zoo)
+BAGNETS = ("bagnet9", "bagnet17", "bagnet33")  # receptive fields of 9, 17, 33 px (posinfo.bagnet)
+BACKBONES = ("posenet", "vgg16", *RESNETS, *BAGNETS, "timm", "torchvision")  # the last two: any model (posinfo.zoo)
 PADDINGS = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 CANVAS_COLORS = ("black", "white", "mean", "noise")  # data.canvas.color
 
@@ -36,6 +37,8 @@ SELF_CONTAINED_DATA = ("embedded", "photos")  # their images are their own: data
 # images held by the calling process (data.train_dir/test_dir name them in posinfo.userdata's).
 MODULE_BACKBONE = "module"
 PYTHON_DATA = "python"
+# The paper's datasets that `python -m posinfo.datasets fetch` downloads (posinfo.datasets).
+FETCHABLE_DATASETS = ("duts", "pascal-s")
 
 # Training budgets and the convergence rule (posinfo.train; docs/method.md, "Training outcome").
 PAPER_STEPS = 4950  # the paper's protocol: ceil(10,553 / 32) = 330 batches × 15 epochs
@@ -117,12 +120,19 @@ CACHE_DIR_ENV = "POSINFO_CACHE_DIR"
 SWEEP_ID_ENV = "POSINFO_SWEEP_ID"  # set by the sweep summary callback; inherited by workers and Slurm jobs
 ISOLATE_ENV = "POSINFO_ISOLATE"
 GPU_LOCK_DIR_ENV = "POSINFO_GPU_LOCK_DIR"
+DATA_DIR_ENV = "POSINFO_DATA_DIR"  # where `python -m posinfo.datasets fetch` puts datasets, and data=duts reads them
 
 
 def default_cache_dir() -> Path:
     """``$POSINFO_CACHE_DIR``, else ``~/.cache/posinfo`` (the config's ``cache.dir`` default)."""
     env = os.environ.get(CACHE_DIR_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "posinfo"
+
+
+def default_data_dir() -> Path:
+    """``$POSINFO_DATA_DIR``, else ``~/.cache/posinfo-data``: the fetcher's default ``--to`` and data=duts's root."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "posinfo-data"
 
 
 def utc_now() -> str:

@@ -40,7 +40,7 @@ def job_problems(cfg: DictConfig) -> list[str]:
         for key in ("train_dir", "test_dir"):
             folder = data.get(key)
             if folder and not user_path(folder).is_dir():
-                out.append(f"data.{key}={folder}: no such folder: point it at a folder of jpg/png images")
+                out.append(_missing_folder(key, str(folder)))
     file = cfg.input.get("file")
     if file and not user_path(file).is_file():
         out.append(f"input.file={file}: no such file: give an existing jpg/png image, or input.file=null")
@@ -56,3 +56,14 @@ def _pretrained_problem(name: str, model: str | None) -> str | None:
     from posinfo.backbones import imagenet_problem
 
     return imagenet_problem(name)
+
+
+def _missing_folder(key: str, folder: str) -> str:
+    """One line for a missing data folder; for a folder of the fetcher's layout (data=duts), the
+    command that fetches it."""
+    from posinfo.datasets import missing_hint
+
+    fetch = missing_hint(user_path(folder))
+    if fetch:
+        return f"data.{key}={folder}: no such folder: fetch it with `{fetch}` (or set POSINFO_DATA_DIR to where you fetched it)"
+    return f"data.{key}={folder}: no such folder: point it at a folder of jpg/png images"

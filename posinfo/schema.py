@@ -29,7 +29,7 @@ from posinfo.guards import memory_problems, no_effect_problems
 from posinfo.names import (BACKBONES, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, FEATURE_MEMORY,
                            FOLDER_NAMED_ELSEWHERE, INPUT_KINDS, LOSS_AT, MODULE_BACKBONE, NORMALIZATIONS, PADDINGS,
                            PYTHON_DATA, RUN_CONTROL_KEYS, SOLVERS, TARGET_RANGES, TARGETS, WEIGHT_FILE_KEYS, covered_by,
-                           default_cache_dir)
+                           default_cache_dir, default_data_dir)
 
 # ----------------------------------------------------------------------------- rules
 
@@ -209,14 +209,15 @@ TOP_LEVEL: dict[str, Rule] = {
 
 
 def register() -> None:
-    """Store each schema as ``<group>/base_<group>`` and the ``${posinfo.cache_dir:}`` resolver
-    (idempotent: both are replaced)."""
+    """Store each schema as ``<group>/base_<group>`` and the ``${posinfo.cache_dir:}`` and
+    ``${posinfo.data_dir:}`` resolvers (idempotent: all are replaced)."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     for group, node in GROUPS.items():
         cs.store(group=group, name=f"base_{group}", node=node)
     OmegaConf.register_new_resolver("posinfo.cache_dir", lambda: str(default_cache_dir()), replace=True)
+    OmegaConf.register_new_resolver("posinfo.data_dir", lambda: str(default_data_dir()), replace=True)
 
 
 def _leaves(cls: type, prefix: str) -> Iterable[tuple[str, Any]]:

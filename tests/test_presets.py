@@ -18,7 +18,7 @@ from conftest import CONF, run_sweep
 from posinfo.sweepgrid import expand as expand_grid
 
 PRESETS = ["quickstart", "table1", "table2a", "table2b", "table3", "table4", "table6", "canvas", "padding",
-           "vit_pos_embed", "modern_cnns"]
+           "vit_pos_embed", "modern_cnns", "bagnets"]
 PADDING_MODES = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 WEIGHTS = ["saliency_weights=/w/sod.pt", "segmentation_weights=/w/ss.pt"]
 TARGETS3 = ("hor", "gau", "horstp")
@@ -113,6 +113,8 @@ def test_every_preset_file_is_tested_and_documented():
          ["natural"]),
         ("padding", [], grid(["vgg16"], ["hor", "gau"], bpads=PADDING_MODES)
          | grid(["resnet50"], ["hor", "gau"], bpads=[m for m in PADDING_MODES if m != "none"]), ["natural"]),
+        ("bagnets", [], grid(["bagnet9", "bagnet17", "bagnet33"], TARGETS3, bpads=("none",)) | grid(["resnet50"], TARGETS3),
+         ["natural"]),
     ],
 )
 def test_preset_grid(preset, cli, expected, inputs):
@@ -231,9 +233,12 @@ E2E_EXTRA = {
                       "target.cells=2", "data.image_size=64"],
     "modern_cnns": ["backbone.model=mobilenet_v3_small,convnext_tiny", "target=hor,grid", "target.cells=2",
                     "data.image_size=64"],
+    # the widest receptive field against the reference: the other BagNets differ only in kernel sizes
+    "bagnets": ["backbone=bagnet33,resnet50", "target=hor"],
 }
 # VGG16 without padding needs >= 196 px to keep f5 (Table 4's taps shrink to 2 px at 224).
-IMAGE_SIZE = {"table4": "data.image_size=224"}
+# BagNet-33's valid 3×3 convs need >= 41 px to keep a 1×1 layer4.
+IMAGE_SIZE = {"table4": "data.image_size=224", "bagnets": "data.image_size=48"}
 
 
 def run_preset(preset: str, sweep_dir: Path, *extra: str):

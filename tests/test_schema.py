@@ -18,7 +18,7 @@ BAD = [
     (["readout.kernel=abc"], "readout.kernel=abc: must be an integer ≥ 1"),
     (["train.lr=nan"], "train.lr=nan: must be a finite number > 0"),
     (["readout.padding=0,1,-1"], "readout.padding=-1: must be an integer ≥ 0"),  # every value of a sweep
-    (["backbone=vgg17"], "backbone=vgg17: no such option (did you mean vgg16?); choose one of posenet, resnet101, "
+    (["backbone=vgg17"], "backbone=vgg17: no such option (did you mean vgg16?); choose one of bagnet17, bagnet33, bagnet9, posenet, resnet101, "
                          "resnet152, resnet18, resnet34, resnet50, timm, torchvision, vgg16"),
     (["readout.kernl=3"], "readout.kernl: no such key (did you mean readout.kernel?); the keys of readout are kernel, "
                           "depth, padding, feature_size, standardize, solver, ridge_folds"),
