@@ -656,6 +656,9 @@ def write_report(out: Path, doc: Path, w: Path, s: Scale, smoke: bool, scale_row
         "`vgg16_imagenet.pth` (the original ImageNet VGG16), `vgg16_hed.pth` (VGG16 fine-tuned for edge "
         "detection), torchvision's random initialisation (seeded), PosENet (no encoder: the readout sees the "
         "28×28 image).", "",
+        "Every number on this page is the paper's SGD recipe's. The same features under the optimal linear readout "
+        "(`readout.solver=ridge`), side by side with SGD and with three random networks per random cell: "
+        "[solvers.md](solvers.md) (`python scripts/solver_study.py`).", "",
     ]
     lines += conclusions(cells, s)
     lines += ["## Tables", ""]
