@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -135,13 +137,21 @@ def test_a_tilde_on_the_command_line_is_expanded_as_the_shell_would_have(monkeyp
 
 
 def test_a_folder_under_tilde_runs_from_the_command_line(tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+
     from conftest import run_sweep
 
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for d in ("tr", "te"):
-        (tmp_path / d).mkdir()
-    p = run_sweep("backbone=posenet", "data=folder", "data.train_dir=~/tr", "data.test_dir=~/te", "dry_run=true",
-                  cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
-    assert "[dry run] would run" in p.stdout  # not Hydra's refusal of an unquoted '~'
-    assert "data.train_dir=" + str(tmp_path / "tr").replace("/", "_") in p.stdout  # the folder named after the path
+    # A short home: a long one (pytest-xdist's tmp paths) shortens the folder name to a hash.
+    home = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))
+    try:
+        monkeypatch.setenv("HOME", str(home))
+        for d in ("tr", "te"):
+            (home / d).mkdir()
+        p = run_sweep("backbone=posenet", "data=folder", "data.train_dir=~/tr", "data.test_dir=~/te", "dry_run=true",
+                      cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        assert "[dry run] would run" in p.stdout  # not Hydra's refusal of an unquoted '~'
+        assert "data.train_dir=" + str(home / "tr").replace("/", "_") in p.stdout  # the folder named after the path
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
