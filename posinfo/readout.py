@@ -216,14 +216,27 @@ def build_readout(in_channels: int, kernel: int = 3, depth: int = 1, padding: in
 
 
 class LinearReadout(nn.Sequential):
-    """The closed-form readout (``readout.solver=ridge``, posinfo.ridge): channel
-    standardisation, then one k×k convolution C→1 with a linear output (no BatchNorm, no
-    sigmoid). Its state_dict stores the statistics and the weights."""
+    """The closed-form readout (``readout.solver=ridge``, posinfo.ridge): one k×k convolution
+    C→1 with a linear output (no BatchNorm, no sigmoid) on channel-standardised features. Its
+    state_dict stores the statistics and the weights.
+
+    The padding is the paper's: zeros around the raw features, standardised with them (a
+    padded position reads (0 − mean)/std). Zeros after standardising would be each channel's
+    mean instead, and on PosENet, whose only position signal is the contrast between the
+    image and its zero padding, that removed the signal (hor SPC −.02 against SGD's .37)."""
 
     def __init__(self, in_channels: int, kernel: int, padding: int):
-        super().__init__(Standardize(in_channels), OneMapConv2d(in_channels, kernel, padding=padding))
+        super().__init__(Standardize(in_channels), OneMapConv2d(in_channels, kernel, padding=0))
+        self.pad = padding
         nn.init.zeros_(self[1].weight)
         nn.init.zeros_(self[1].bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the convolution reads: the raw features zero-padded, then standardised."""
+        return self[0](nn.functional.pad(x, (self.pad,) * 4) if self.pad else x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[1](self.features(x))
 
 
 def make(in_channels: int, kernel: int, depth: int, padding: int, in_size: int, classes: int | None,

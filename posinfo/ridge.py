@@ -31,13 +31,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from posinfo.errors import PosinfoError
-from posinfo.readout import LinearReadout, Standardize
+from posinfo.readout import LinearReadout
 from posinfo.upsampling import Upsampling
 
 log = logging.getLogger(__name__)
@@ -64,18 +65,18 @@ def _patches(x: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:
     return torch.cat([cols, cols.new_ones(*cols.shape[:2], 1)], dim=2)
 
 
-def moments(batches, folds: np.ndarray, n_folds: int, kernel: int, padding: int, out_hw: tuple[int, int],
-            size: int, standardize: Standardize, progress=None) -> list[Moments]:
+def moments(batches, folds: np.ndarray, n_folds: int, kernel: int, out_hw: tuple[int, int], size: int,
+            features: Callable[[torch.Tensor], torch.Tensor], progress=None) -> list[Moments]:
     """The normal equations of each fold, in one pass over ``batches`` (feature batches in
-    image order; ``folds[i]`` is image i's fold)."""
+    image order; ``folds[i]`` is image i's fold); ``features`` turns a batch into what the
+    convolution reads (LinearReadout.features: padded, standardised)."""
     g_h, g_w = Upsampling.of(*out_hw, size).gram()
     r_h = torch.linalg.cholesky(g_h).t()  # G_h = R_hᵀR_h
     r_w = torch.linalg.cholesky(g_w).t()
     out: list[Moments] | None = None
     at = 0
     for x in batches:
-        xs = standardize(x)
-        phi = _patches(xs, kernel, padding)  # in the features' precision
+        phi = _patches(features(x), kernel, 0)  # in the features' precision
         b, p, d = phi.shape
         if out is None:
             out = [Moments(phi.new_zeros(d, d, dtype=torch.float64), phi.new_zeros(p, d, dtype=torch.float64))
@@ -233,8 +234,8 @@ def fit(readouts: list[LinearReadout], source, maps: list[torch.Tensor], *, kern
     side = feature_size + 2 * padding - kernel + 1
     size = maps[0].shape[-1]
     bar = tqdm(total=n, desc="ridge: normal equations", unit="img", leave=False, disable=None if progress else True)
-    sums = moments(source.batches(np.arange(n), batch_size), fold_of(n, folds), folds, kernel, padding, (side, side),
-                   size, readouts[0][0], bar.update)
+    sums = moments(source.batches(np.arange(n), batch_size), fold_of(n, folds), folds, kernel, (side, side), size,
+                   readouts[0].features, bar.update)
     bar.close()
     t_pass = time.perf_counter() - t0
     device = sums[0].h.device

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from posinfo import ridge
 from posinfo.features import FeatureSource
-from posinfo.readout import LinearReadout, Standardize, build_readout
+from posinfo.readout import LinearReadout, build_readout
 from posinfo.train import Loss, fit_many
 from posinfo.upsampling import FeatureLoss, Upsampling, interpolation_matrix
 
@@ -107,7 +107,8 @@ def _dense(x, t, std, kernel, padding, lam):
     n, size = len(x), t.shape[-1]
     side = x.shape[-1] + 2 * padding - kernel + 1
     u = _explicit_upsampling(side, size)
-    a = torch.cat([u @ ridge._patches(std(x[i : i + 1]), kernel, padding)[0] for i in range(n)])
+    padded = F.pad(x, (padding,) * 4)  # the paper's padding: zeros around the raw features, then standardised
+    a = torch.cat([u @ ridge._patches(std(padded[i : i + 1]), kernel, 0)[0] for i in range(n)])
     rhs = t.reshape(-1).repeat(n)
     pen = torch.eye(a.shape[1], dtype=torch.float64)
     pen[-1, -1] = 0
@@ -115,11 +116,12 @@ def _dense(x, t, std, kernel, padding, lam):
     return theta, float(((a @ theta - rhs) ** 2).mean() + lam * (theta[:-1] ** 2).sum())
 
 
-def _moments(x, kernel, padding, size, folds=3, std=None):
-    std = std or Standardize(x.shape[1]).double().fit([x])
+def _moments(x, kernel, padding, size, folds=3):
+    readout = LinearReadout(x.shape[1], kernel, padding).double()
+    readout[0].fit([x])
     side = x.shape[-1] + 2 * padding - kernel + 1
-    return ridge.moments([x[:5], x[5:]], ridge.fold_of(len(x), folds), folds, kernel, padding, (side, side), size,
-                         std), std, Upsampling.of(side, side, size)
+    return ridge.moments([x[:5], x[5:]], ridge.fold_of(len(x), folds), folds, kernel, (side, side), size,
+                         readout.features), readout[0], Upsampling.of(side, side, size)
 
 
 @pytest.mark.parametrize("kernel,padding", [(1, 0), (3, 0), (3, 1)])
@@ -193,6 +195,25 @@ def test_ridge_refuses_too_few_images_per_fold():
     with pytest.raises(Exception, match="readout.ridge_folds=5 needs at least 10 training images"):
         ridge.fit([readout], ArraySource(x), [t], kernel=3, padding=0, feature_size=8, folds=5, batch_size=6,
                   progress=False)
+
+
+def test_ridge_pads_the_raw_features_with_zeros_as_the_paper_does():
+    """Images that are constant but for noise carry position only through their zero padding: a
+    readout that padded standardised features (each channel's mean) would find nothing."""
+    g = torch.Generator().manual_seed(3)
+    x = 1.0 + 0.01 * torch.randn(16, 2, 8, 8, dtype=torch.float64, generator=g)
+    t = torch.linspace(0, 1, 20, dtype=torch.float64).expand(20, 20).contiguous()  # hor
+    floor = float(((t - t.mean()) ** 2).mean())
+    sums, _, up = _moments(x, 3, 2, 20, folds=4)
+    fit = ridge.solve(sums, [t], up)[0]
+    assert fit["train_loss"] < 0.5 * floor
+    readout = LinearReadout(2, 3, 2).double()
+    readout[0].fit([x])
+    with torch.no_grad():
+        readout[1].weight.copy_(fit["weights"][:-1].view_as(readout[1].weight))
+        readout[1].bias.copy_(fit["weights"][-1:])
+        pred = F.interpolate(readout(x), size=(20, 20), mode="bilinear", align_corners=False)
+    assert float(((pred - t) ** 2).mean()) == pytest.approx(fit["train_loss"], rel=1e-9)
 
 
 def test_fold_assignment_is_deterministic_and_balanced():
