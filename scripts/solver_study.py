@@ -342,28 +342,29 @@ def conclusion_c(cells, targets: list[str]) -> list[str]:
 
 
 def section_cost(out: Path, names: list[str]) -> list[str]:
-    """The ridge fit's time against the SGD readout's on the same cached features (from result.json)."""
-    rows = []
+    """The ridge fit's time against the SGD readout's on the same cached features (from result.json):
+    every job that fitted readouts, alone or for its fused group (the targets of one seed)."""
+    agg: dict[tuple, list[float]] = {}
     for name in names:
         for res in sorted((out / name).glob("*/result.json")):
             r = json.loads(res.read_text())
-            t = r.get("training") or {}
-            if r.get("status") != "ok" or r.get("readout_reused") or "fused" in r:
+            if r.get("status") != "ok" or (r.get("readout_reused") and "fused" not in r):
                 continue
-            solver = t.get("solver", "sgd")
-            rows.append((name, solver, r["readout_in_channels"], r["config"]["readout"]["kernel"],
-                         r["config"]["data"]["num_train"], r["timing"]["train_s"]))
-    if not rows:
+            solver = (r.get("training") or {}).get("solver", "sgd")
+            k = r["config"]["readout"]["kernel"]
+            n_readouts = r.get("fused", {}).get("readouts", 1)
+            key = (name.split("_")[0], solver, r["readout_in_channels"], k, r["config"]["data"]["num_train"], n_readouts)
+            agg.setdefault(key, []).append(r["timing"]["train_s"])
+    if not agg:
         return []
-    agg: dict[tuple, list[float]] = {}
-    for name, solver, ch, k, n, s in rows:
-        agg.setdefault((name.split("_")[0], solver, ch, k, n), []).append(s)
-    table = [[a, s, str(ch), f"{k}×{k}", str(n), f"{np.median(v):.1f}", str(len(v))]
-             for (a, s, ch, k, n), v in sorted(agg.items())]
-    return ["## Cost: fitting one readout on cached features", "",
-            "Median `timing.train_s` of the jobs that fitted their readout alone (not reused, not a fused group's), "
-            "on this 2-core CPU, shared with other work while the study ran: compare within a row's backbone.", "",
-            md_table(["part", "solver", "channels", "kernel", "N train", "median s", "jobs"], table), ""]
+    table = [[a, s, str(ch), f"{k}×{k}", str(n), str(t), f"{np.median(v):.1f}", str(len(v))]
+             for (a, s, ch, k, n, t), v in sorted(agg.items())]
+    return ["## Cost: fitting the readouts on cached features", "",
+            "Median `timing.train_s` of the jobs that fitted readouts: alone, or all the targets of their fused "
+            "group in one pass (`readouts`). An SGD fit is per seed; a ridge fit on trained weights serves every "
+            "seed (the others reuse it), on random weights each seed is another network. On this 2-core CPU, shared "
+            "with other work while the study ran: compare within a part.", "",
+            md_table(["part", "solver", "channels", "kernel", "N train", "readouts", "median s", "fits"], table), ""]
 
 
 def _finished(folder: Path) -> int:
