@@ -58,10 +58,10 @@ class Moments:
     n: int = 0
 
 
-def _patches(x: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:
-    """Φ for a batch: B×P×(D+1), each output position's k×k patch of every channel (the
-    conv weight's order: channel, row, column) and a 1 for the bias."""
-    cols = F.unfold(x, kernel, padding=padding).transpose(1, 2)  # B×P×D
+def _patches(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Φ for a batch of (already padded) features: B×P×(D+1), each output position's k×k patch
+    of every channel (the conv weight's order: channel, row, column) and a 1 for the bias."""
+    cols = F.unfold(x, kernel).transpose(1, 2)  # B×P×D
     return torch.cat([cols, cols.new_ones(*cols.shape[:2], 1)], dim=2)
 
 
@@ -76,7 +76,7 @@ def moments(batches, folds: np.ndarray, n_folds: int, kernel: int, out_hw: tuple
     out: list[Moments] | None = None
     at = 0
     for x in batches:
-        phi = _patches(features(x), kernel, 0)  # in the features' precision
+        phi = _patches(features(x), kernel)  # in the features' precision
         b, p, d = phi.shape
         if out is None:
             out = [Moments(phi.new_zeros(d, d, dtype=torch.float64), phi.new_zeros(p, d, dtype=torch.float64))

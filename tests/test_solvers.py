@@ -108,7 +108,7 @@ def _dense(x, t, std, kernel, padding, lam):
     side = x.shape[-1] + 2 * padding - kernel + 1
     u = _explicit_upsampling(side, size)
     padded = F.pad(x, (padding,) * 4)  # the paper's padding: zeros around the raw features, then standardised
-    a = torch.cat([u @ ridge._patches(std(padded[i : i + 1]), kernel, 0)[0] for i in range(n)])
+    a = torch.cat([u @ ridge._patches(std(padded[i : i + 1]), kernel)[0] for i in range(n)])
     rhs = t.reshape(-1).repeat(n)
     pen = torch.eye(a.shape[1], dtype=torch.float64)
     pen[-1, -1] = 0
@@ -141,7 +141,7 @@ def test_ridge_objective_is_never_above_gradient_descent_on_it():
     theta = ridge.solve(sums, [t], up, lambdas=[lam])[0]["weights"]
     _, best = _dense(x, t, std, 3, 0, lam)
     w = torch.zeros(theta.numel(), dtype=torch.float64, requires_grad=True)
-    a = torch.cat([_explicit_upsampling(6, 20) @ ridge._patches(std(x[i : i + 1]), 3, 0)[0] for i in range(len(x))])
+    a = torch.cat([_explicit_upsampling(6, 20) @ ridge._patches(std(x[i : i + 1]), 3)[0] for i in range(len(x))])
     rhs = t.reshape(-1).repeat(len(x))
     opt = torch.optim.SGD([w], lr=0.05, momentum=0.9)
     for _ in range(300):
