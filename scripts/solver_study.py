@@ -32,9 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from study import Part, ci, diff, fmt_diff, load_cells, md_table, pick, run_part, verdict  # noqa: E402
+from study import (PAPER, Part, ci, diff, fmt_diff, load_cells, md_table, pick, run_part,  # noqa: E402
+                   save_size_figure, verdict)
 
-PAPER_HOR = 0.742  # Table 1, ImageNet VGG16, hor, natural (DUTS-TR -> PASCAL-S, 10,553 training images)
+PAPER_HOR = PAPER["hor"][0]  # Table 1, ImageNet VGG16, hor, natural (DUTS-TR -> PASCAL-S, 10,553 training images)
 PAPER_N = 10553
 EFFNET = "backbone=timm backbone.model=tf_efficientnet_lite0 data.normalize=model"
 VARIANTS = {  # how each column's readout is found: (part suffix, overrides)
@@ -308,15 +309,8 @@ def _figure_curve(curves, ext, path: Path) -> None:
             grid = np.geomspace(min(ns), PAPER_N, 50)
             ax.plot(grid, a - b * grid ** (-c), "-", color=color, lw=1)
             ax.errorbar([PAPER_N], [e[0]], yerr=[[e[0] - e[1]], [e[2] - e[0]]], color=color, marker="s", capsize=3)
-    ax.axhline(PAPER_HOR, color="k", ls="--", lw=1, label="paper (DUTS-TR → PASCAL-S)")
-    ax.set_xscale("log")
-    ax.set_xlabel("training images")
-    ax.set_ylabel("SPC, hor, natural test images")
-    ax.set_title("ImageNet VGG16: the SGD recipe (3×3) and the optimal 1×1 linear readout", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_size_figure(fig, ax, path, "paper (DUTS-TR → PASCAL-S)", "training images", "SPC, hor, natural test images",
+                     "ImageNet VGG16: the SGD recipe (3×3) and the optimal 1×1 linear readout")
 
 
 def conclusion_c(cells, targets: list[str]) -> list[str]:

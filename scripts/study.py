@@ -329,11 +329,20 @@ def figure_size(cells, path: Path) -> None:
     for (name, sub), color in zip(g.groupby("label", sort=False), ("C0", "C1", "C2")):
         sub = sub.sort_values("data.num_train", key=lambda s: s.astype(int))
         _errorbars(ax, sub["data.num_train"].astype(int).tolist(), [r for _, r in sub.iterrows()], color, name)
-    ax.axhline(PAPER["hor"][0], color="k", ls="--", lw=1, label="paper, ImageNet VGG16 (10,553 photos)")
+    save_size_figure(fig, ax, path, "paper, ImageNet VGG16 (10,553 photos)", "training images (embedded)",
+                     "SPC, hor (natural test images)", "VGG16: position information vs training-set size (3 seeds, 95% CI)")
+
+
+def save_size_figure(fig, ax, path: Path, paper_label: str, xlabel: str, ylabel: str, title: str) -> None:
+    """An SPC-against-training-images figure's common finish: the paper's `hor` line, a log axis,
+    labels, and the file (shared with scripts/solver_study.py)."""
+    import matplotlib.pyplot as plt
+
+    ax.axhline(PAPER["hor"][0], color="k", ls="--", lw=1, label=paper_label)
     ax.set_xscale("log")
-    ax.set_xlabel("training images (embedded)")
-    ax.set_ylabel("SPC, hor (natural test images)")
-    ax.set_title("VGG16: position information vs training-set size (3 seeds, 95% CI)", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
