@@ -408,6 +408,7 @@ def _store(cfg: DictConfig, plan: Plan, sources: Sources) -> ReadoutStore | None
         readout.pop("ridge_folds", None)
         train = plan.train_kwargs
     else:  # the closed form depends on no seed, lr or schedule: every seed's job reuses it
+        readout.pop("standardize", None)  # ridge always standardises (readout.make)
         train = {"solver": plan.solver, "padding": "raw"}  # zeros around the raw features (LinearReadout)
     # A job that differs only in its evaluation input reuses the trained readout.
     return ReadoutStore.for_training(sources.train, settings, {

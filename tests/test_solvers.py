@@ -233,6 +233,8 @@ def test_ridge_job_is_seed_free_records_its_fit_and_reuses_it_for_every_seed(mak
     a = run(make_cfg(*args, "train.seed=0"), tmp_path / "a")
     b = run(make_cfg(*args, "train.seed=1", "train.lr=0.5"), tmp_path / "b")
     assert a["metrics"] == b["metrics"] and not a["readout_reused"] and b["readout_reused"]
+    std = run(make_cfg(*args, "readout.standardize=channel"), tmp_path / "s")  # ridge standardises anyway
+    assert std["readout_reused"] and std["metrics"] == a["metrics"]
     fresh = run(make_cfg(*args, "train.seed=2", f"cache.dir={tmp_path}/other"), tmp_path / "c")
     assert fresh["metrics"] == a["metrics"] and not fresh["readout_reused"]  # recomputed: the same numbers
     t = a["training"]
