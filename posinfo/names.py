@@ -22,6 +22,9 @@ BAGNETS = ("bagnet9", "bagnet17", "bagnet33")  # receptive fields of 9, 17, 33 p
 BACKBONES = ("posenet", "vgg16", *RESNETS, *BAGNETS, "timm", "torchvision")  # the last two: any model (posinfo.zoo)
 PADDINGS = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 CANVAS_COLORS = ("black", "white", "mean", "noise")  # data.canvas.color
+# data.placement.layout (posinfo.placement): grid, the image in one of k×k cells (GAPNet);
+# diagonal, top-left or bottom-right of a 2×2 grid (the quadrant task, 4QI).
+PLACEMENT_LAYOUTS = ("grid", "diagonal")
 
 INPUT_KINDS = ("natural", "black", "white", "noise", "shuffled", "rotated")
 SYNTHETIC_KINDS = ("black", "white", "noise")
