@@ -13,7 +13,8 @@ from pathlib import Path
 
 # ----------------------------------------------------------------------------- config options
 
-TARGETS = ("hor", "ver", "gau", "horstp", "verstp", "grid")  # grid: the location target (posinfo.location)
+MAP_TARGETS = ("hor", "ver", "gau", "horstp", "verstp")  # position maps (posinfo.targets); their kind: posinfo.kinds
+TARGETS = (*MAP_TARGETS, "grid")  # grid: the location target (posinfo.location)
 STRIPES = ("horstp", "verstp")
 TARGET_RANGES = ("unit", "signed")
 
