@@ -254,11 +254,16 @@ def _stages(cfg: DictConfig, job_dir: Path, result: dict, progress: bool, siblin
     readout = _train_or_reuse(cfg, plan, sources, job_dir, result, progress)
     timing["train_s"] = round(time.perf_counter() - t0, 3)
     channels = bool(OmegaConf.select(cfg, "analysis.channels", default=False))
-    if not channels:
+    per_tap = bool(cfg.target.per_tap)
+    if not (channels or per_tap):
         sources.train = None  # its batch buffer: evaluation holds one batch at a time, not two
     t0 = time.perf_counter()
     rows, arrays, panels = _evaluate(readout, plan, sources, result)
     timing["eval_s"] = round(time.perf_counter() - t0, 3)
+    if per_tap:
+        t0 = time.perf_counter()
+        _per_tap(cfg, plan, sources, result)
+        timing["per_tap_s"] = round(time.perf_counter() - t0, 3)
     if channels:
         t0 = time.perf_counter()
         _channels(cfg, plan, sources, job_dir, result)
@@ -390,10 +395,12 @@ def _store(cfg: DictConfig, plan: Plan, sources: Sources) -> ReadoutStore | None
     else:  # the closed form depends on no seed, lr or schedule: every seed's job reuses it
         readout.pop("standardize", None)  # ridge always standardises (readout.make)
         train = {"solver": plan.solver, "padding": "raw"}  # zeros around the raw features (LinearReadout)
+    target = OmegaConf.to_container(cfg.target, resolve=True)
+    target.pop("per_tap", None)  # the per-tap probes are not stored; the job's readout keeps its key
     # A job that differs only in its evaluation input reuses the trained readout.
     return ReadoutStore.for_training(sources.train, settings, {
         **sources.key_fields, "images": sources.train_images, "dtype": settings.dtype,
-        "target": OmegaConf.to_container(cfg.target, resolve=True),
+        "target": target,
         "readout": readout, "train": train, "device": plan.device.type,
     }, force=bool(cfg.get("force", False)))
 
@@ -556,6 +563,36 @@ def _channels(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, resu
     ch.figure(job_dir / CHANNELS_PNG, out, scores, counts,
               f"{cfg.backbone.name} | {cfg.target.name}: position per channel")
     log.info(ch.summary_line(out))
+
+
+def _per_tap(cfg: DictConfig, plan: Plan, sources: Sources, result: dict) -> None:
+    """target.per_tap: one probe per tap, trained on that tap's features alone (resized to the
+    readout's feature size as all taps are; the job's readout, kind, solver and seed), scored on
+    every evaluation input: result.json's ``per_tap``, the scores over depth. The job's headline
+    stays the probe on all taps. A tap whose probe fails says so in its entry; the others go on."""
+    from posinfo.channels import ChannelSubset
+
+    entries, start = [], 0
+    for tap in result["features"]:
+        idx = np.arange(start, start + int(tap["channels"]))
+        start += len(idx)
+        entry: dict[str, Any] = {"tap": tap["name"], "channels": len(idx)}
+        readout = _new_readout(len(idx), cfg.readout, plan)
+        train = ChannelSubset(sources.train, idx)
+        _fit_stats(readout, train, plan.train_kwargs["batch_size"])
+        history = _fit_group([readout], [(cfg, plan)], train, False)[0]
+        if isinstance(history, Exception):
+            entry["error"] = str(history).splitlines()[0]
+            log.warning("per-tap probe on %s failed: %s", tap["name"], entry["error"])
+            entries.append(entry)
+            continue
+        readout.eval()
+        inputs = _inputs(plan, sources, lambda src, bs: _outputs_all(readout, plan.kind, ChannelSubset(src, idx), bs))
+        entry["metrics"] = {kind: plan.kind.score(outputs)[1] for kind, outputs, _, _ in inputs}
+        first = next(iter(entry["metrics"]))
+        log.info("tap %-10s %-7s %s", tap["name"], first, plan.kind.describe(entry["metrics"][first]))
+        entries.append(entry)
+    result["per_tap"] = entries
 
 
 def _inputs(plan: Plan, sources: Sources, predict_fn):

@@ -8,6 +8,9 @@ A target is one of a few *kinds*, looked up once from ``target.name`` (:func:`fo
   floor = the MAE of the best constant prediction.
 - ``cells`` (grid): which of cells² grid cells each readout position lies in. Logits, cross-
   entropy at the readout's resolution, accuracies per image, floor = chance 1/cells².
+- ``rowcol`` and ``xy`` (per-position probes, issue 24): each readout position names its row and
+  its column (two classification heads), or regresses its normalised (x, y) (a linear head); at the
+  readout's own resolution, on CNN maps and ViT tokens alike.
 
 A kind owns the head's output size, what it trains against and its loss, the scorer (per-image
 rows and the means written to result.json), the per_image.csv columns, the floor, the log line,
@@ -26,7 +29,7 @@ from posinfo.errors import PosinfoError
 from posinfo.names import MAP_TARGETS
 
 # The kind of each target name (posinfo.names.TARGETS): the one place a name decides it.
-TARGET_KINDS = {**{t: "map" for t in MAP_TARGETS}, "grid": "cells"}
+TARGET_KINDS = {**{t: "map" for t in MAP_TARGETS}, "grid": "cells", "rowcol": "rowcol", "xy": "xy"}
 
 
 class Kind:
@@ -228,7 +231,167 @@ class CellKind(Kind):
                 "pixel_fraction": (np.bincount(bins.ravel()) / bins.size).round(6).tolist(), "floor_mae": None}
 
 
-KINDS: dict[str, type[Kind]] = {k.name: k for k in (MapKind, CellKind)}
+class RowColKind(Kind):
+    """target=rowcol: each readout output position names its row and its column among the output
+    map's out_size (two classification heads, cross-entropy at the readout's own resolution, no
+    upsampling). Per image: the share of positions whose row, column, and both are right, and the
+    mean grid distance (cells) between the position named and the true one."""
+
+    name = "rowcol"
+    columns = ("accuracy", "row_accuracy", "col_accuracy", "distance")
+    metrics = (*columns, "chance", "chance_line", "chance_distance")
+    shown, labels, headline = ("accuracy", "distance"), ("acc", "dist"), "accuracy"
+    bootstrapped = ("accuracy", "distance")
+    floor_key = "chance"
+    floors = {"accuracy": "chance", "row_accuracy": "chance_line", "col_accuracy": "chance_line",
+              "distance": "chance_distance"}
+    ridge_refusal = "each position's row and column are classes (cross-entropy), not a least-squares problem"
+    note = ("rowcol (per-position probe): the two numbers are the share of readout positions whose row and column are "
+            "both named right (chance 1/n², n positions per side) and the mean grid distance, in cells, between the "
+            "position named and the true one; its 'floor' row is chance (docs/method.md, \"Per-position probes\").")
+
+    def __init__(self, target: str, size: int, out_size: int):
+        import torch
+
+        super().__init__(target, size, out_size)
+        self.outputs = 2 * out_size  # row logits, then column logits
+        idx = torch.arange(out_size)
+        self.rows, self.cols = idx[:, None].expand(out_size, out_size), idx[None, :].expand(out_size, out_size)
+        self.display = ((self.rows * out_size + self.cols).float() / max(1, out_size * out_size - 1)).numpy()
+
+    @classmethod
+    def bind(cls, target: Any, size: int, out_size: int) -> "RowColKind":
+        return cls(str(target.name), size, out_size)
+
+    def loss(self, at: str, device):
+        from posinfo.train import LabelLoss
+
+        n = self.out_size
+        row, col = LabelLoss(self.rows.to(device)), LabelLoss(self.cols.to(device))
+        return SplitLoss(lambda out: (row(out[:, :n]) + col(out[:, n:])) / 2)
+
+    def named(self, outputs):
+        """Each position's predicted (row, column): two B×n×n long tensors."""
+        n = self.out_size
+        return outputs[:, :n].argmax(dim=1), outputs[:, n:].argmax(dim=1)
+
+    def score(self, outputs) -> tuple[list[tuple], dict]:
+        import numpy as np
+
+        r, c = self.named(outputs)
+        row_ok, col_ok = (r == self.rows).float(), (c == self.cols).float()
+        dist = ((r - self.rows).float() ** 2 + (c - self.cols).float() ** 2).sqrt()
+        sc = np.stack([(row_ok * col_ok).mean(dim=(1, 2)).numpy(), row_ok.mean(dim=(1, 2)).numpy(),
+                       col_ok.mean(dim=(1, 2)).numpy(), dist.mean(dim=(1, 2)).numpy()], axis=1).astype(np.float64)
+        metrics = {**dict(zip(self.columns, sc.mean(axis=0).tolist())), **self.floor(), "n_images": len(sc)}
+        return [tuple(map(float, v)) for v in sc], metrics
+
+    def picture(self, outputs):
+        import torch
+
+        r, c = self.named(outputs)
+        shown = ((r * self.out_size + c).float() / max(1, self.out_size ** 2 - 1))[:, None]
+        return torch.nn.functional.interpolate(shown, size=(self.size, self.size), mode="nearest")[:, 0].numpy()
+
+    def floor(self) -> dict:
+        import torch
+
+        n = self.out_size
+        pos = torch.stack([self.rows.flatten(), self.cols.flatten()], dim=1).double()
+        # A guess uniform over the n² positions: its expected distance to each true position, averaged.
+        chance_distance = float(torch.cdist(pos, pos).mean())
+        return {"chance": 1.0 / (n * n), "chance_line": 1.0 / n, "chance_distance": chance_distance}
+
+    def describe(self, m: dict) -> str:
+        return (f"rowcol accuracy {m['accuracy']:.3f} (chance {m['chance']:.3f})  rows {m['row_accuracy']:.3f}  "
+                f"columns {m['col_accuracy']:.3f} (chance {m['chance_line']:.3f})  distance {m['distance']:.2f} cells "
+                f"(chance {m['chance_distance']:.2f})  ({m['n_images']} images)")
+
+    def border_profile(self) -> dict:
+        return {}  # positions, not pixels: no border-distance profile
+
+
+class XYKind(Kind):
+    """target=xy: each readout output position regresses its normalised (x, y), the centre of its
+    cell of the output map in [0, 1] (a linear head of two outputs, MSE at the readout's own
+    resolution). Per image: R² over both coordinates, and the mean distance in pixels of the input
+    image between the position predicted and the true one."""
+
+    name = "xy"
+    columns = ("r2", "distance_px")
+    metrics = (*columns, "floor_px")
+    shown, labels, headline = ("r2", "distance_px"), ("R²", "px"), "r2"
+    bootstrapped = ("r2", "distance_px")
+    floor_key = "floor_px"
+    floors = {"r2": 0.0, "distance_px": "floor_px"}
+    ridge_refusal = "its targets live at the readout's own resolution, and the closed form fits maps at the image's"
+    note = ("xy (per-position probe): the two numbers are R² of the predicted normalised (x, y) of each readout "
+            "position and the mean distance in pixels of the input image to the true position; its 'floor' row is "
+            "R² 0 and the distance of a constant prediction at the centre (docs/method.md, \"Per-position probes\").")
+
+    def __init__(self, target: str, size: int, out_size: int):
+        import torch
+
+        super().__init__(target, size, out_size)
+        self.outputs = 2
+        centre = (torch.arange(out_size, dtype=torch.float32) + 0.5) / out_size
+        self.xy = torch.stack([centre[None, :].expand(out_size, out_size), centre[:, None].expand(out_size, out_size)])
+        self.display = self.xy[0].numpy() * 0.5 + self.xy[1].numpy() * 0.5
+
+    @classmethod
+    def bind(cls, target: Any, size: int, out_size: int) -> "XYKind":
+        return cls(str(target.name), size, out_size)
+
+    def loss(self, at: str, device):
+        import torch.nn.functional as F
+
+        goal = self.xy.to(device)[None]
+        return SplitLoss(lambda out: F.mse_loss(out, goal.expand_as(out)))
+
+    def score(self, outputs) -> tuple[list[tuple], dict]:
+        import numpy as np
+
+        goal = self.xy[None].double()
+        err = outputs.double() - goal
+        sst = float(((goal - goal.mean(dim=(2, 3), keepdim=True)) ** 2).sum())
+        r2 = 1 - (err ** 2).sum(dim=(1, 2, 3)).numpy() / sst
+        px = (err ** 2).sum(dim=1).sqrt().mean(dim=(1, 2)).numpy() * self.size
+        sc = np.stack([r2, px], axis=1)
+        metrics = {**dict(zip(self.columns, sc.mean(axis=0).tolist())), **self.floor(), "n_images": len(sc)}
+        return [tuple(map(float, v)) for v in sc], metrics
+
+    def picture(self, outputs):
+        import torch
+
+        shown = outputs.clamp(0, 1).mean(dim=1, keepdim=True)  # (x + y) / 2, as the target's picture
+        return torch.nn.functional.interpolate(shown, size=(self.size, self.size), mode="nearest")[:, 0].numpy()
+
+    def floor(self) -> dict:
+        # The best constant (least squares) is the mean position, the centre: its mean distance in pixels.
+        d = ((self.xy - self.xy.mean(dim=(1, 2), keepdim=True)) ** 2).sum(dim=0).sqrt().mean()
+        return {"floor_px": float(d) * self.size}
+
+    def describe(self, m: dict) -> str:
+        return (f"xy R² {m['r2']:.3f}  distance {m['distance_px']:.1f} px (constant prediction {m['floor_px']:.1f} px)  "
+                f"({m['n_images']} images)")
+
+    def border_profile(self) -> dict:
+        return {}  # positions, not pixels: no border-distance profile
+
+
+class SplitLoss:
+    """A loss computed by ``fn`` on the raw output; it never shares a GEMM with map readouts."""
+
+    stackable = False
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, out):
+        return self.fn(out)
+
+
+KINDS: dict[str, type[Kind]] = {k.name: k for k in (MapKind, CellKind, RowColKind, XYKind)}
 
 
 # results.csv's measured columns beyond the map's (posinfo.analysis.cells), and the bootstrap interval

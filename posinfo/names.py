@@ -14,7 +14,8 @@ from pathlib import Path
 # ----------------------------------------------------------------------------- config options
 
 MAP_TARGETS = ("hor", "ver", "gau", "horstp", "verstp")  # position maps (posinfo.targets); their kind: posinfo.kinds
-TARGETS = (*MAP_TARGETS, "grid")  # grid: the location target (posinfo.location)
+# grid: the location target (posinfo.location); rowcol, xy: the per-position probes (posinfo.kinds)
+TARGETS = (*MAP_TARGETS, "grid", "rowcol", "xy")
 STRIPES = ("horstp", "verstp")
 TARGET_RANGES = ("unit", "signed")
 
