@@ -57,8 +57,13 @@ class Kind:
 
     @classmethod
     def bind(cls, target: Any, size: int, out_size: int) -> "Kind":
-        """This kind for a job's ``target`` group (name, range, cells…)."""
-        raise NotImplementedError
+        """This kind for a job's ``target`` group (name, range, cells…); a kind with options reads them."""
+        return cls(str(target.name), size, out_size)
+
+    def _rows(self, sc, **extra) -> tuple[list[tuple], dict]:
+        """Per-image rows and the means of an images × columns array, with the floor and the image count."""
+        metrics = {**dict(zip(self.columns, sc.mean(axis=0).tolist())), **self.floor(), "n_images": len(sc), **extra}
+        return [tuple(map(float, v)) for v in sc], metrics
 
     def loss(self, at: str, device):
         """The training loss on the readout's raw output (posinfo.train.fit_many), on ``device``;
@@ -200,10 +205,8 @@ class CellKind(Kind):
 
         sc = location.scores(outputs, self.labels_map, self.cells)
         bins, _ = border_bins(*self.labels_map.shape)
-        metrics = {**dict(zip(self.columns, sc.mean(axis=0).tolist())), **self.floor(), "n_images": len(sc),
-                   "border_accuracy": location.border_accuracy(outputs, self.labels_map, bins).mean(axis=0)
-                   .round(6).tolist()}
-        return [tuple(map(float, v)) for v in sc], metrics
+        return self._rows(sc, border_accuracy=location.border_accuracy(outputs, self.labels_map, bins).mean(axis=0)
+                          .round(6).tolist())
 
     def picture(self, outputs):
         import torch
@@ -259,10 +262,6 @@ class RowColKind(Kind):
         self.rows, self.cols = idx[:, None].expand(out_size, out_size), idx[None, :].expand(out_size, out_size)
         self.display = ((self.rows * out_size + self.cols).float() / max(1, out_size * out_size - 1)).numpy()
 
-    @classmethod
-    def bind(cls, target: Any, size: int, out_size: int) -> "RowColKind":
-        return cls(str(target.name), size, out_size)
-
     def loss(self, at: str, device):
         from posinfo.train import LabelLoss
 
@@ -283,8 +282,7 @@ class RowColKind(Kind):
         dist = ((r - self.rows).float() ** 2 + (c - self.cols).float() ** 2).sqrt()
         sc = np.stack([(row_ok * col_ok).mean(dim=(1, 2)).numpy(), row_ok.mean(dim=(1, 2)).numpy(),
                        col_ok.mean(dim=(1, 2)).numpy(), dist.mean(dim=(1, 2)).numpy()], axis=1).astype(np.float64)
-        metrics = {**dict(zip(self.columns, sc.mean(axis=0).tolist())), **self.floor(), "n_images": len(sc)}
-        return [tuple(map(float, v)) for v in sc], metrics
+        return self._rows(sc)
 
     def picture(self, outputs):
         import torch
@@ -338,10 +336,6 @@ class XYKind(Kind):
         self.xy = torch.stack([centre[None, :].expand(out_size, out_size), centre[:, None].expand(out_size, out_size)])
         self.display = self.xy[0].numpy() * 0.5 + self.xy[1].numpy() * 0.5
 
-    @classmethod
-    def bind(cls, target: Any, size: int, out_size: int) -> "XYKind":
-        return cls(str(target.name), size, out_size)
-
     def loss(self, at: str, device):
         import torch.nn.functional as F
 
@@ -356,9 +350,7 @@ class XYKind(Kind):
         sst = float(((goal - goal.mean(dim=(2, 3), keepdim=True)) ** 2).sum())
         r2 = 1 - (err ** 2).sum(dim=(1, 2, 3)).numpy() / sst
         px = (err ** 2).sum(dim=1).sqrt().mean(dim=(1, 2)).numpy() * self.size
-        sc = np.stack([r2, px], axis=1)
-        metrics = {**dict(zip(self.columns, sc.mean(axis=0).tolist())), **self.floor(), "n_images": len(sc)}
-        return [tuple(map(float, v)) for v in sc], metrics
+        return self._rows(np.stack([r2, px], axis=1))
 
     def picture(self, outputs):
         import torch
