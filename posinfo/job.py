@@ -28,9 +28,9 @@ from posinfo.backbones import build_encoder, overflows_float16
 from posinfo.data import CanvasImages, ControlImages, EmbeddedImages, FolderImages, PhotoCrops, SyntheticImages
 from posinfo.errors import PosinfoError
 from posinfo.features import FeatureExtractor, FeatureSource
+from posinfo.io import atomic_path, user_path, write_json
 from posinfo.kinds import Kind
 from posinfo.kinds import make as make_kind
-from posinfo.io import atomic_path, user_path, write_json
 from posinfo.metrics import summarize
 from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
                            READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)

@@ -160,10 +160,10 @@ def _floor_row(block: pd.DataFrame, row_fields: list[str], col_key: str, by_inpu
 
 
 def _floor_text(g: pd.DataFrame, floor: str | float | None) -> str:
-    """A floor row's number: a column of the cells' (its first value) or a constant; '' if none."""
+    """A floor row's number: a column of the cells' (its values, when they differ, joined by '/') or a constant."""
     if isinstance(floor, str):
         v = g[floor].dropna() if floor in g else pd.Series(dtype=float)
-        return fmt(float(v.iloc[0])) if len(v) else ""
+        return "/".join(fmt(x) for x in sorted({round(float(x), 3) for x in v}))
     return "" if floor is None else fmt(floor)
 
 
