@@ -141,3 +141,18 @@ def test_per_tap_is_scored_over_depth_by_the_analysis(make_cfg, tmp_path):
     assert (taps.lo <= taps.value).all() and (taps.value <= taps.hi).all()
     assert "## Scores per tap" in written["tables.md"].read_text()
     assert any(name.endswith("_depth.png") for name in written)
+
+
+def test_per_tap_leaves_the_readout_store_key_as_it_was(make_cfg, tmp_path):
+    """target.per_tap adds probes, not a new readout: a job with it reuses the readout stored by the
+    same job without it (the store's key leaves per_tap out, so readouts stored before it existed
+    keep theirs), and its headline metrics are the same."""
+    from posinfo.job import run
+
+    args = ("backbone=posenet", "readout.padding=1", "target=xy", "readout.feature_size=8", "data.image_size=32",
+            "input=natural")
+    without = run(make_cfg(*args, "target.per_tap=false"), tmp_path / "a", progress=False)
+    with_taps = run(make_cfg(*args, "target.per_tap=true"), tmp_path / "b", progress=False)
+    assert not without["readout_reused"] and with_taps["readout_reused"]
+    assert with_taps["metrics"] == without["metrics"] and "per_tap" not in without
+    assert [e["tap"] for e in with_taps["per_tap"]] == [f["name"] for f in with_taps["features"]]
