@@ -617,6 +617,15 @@ def _outputs_all(readout, kind: Kind, source, batch_size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _norms_all(source, batch_size: int) -> torch.Tensor:
+    """Each position's feature norm (over every channel the readout reads), N×h×w."""
+    out = []
+    with torch.no_grad():
+        for feats in source.batches(np.arange(source.n), batch_size):
+            out.append(feats.float().norm(dim=1).cpu())
+    return torch.cat(out)
+
+
 def _evaluate(readout: torch.nn.Module, plan: Plan, sources: Sources, result: dict):
     """Per image, then the mean over images, for every evaluation input, as the target kind scores them."""
     tk = plan.kind
@@ -624,8 +633,12 @@ def _evaluate(readout: torch.nn.Module, plan: Plan, sources: Sources, result: di
     panels: list[tuple[str, np.ndarray, np.ndarray]] = []
     arrays: dict[str, np.ndarray] = {"target": tk.display}
     metrics: dict[str, dict] = {}
+    # Per-position kinds whose output positions are the feature map's: scored apart by feature norm too.
+    norms = _inputs(plan, sources, _norms_all) if tk.splits_by_norm and tk.out_size == plan.feature_size else None
     for kind, outputs, names, images in _inputs(plan, sources, lambda src, bs: _outputs_all(readout, tk, src, bs)):
         per_image, metrics[kind] = tk.score(outputs)
+        if norms is not None:
+            metrics[kind]["by_norm"] = tk.by_norm(outputs, next(norms)[1])
         rows += [(kind, name, *v) for name, v in zip(names, per_image)]
         log.info("%-7s %s", kind, tk.describe(metrics[kind]))
         preds = tk.picture(outputs[: len(images)])

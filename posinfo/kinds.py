@@ -32,6 +32,10 @@ from posinfo.names import MAP_TARGETS
 TARGET_KINDS = {**{t: "map" for t in MAP_TARGETS}, "grid": "cells", "rowcol": "rowcol", "xy": "xy"}
 
 
+# by_norm: the share of positions, by feature norm, scored apart (Darcet et al.: ~2% high-norm tokens).
+TOP_NORM = 0.02
+
+
 class Kind:
     """A target kind. Class attributes: its format (what the analysis needs, torch-free); an
     instance (:func:`make`): the kind bound to one job's target, image size and readout output size."""
@@ -48,6 +52,7 @@ class Kind:
     floors: ClassVar[dict[str, str | float]] = {}
     note: ClassVar[str | None] = None  # the tables' note on what the two numbers are
     channels: ClassVar[bool] = False  # analysis.channels (per-channel scores against a map) applies
+    splits_by_norm: ClassVar[bool] = False  # scored per position: by_norm applies (per-position probes)
     # Why readout.solver=ridge (least squares against a map, posinfo.ridge) cannot fit it; None: it can.
     ridge_refusal: ClassVar[str | None] = None
     outputs: int | None = None  # the head: None = one map (BN, sigmoid), else this many linear outputs
@@ -85,6 +90,26 @@ class Kind:
     def picture(self, outputs):
         """The first outputs as size×size float32 pictures (predictions.png, predictions.npz)."""
         raise NotImplementedError
+
+    def per_position(self, outputs) -> dict | None:
+        """Per-position scores (each B×n×n) whose means over positions are per-image metrics; None for
+        a kind scored per image only (a map's SPC)."""
+        return None
+
+    def by_norm(self, outputs, norms, top: float = TOP_NORM) -> dict:
+        """The per-position scores on the positions whose feature norm (``norms``, B×n×n, the readout
+        input's at each output position) lies in this input's top ``top`` share, and on the rest: the
+        high-norm "artifact" tokens of Darcet et al. (ICLR 2024) hold little position."""
+        import torch
+
+        flat = norms.flatten().double()
+        threshold = float(torch.quantile(flat, 1 - top)) if len(flat) else float("nan")
+        high = norms >= threshold
+        parts = self.per_position(outputs)
+        out: dict[str, Any] = {"top": top, "threshold": threshold, "n_high": int(high.sum()), "n_rest": int((~high).sum())}
+        for name, mask in (("high", high), ("rest", ~high)):
+            out[name] = {k: float(v[mask].double().mean()) if bool(mask.any()) else None for k, v in parts.items()}
+        return out
 
     def floor(self) -> dict:
         """result.json's no-information fields."""
@@ -249,6 +274,7 @@ class RowColKind(Kind):
     floors = {"accuracy": "chance", "row_accuracy": "chance_line", "col_accuracy": "chance_line",
               "distance": "chance_distance"}
     ridge_refusal = "each position's row and column are classes (cross-entropy), not a least-squares problem"
+    splits_by_norm = True
     note = ("rowcol (per-position probe): the two numbers are the share of readout positions whose row and column are "
             "both named right (chance 1/n², n positions per side) and the mean grid distance, in cells, between the "
             "position named and the true one; its 'floor' row is chance (docs/method.md, \"Per-position probes\").")
@@ -274,15 +300,17 @@ class RowColKind(Kind):
         n = self.out_size
         return outputs[:, :n].argmax(dim=1), outputs[:, n:].argmax(dim=1)
 
-    def score(self, outputs) -> tuple[list[tuple], dict]:
-        import numpy as np
-
+    def per_position(self, outputs) -> dict:
         r, c = self.named(outputs)
         row_ok, col_ok = (r == self.rows).float(), (c == self.cols).float()
         dist = ((r - self.rows).float() ** 2 + (c - self.cols).float() ** 2).sqrt()
-        sc = np.stack([(row_ok * col_ok).mean(dim=(1, 2)).numpy(), row_ok.mean(dim=(1, 2)).numpy(),
-                       col_ok.mean(dim=(1, 2)).numpy(), dist.mean(dim=(1, 2)).numpy()], axis=1).astype(np.float64)
-        return self._rows(sc)
+        return dict(zip(self.columns, (row_ok * col_ok, row_ok, col_ok, dist)))
+
+    def score(self, outputs) -> tuple[list[tuple], dict]:
+        import numpy as np
+
+        parts = self.per_position(outputs)
+        return self._rows(np.stack([parts[k].mean(dim=(1, 2)).numpy() for k in self.columns], axis=1).astype(np.float64))
 
     def picture(self, outputs):
         import torch
@@ -323,6 +351,7 @@ class XYKind(Kind):
     floor_key = "floor_px"
     floors = {"r2": 0.0, "distance_px": "floor_px"}
     ridge_refusal = "its targets live at the readout's own resolution, and the closed form fits maps at the image's"
+    splits_by_norm = True
     note = ("xy (per-position probe): the two numbers are R² of the predicted normalised (x, y) of each readout "
             "position and the mean distance in pixels of the input image to the true position; its 'floor' row is "
             "R² 0 and the distance of a constant prediction at the centre (docs/method.md, \"Per-position probes\").")
@@ -342,14 +371,18 @@ class XYKind(Kind):
         goal = self.xy.to(device)[None]
         return SplitLoss(lambda out: F.mse_loss(out, goal.expand_as(out)))
 
+    def per_position(self, outputs) -> dict:
+        """The distance in pixels (R² is a ratio over all positions, not a mean of them)."""
+        err = outputs.double() - self.xy[None].double()
+        return {"distance_px": (err ** 2).sum(dim=1).sqrt() * self.size}
+
     def score(self, outputs) -> tuple[list[tuple], dict]:
         import numpy as np
 
         goal = self.xy[None].double()
-        err = outputs.double() - goal
         sst = float(((goal - goal.mean(dim=(2, 3), keepdim=True)) ** 2).sum())
-        r2 = 1 - (err ** 2).sum(dim=(1, 2, 3)).numpy() / sst
-        px = (err ** 2).sum(dim=1).sqrt().mean(dim=(1, 2)).numpy() * self.size
+        r2 = 1 - ((outputs.double() - goal) ** 2).sum(dim=(1, 2, 3)).numpy() / sst
+        px = self.per_position(outputs)["distance_px"].mean(dim=(1, 2)).numpy()
         return self._rows(np.stack([r2, px], axis=1))
 
     def picture(self, outputs):

@@ -54,6 +54,17 @@ def test_rowcol_scores_on_hand_built_logits():
     assert m["chance_distance"] == pytest.approx((2 + math.sqrt(2)) / 4)
 
 
+def test_scores_split_by_feature_norm_score_the_top_2_percent_apart():
+    kind = kinds.make(_target("rowcol"), 32, 3)
+    r, c = kind.rows[None].repeat(2, 1, 1), kind.cols[None].repeat(2, 1, 1)
+    r[1, 2, 2] = 0  # one position named wrong (row 0 for row 2: two cells off) ...
+    norms = torch.arange(18, dtype=torch.float32).view(2, 3, 3)  # ... the one of highest norm, alone in the top 2%
+    split = kind.by_norm(_rowcol_logits(r, c, 3), norms)
+    assert (split["n_high"], split["n_rest"]) == (1, 17)
+    assert split["high"] == {"accuracy": 0.0, "row_accuracy": 0.0, "col_accuracy": 1.0, "distance": 2.0}
+    assert split["rest"] == {"accuracy": 1.0, "row_accuracy": 1.0, "col_accuracy": 1.0, "distance": 0.0}
+
+
 def test_xy_scores_on_hand_built_outputs():
     kind = kinds.make(_target("xy"), 64, 4)
     exact = kind.xy[None].clone()
@@ -118,6 +129,8 @@ def test_rowcol_on_a_zero_padded_cnn_decodes_position_and_scores_each_tap(make_c
     assert [e["tap"] for e in res["per_tap"]] == ["f1", "f2", "f3", "f4"]
     assert [e["channels"] for e in res["per_tap"]] == [64, 128, 256, 512]
     assert all(e["metrics"]["natural"]["accuracy"] > e["metrics"]["natural"]["chance"] for e in res["per_tap"])
+    split = m["by_norm"]  # kernel 1: each output position is one feature position, so split by its norm
+    assert split["n_high"] + split["n_rest"] == 8 * 64 and 0 < split["n_high"] <= 0.05 * 8 * 64
     header = (tmp_path / "j" / "per_image.csv").read_text().splitlines()[0]
     assert header == "input,image,accuracy,row_accuracy,col_accuracy,distance"
     saved = json.loads((tmp_path / "j" / "result.json").read_text())
