@@ -30,7 +30,6 @@ DEFAULT_OUT = "outputs/probe"
 # The table's columns: what a row is, then the number and its 95% interval (analysis.intervals).
 COLUMNS = ("backbone", "taps", "target", "input", "seed", "metric", "value", "lo", "hi", "n_images", "n_nan",
            "floor", "converged", "status", "error", "job_dir")
-MAP_METRICS = ("spc", "mae")
 # Left out of job folder names: run-control keys, and what the model's or images' key already says.
 _UNNAMED = (*folder_excluded_keys(), "backbone.name", "backbone.weights", "data.name", "data.num_train", "data.num_test")
 
@@ -315,23 +314,27 @@ def table(jobs: list[Job]):
     import pandas as pd
 
     from posinfo.analysis.collect import collect
-    from posinfo.location import METRICS as GRID_METRICS
+    from posinfo.kinds import MapKind, lookup
 
     wide = collect([j.dir for j in jobs])
     labels = {str(j.dir): j.taps or _tap_names(j.dir) for j in jobs}
     rows = []
     for _, r in wide.iterrows():
-        grid = r["target"] == "grid"
-        for metric in GRID_METRICS if grid else MAP_METRICS:
+        kind = lookup(r["target"]) or MapKind  # a job whose config could not be read: its rows say so
+        for metric in kind.columns:
             rows.append({"backbone": r["backbone"], "taps": labels.get(str(r["job_dir"])), "target": r["target"],
                          "input": r["input"], "seed": r.get("train.seed"), "metric": metric, "value": r.get(metric),
                          "lo": r.get(f"{metric}_lo"), "hi": r.get(f"{metric}_hi"), "n_images": r.get("n_images"),
                          "n_nan": r.get("n_nan"),
-                         "floor": r.get("chance") if grid and metric != "accuracy_norm" else
-                         r.get("floor_mae") if metric == "mae" else None,
+                         "floor": _floor(r, kind.floors.get(metric)),
                          "converged": r.get("converged"), "status": r["status"], "error": r["error"],
                          "job_dir": r["job_dir"]})
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _floor(row, floor: str | float | None) -> float | None:
+    """A metric's no-information level (its kind's ``floors``): a column of the row, else None."""
+    return row.get(floor) if isinstance(floor, str) else None
 
 
 def _tap_names(job_dir: Path) -> str | None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from posinfo.errors import PosinfoError
+from posinfo.kinds import MapKind, format_of
 from posinfo.names import EVALUATIONS_DIR
 
 
@@ -43,9 +44,10 @@ def _interval(m: dict, key: str) -> str:
 
 def summary(doc: dict) -> str:
     """One line: the headline metrics with their intervals, the image count, the floor or chance."""
-    m = doc["metrics"]
-    if "accuracy" in m:
-        return f"grid accuracy {_interval(m, 'accuracy')} (chance {m['chance']:.3f}), {m['n_images']} image(s)"
+    m, kind = doc["metrics"], format_of(doc["target"])
+    if kind is not MapKind:  # another kind (target=grid: "grid accuracy … (chance …)"): its headline and floor
+        return (f"{doc['target']} {kind.headline} {_interval(m, kind.headline)} ({kind.floor_key} "
+                f"{m[kind.floor_key]:.3f}), {m['n_images']} image(s)")
     spc = "nan" if m["spc"] is None else _interval(m, "spc")
     return (f"SPC {spc}  MAE {_interval(m, 'mae')} (floor {m['floor_mae']:.3f}), {m['n_images']} image(s), "
             f"{m['n_nan']} NaN")

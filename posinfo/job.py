@@ -23,13 +23,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import posinfo
-from posinfo import cache, location, quicklook, ridge, targets
+from posinfo import cache, quicklook, ridge
 from posinfo.backbones import build_encoder, overflows_float16
 from posinfo.data import CanvasImages, ControlImages, EmbeddedImages, FolderImages, PhotoCrops, SyntheticImages
 from posinfo.errors import PosinfoError
 from posinfo.features import FeatureExtractor, FeatureSource
 from posinfo.io import atomic_path, user_path, write_json
-from posinfo.metrics import Scorer, summarize
+from posinfo.kinds import Kind
+from posinfo.kinds import make as make_kind
+from posinfo.metrics import summarize
 from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
                            READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
 from posinfo.names import MODULE_BACKBONE, PYTHON_DATA  # what posinfo.probe sets for Python objects
@@ -37,7 +39,7 @@ from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.readout import make as make_readout
 from posinfo.schema import check_config
 from posinfo.sources import CacheSettings, ReadoutStore, blame_features, encoder_taps, open_features
-from posinfo.train import fit_many, outcome, predict, resolve_steps
+from posinfo.train import fit_many, outcome, resolve_steps
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +146,6 @@ def _check_folders(data: DictConfig) -> None:
                                "point data.test_dir at images the readout never trains on")
 
 
-def _predict_all(readout, source, size: int, batch_size: int) -> np.ndarray:
-    preds = []
-    with torch.no_grad():
-        for feats in source.batches(np.arange(source.n), batch_size):
-            preds.append(predict(readout, feats, size)[:, 0].float().cpu().numpy())
-    return np.concatenate(preds)
-
-
 def _prediction_batch_size(device: torch.device) -> int:
     """Readout-only inference on features: larger batches than training, small enough for RAM."""
     return 256 if device.type == "cuda" else 64
@@ -219,23 +213,16 @@ class Plan:
 
     device: torch.device
     kinds: list[str]
-    target: torch.Tensor
+    kind: Kind  # the target's kind, bound to the image and readout output sizes (posinfo.kinds)
     seed: int
     size: int
     feature_size: int
     train_kwargs: dict
-    cells: int | None = None  # target=grid: the grid's side
-    labels: torch.Tensor | None = None  # target=grid: each readout output position's cell
     solver: str = "sgd"  # readout.solver
 
-    @property
-    def classes(self) -> int | None:
-        return None if self.cells is None else self.cells * self.cells
-
-    @property
-    def goal(self) -> torch.Tensor:
-        """What the readout is trained against: the cell labels (target=grid) or the target map."""
-        return self.labels if self.labels is not None else self.target
+    def loss(self):
+        """The readout's training loss (the target kind's), on the job's device."""
+        return self.kind.loss(self.train_kwargs.get("loss_at", "image"), self.device)
 
 
 @dataclass
@@ -267,18 +254,23 @@ def _stages(cfg: DictConfig, job_dir: Path, result: dict, progress: bool, siblin
     readout = _train_or_reuse(cfg, plan, sources, job_dir, result, progress)
     timing["train_s"] = round(time.perf_counter() - t0, 3)
     channels = bool(OmegaConf.select(cfg, "analysis.channels", default=False))
-    if not channels:
+    per_tap = bool(cfg.target.per_tap)
+    if not (channels or per_tap):
         sources.train = None  # its batch buffer: evaluation holds one batch at a time, not two
     t0 = time.perf_counter()
     rows, arrays, panels = _evaluate(readout, plan, sources, result)
     timing["eval_s"] = round(time.perf_counter() - t0, 3)
+    if per_tap:
+        t0 = time.perf_counter()
+        _per_tap(cfg, plan, sources, result)
+        timing["per_tap_s"] = round(time.perf_counter() - t0, 3)
     if channels:
         t0 = time.perf_counter()
         _channels(cfg, plan, sources, job_dir, result)
         timing["channels_s"] = round(time.perf_counter() - t0, 3)
     if plan.device.type == "cuda":  # the job's peak, for bench/bench_protocol.py
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(plan.device) / 2**20, 1)
-    _write_outputs(cfg, job_dir, result, rows, arrays, panels)
+    _write_outputs(cfg, job_dir, result, rows, arrays, panels, plan.kind)
     timing["total_s"] = round(time.perf_counter() - t_start, 3)
 
 
@@ -288,24 +280,17 @@ def _validate(cfg: DictConfig, result: dict) -> Plan:
     tr, ro, data = cfg.train, cfg.readout, cfg.data
     device = resolve_device(cfg.device)
     result["device"] = str(device)
-    kinds = _validate_inputs(cfg.input)
-    if OmegaConf.select(cfg, "analysis.channels", default=False) and "natural" not in kinds:
-        raise PosinfoError(f"analysis.channels=true scores channels on natural test images, but input.kinds={list(kinds)}: "
+    inputs = _validate_inputs(cfg.input)
+    if OmegaConf.select(cfg, "analysis.channels", default=False) and "natural" not in inputs:
+        raise PosinfoError(f"analysis.channels=true scores channels on natural test images, but input.kinds={list(inputs)}: "
                            "use input=natural (or any input set with natural)")
     size, fs = int(data.image_size), int(ro.feature_size)
     build_readout(3, int(ro.kernel), int(ro.depth), int(ro.padding), fs)  # validates
-    cells = labels = None
-    if cfg.target.name == "grid":
-        cells = int(cfg.target.get("cells", location.DEFAULT_CELLS))
-        labels = location.labels(cells, output_size(fs, int(ro.kernel), int(ro.depth), int(ro.padding)))
-        target = location.display_map(cells, size)
-        result["floor_mae"], result["chance"] = None, location.chance(cells)
-        if OmegaConf.select(cfg, "analysis.channels", default=False):
-            raise PosinfoError("analysis.channels=true scores channels against a map target, not target=grid: "
-                               "use target=hor or gau with it")
-    else:
-        target = targets.make(cfg.target.name, size, str(cfg.target.get("range", "unit")))
-        result["floor_mae"] = targets.floor_mae(target)
+    kind = make_kind(cfg.target, size, output_size(fs, int(ro.kernel), int(ro.depth), int(ro.padding)))
+    result.update({"floor_mae": None, **kind.floor()})
+    if OmegaConf.select(cfg, "analysis.channels", default=False) and not kind.channels:
+        raise PosinfoError(f"analysis.channels=true scores channels against a map target, not target={cfg.target.name}: "
+                           "use target=hor or gau with it")
     _check_folders(data)
     late = [int(m) for m in tr.lr_milestones if int(m) >= int(tr.epochs)]
     if late:
@@ -323,8 +308,8 @@ def _validate(cfg: DictConfig, result: dict) -> Plan:
         train_kwargs["loss_at"] = str(tr.loss_at)
     solver = str(ro.solver)
     if solver == "ridge":
-        ridge.check(int(ro.depth), None if cells is None else cells * cells)
-    return Plan(device, kinds, target, int(tr.seed), size, fs, train_kwargs, cells, labels, solver)
+        ridge.check(int(ro.depth), kind)
+    return Plan(device, inputs, kind, int(tr.seed), size, fs, train_kwargs, solver)
 
 
 def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> Sources:
@@ -410,10 +395,12 @@ def _store(cfg: DictConfig, plan: Plan, sources: Sources) -> ReadoutStore | None
     else:  # the closed form depends on no seed, lr or schedule: every seed's job reuses it
         readout.pop("standardize", None)  # ridge always standardises (readout.make)
         train = {"solver": plan.solver, "padding": "raw"}  # zeros around the raw features (LinearReadout)
+    target = OmegaConf.to_container(cfg.target, resolve=True)
+    target.pop("per_tap", None)  # the per-tap probes are not stored; the job's readout keeps its key
     # A job that differs only in its evaluation input reuses the trained readout.
     return ReadoutStore.for_training(sources.train, settings, {
         **sources.key_fields, "images": sources.train_images, "dtype": settings.dtype,
-        "target": OmegaConf.to_container(cfg.target, resolve=True),
+        "target": target,
         "readout": readout, "train": train, "device": plan.device.type,
     }, force=bool(cfg.get("force", False)))
 
@@ -480,7 +467,7 @@ def _fit_group(readouts: list[torch.nn.Module], jobs: list[tuple[DictConfig, Pla
     sgd = [i for i, (_, p) in enumerate(jobs) if p.solver == "sgd"]
     if sgd:
         plan = jobs[sgd[0]][1]
-        hists = fit_many([readouts[i] for i in sgd], train, [jobs[i][1].goal.to(plan.device) for i in sgd],
+        hists = fit_many([readouts[i] for i in sgd], train, [jobs[i][1].loss() for i in sgd],
                          progress=progress, log_paths=[log_paths[i] for i in sgd] if log_paths else None,
                          **plan.train_kwargs)
         for i, h in zip(sgd, hists):
@@ -491,7 +478,7 @@ def _fit_group(readouts: list[torch.nn.Module], jobs: list[tuple[DictConfig, Pla
             geometries.setdefault((int(c.readout.kernel), int(c.readout.padding), int(c.readout.ridge_folds)), []).append(i)
     for (kernel, padding, folds), idx in geometries.items():
         plan = jobs[idx[0]][1]
-        hists = ridge.fit([readouts[i] for i in idx], train, [jobs[i][1].target.to(plan.device) for i in idx],
+        hists = ridge.fit([readouts[i] for i in idx], train, [jobs[i][1].kind.goal().to(plan.device) for i in idx],
                           kernel=kernel, padding=padding, feature_size=plan.feature_size, folds=folds,
                           batch_size=plan.train_kwargs["batch_size"], progress=progress)
         for i, h in zip(idx, hists):
@@ -544,7 +531,7 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
 def _new_readout(channels: int, ro: DictConfig, plan: Plan) -> torch.nn.Module:
     """An untrained readout on ``channels`` channels, initialised from the job's seed."""
     torch.manual_seed(plan.seed)
-    return make_readout(channels, int(ro.kernel), int(ro.depth), int(ro.padding), plan.feature_size, plan.classes,
+    return make_readout(channels, int(ro.kernel), int(ro.depth), int(ro.padding), plan.feature_size, plan.kind.outputs,
                         str(ro.standardize), plan.solver).to(plan.device)
 
 
@@ -554,7 +541,7 @@ def _channels(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, resu
 
     test_src = sources.tests["natural"][0]
     bs = _prediction_batch_size(plan.device)
-    scorer = Scorer(plan.target.numpy())
+    scorer = plan.kind.scorer  # a map kind: analysis.channels is refused on the others (_validate)
 
     def train_eval(idx: np.ndarray) -> tuple[float | None, float]:
         sub = ch.ChannelSubset(sources.train, idx)
@@ -564,11 +551,11 @@ def _channels(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, resu
         if isinstance(history, Exception):
             raise history
         readout.eval()
-        preds = _predict_all(readout, ch.ChannelSubset(test_src, idx), plan.size, bs)
+        preds = _outputs_all(readout, plan.kind, ch.ChannelSubset(test_src, idx), bs).numpy()
         summary = summarize([scorer.spc(p) for p in preds], [scorer.mae(p) for p in preds])
         return summary.spc, summary.mae
 
-    scores = ch.channel_scores(sources.train, plan.target)
+    scores = ch.channel_scores(sources.train, plan.kind.map)
     counts = [(f["name"], f["channels"]) for f in result["features"]]
     ch.write_csv(job_dir / CHANNELS_CSV, scores, counts)
     out = ch.concentration(scores, train_eval, plan.seed)
@@ -578,8 +565,38 @@ def _channels(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, resu
     log.info(ch.summary_line(out))
 
 
+def _per_tap(cfg: DictConfig, plan: Plan, sources: Sources, result: dict) -> None:
+    """target.per_tap: one probe per tap, trained on that tap's features alone (resized to the
+    readout's feature size as all taps are; the job's readout, kind, solver and seed), scored on
+    every evaluation input: result.json's ``per_tap``, the scores over depth. The job's headline
+    stays the probe on all taps. A tap whose probe fails says so in its entry; the others go on."""
+    from posinfo.channels import ChannelSubset
+
+    entries, start = [], 0
+    for tap in result["features"]:
+        idx = np.arange(start, start + int(tap["channels"]))
+        start += len(idx)
+        entry: dict[str, Any] = {"tap": tap["name"], "channels": len(idx)}
+        readout = _new_readout(len(idx), cfg.readout, plan)
+        train = ChannelSubset(sources.train, idx)
+        _fit_stats(readout, train, plan.train_kwargs["batch_size"])
+        history = _fit_group([readout], [(cfg, plan)], train, False)[0]
+        if isinstance(history, Exception):
+            entry["error"] = str(history).splitlines()[0]
+            log.warning("per-tap probe on %s failed: %s", tap["name"], entry["error"])
+            entries.append(entry)
+            continue
+        readout.eval()
+        inputs = _inputs(plan, sources, lambda src, bs: _outputs_all(readout, plan.kind, ChannelSubset(src, idx), bs))
+        entry["metrics"] = {kind: plan.kind.score(outputs)[1] for kind, outputs, _, _ in inputs}
+        first = next(iter(entry["metrics"]))
+        log.info("tap %-10s %-7s %s", tap["name"], first, plan.kind.describe(entry["metrics"][first]))
+        entries.append(entry)
+    result["per_tap"] = entries
+
+
 def _inputs(plan: Plan, sources: Sources, predict_fn):
-    """Each evaluation input: (kind, its predictions, image names, a few images for the figure)."""
+    """Each evaluation input: (kind, its outputs, image names, a few images for the figure)."""
     bs = _prediction_batch_size(plan.device)
     synth_preds = predict_fn(sources.synth, bs) if sources.synth else None
     for kind in plan.kinds:
@@ -591,92 +608,54 @@ def _inputs(plan: Plan, sources: Sources, predict_fn):
             yield kind, synth_preds[j : j + 1], [kind], [sources.synth_ds[j]]
 
 
-def _logits_all(readout, source, batch_size: int) -> torch.Tensor:
+def _outputs_all(readout, kind: Kind, source, batch_size: int) -> torch.Tensor:
+    """The readout's outputs on every image of ``source``, as the target kind scores them."""
     out = []
     with torch.no_grad():
         for feats in source.batches(np.arange(source.n), batch_size):
-            out.append(readout(feats).float().cpu())
+            out.append(kind.forward(readout, feats))
     return torch.cat(out)
 
 
-def _evaluate_grid(readout: torch.nn.Module, plan: Plan, sources: Sources, result: dict):
-    """target=grid: location accuracies per image, then the means, for every evaluation input."""
-    from posinfo.metrics import border_bins
+def _norms_all(source, batch_size: int) -> torch.Tensor:
+    """Each position's feature norm (over every channel the readout reads), N×h×w."""
+    out = []
+    with torch.no_grad():
+        for feats in source.batches(np.arange(source.n), batch_size):
+            out.append(feats.float().norm(dim=1).cpu())
+    return torch.cat(out)
 
-    lab, cells = plan.labels, plan.cells
-    bins, starts = border_bins(*lab.shape)
+
+def _evaluate(readout: torch.nn.Module, plan: Plan, sources: Sources, result: dict):
+    """Per image, then the mean over images, for every evaluation input, as the target kind scores them."""
+    tk = plan.kind
     rows: list[tuple] = []
     panels: list[tuple[str, np.ndarray, np.ndarray]] = []
-    arrays: dict[str, np.ndarray] = {"target": plan.target.numpy()}
+    arrays: dict[str, np.ndarray] = {"target": tk.display}
     metrics: dict[str, dict] = {}
-    for kind, logits, names, images in _inputs(plan, sources, lambda src, bs: _logits_all(readout, src, bs)):
-        sc = location.scores(logits, lab, cells)
-        rows += [(kind, name, *map(float, v)) for name, v in zip(names, sc)]
-        metrics[kind] = {**dict(zip(location.METRICS, sc.mean(axis=0).tolist())), "chance": location.chance(cells),
-                         "n_images": len(sc),
-                         "border_accuracy": location.border_accuracy(logits, lab, bins).mean(axis=0).round(6).tolist()}
-        log.info("%-7s grid accuracy %.3f (chance %.3f)  rows %.3f  columns %.3f  (%d images)", kind,
-                 metrics[kind]["accuracy"], location.chance(cells), metrics[kind]["row_accuracy"],
-                 metrics[kind]["col_accuracy"], len(sc))
-        shown = logits[: len(images)].argmax(dim=1, keepdim=True).float() / (cells * cells - 1)
-        preds = torch.nn.functional.interpolate(shown, size=(plan.size, plan.size), mode="nearest")[:, 0].numpy()
+    # Per-position kinds whose output positions are the feature map's: scored apart by feature norm too.
+    norms = _inputs(plan, sources, _norms_all) if tk.splits_by_norm and tk.out_size == plan.feature_size else None
+    for kind, outputs, names, images in _inputs(plan, sources, lambda src, bs: _outputs_all(readout, tk, src, bs)):
+        per_image, metrics[kind] = tk.score(outputs)
+        if norms is not None:
+            metrics[kind]["by_norm"] = tk.by_norm(outputs, next(norms)[1])
+        rows += [(kind, name, *v) for name, v in zip(names, per_image)]
+        log.info("%-7s %s", kind, tk.describe(metrics[kind]))
+        preds = tk.picture(outputs[: len(images)])
         arrays[f"{kind}_images"] = np.stack([quicklook.to_uint8(im) for im in images])
         arrays[f"{kind}_pred"] = preds.astype(np.float32)
         panels += [(kind if kind in SYNTHETIC_KINDS else names[i].replace("test_", "#"), arrays[f"{kind}_images"][i],
                     preds[i]) for i in range(len(images))]
     result["metrics"] = metrics
-    scale = plan.size / lab.shape[-1]
-    result["border_profile"] = {"start_px": [int(round(s * scale)) for s in starts],
-                                "pixel_fraction": (np.bincount(bins.ravel()) / bins.size).round(6).tolist(),
-                                "floor_mae": None}
+    result["border_profile"] = tk.border_profile()
     return rows, arrays, panels
 
 
-def _evaluate(readout: torch.nn.Module, plan: Plan, sources: Sources, result: dict):
-    """Per image, then the mean over images, for every evaluation input."""
-    if plan.labels is not None:
-        return _evaluate_grid(readout, plan, sources, result)
-    target_np = plan.target.numpy()
-    scorer = Scorer(target_np)
-    rows: list[tuple[str, str, float, float]] = []
-    panels: list[tuple[str, np.ndarray, np.ndarray]] = []
-    arrays: dict[str, np.ndarray] = {"target": target_np}
-    metrics: dict[str, dict] = {}
-    bs = _prediction_batch_size(plan.device)
-    synth_preds = _predict_all(readout, sources.synth, plan.size, bs) if sources.synth else None
-    for kind in plan.kinds:
-        if kind in sources.tests:
-            src, ds = sources.tests[kind]
-            preds, names = _predict_all(readout, src, plan.size, bs), list(ds.names)
-            images = [ds[i] for i in range(min(N_FIGURE_IMAGES, len(ds)))]
-        else:
-            j = sources.synth_kinds.index(kind)
-            preds, names, images = synth_preds[j : j + 1], [kind], [sources.synth_ds[j]]
-        scores = [(scorer.spc(p), scorer.mae(p)) for p in preds]
-        rows += [(kind, name, s, m) for name, (s, m) in zip(names, scores)]
-        summary = summarize([s for s, _ in scores], [m for _, m in scores])
-        metrics[kind] = summary.as_dict()
-        metrics[kind]["border_mae"] = np.mean([scorer.border_mae(p) for p in preds], axis=0).round(6).tolist()
-        log.info("%-7s SPC %s  MAE %.3f  (%d images, %d NaN)  floor MAE %.3f", kind,
-                 "nan" if summary.spc is None else f"{summary.spc:.3f}", summary.mae, summary.n_images,
-                 summary.n_nan, result["floor_mae"])
-        arrays[f"{kind}_images"] = np.stack([quicklook.to_uint8(im) for im in images])
-        arrays[f"{kind}_pred"] = preds[: len(images)].astype(np.float32)
-        panels += [(kind if kind in SYNTHETIC_KINDS else names[i].replace("test_", "#"), arrays[f"{kind}_images"][i],
-                    preds[i]) for i in range(len(images))]
-    result["metrics"] = metrics
-    result["border_profile"] = {  # the bins of every input's border_mae (docs/method.md, "Border profiles")
-        "start_px": scorer.bin_starts,
-        "pixel_fraction": (scorer.bin_pixels / scorer.bin_pixels.sum()).round(6).tolist(),
-        "floor_mae": scorer.floor_border_mae(targets.floor_constant(plan.target)).round(6).tolist(),
-    }
-    return rows, arrays, panels
-
-
-def _write_outputs(cfg: DictConfig, job_dir: Path, result: dict, rows: list, arrays: dict, panels: list) -> None:
+def _write_outputs(cfg: DictConfig, job_dir: Path, result: dict, rows: list, arrays: dict, panels: list,
+                   kind: Kind) -> None:
     import pandas as pd
 
-    columns = ["input", "image", *(location.METRICS if cfg.target.name == "grid" else ("spc", "mae"))]
+    columns = ["input", "image", *kind.columns]
     with atomic_path(job_dir / PER_IMAGE_FILE) as tmp:
         pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
     with atomic_path(job_dir / PREDICTIONS_NPZ) as tmp:

@@ -40,7 +40,7 @@ def chance(cells: int) -> float:
 
 
 def scores(logits: torch.Tensor, lab: torch.Tensor, cells: int) -> np.ndarray:
-    """Per image (B×4): accuracy, normalised accuracy, row accuracy, column accuracy."""
+    """Per image (B×4): accuracy, normalised accuracy, row accuracy, column accuracy (kinds.CellKind.columns)."""
     pred = logits.argmax(dim=1)  # B×h×w
     lab = lab.to(pred.device).expand_as(pred)
     acc = (pred == lab).float().mean(dim=(1, 2))
@@ -57,5 +57,3 @@ def border_accuracy(logits: torch.Tensor, lab: torch.Tensor, bins: np.ndarray) -
     counts = np.bincount(flat)
     return np.stack([np.bincount(flat, weights=h.ravel().astype(np.float64)) / counts for h in hit])
 
-
-METRICS = ("accuracy", "accuracy_norm", "row_accuracy", "col_accuracy")

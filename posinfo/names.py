@@ -13,7 +13,9 @@ from pathlib import Path
 
 # ----------------------------------------------------------------------------- config options
 
-TARGETS = ("hor", "ver", "gau", "horstp", "verstp", "grid")  # grid: the location target (posinfo.location)
+MAP_TARGETS = ("hor", "ver", "gau", "horstp", "verstp")  # position maps (posinfo.targets); their kind: posinfo.kinds
+# grid: the location target (posinfo.location); rowcol, xy: the per-position probes (posinfo.kinds)
+TARGETS = (*MAP_TARGETS, "grid", "rowcol", "xy")
 STRIPES = ("horstp", "verstp")
 TARGET_RANGES = ("unit", "signed")
 

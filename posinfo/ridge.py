@@ -261,11 +261,11 @@ def fit(readouts: list[LinearReadout], source, maps: list[torch.Tensor], *, kern
     return histories
 
 
-def check(depth: int, classes: int | None) -> None:
-    """What the closed-form readout cannot be: one line each."""
+def check(depth: int, kind) -> None:
+    """What the closed-form readout cannot be: one line each. ``kind``: the target's (posinfo.kinds)."""
     if depth != 1:
         raise PosinfoError(f"readout.solver=ridge with readout.depth={depth}: a deeper readout is not linear, so it "
                            "has no closed form; use readout.depth=1 with ridge, or readout.solver=sgd")
-    if classes is not None:
-        raise PosinfoError("readout.solver=ridge with target=grid: the location target's readout is a classifier "
-                           "(cross-entropy), not a least-squares problem; use readout.solver=sgd with target=grid")
+    if kind.ridge_refusal is not None:
+        raise PosinfoError(f"readout.solver=ridge with target={kind.target}: {kind.ridge_refusal}; "
+                           f"use readout.solver=sgd with target={kind.target}")

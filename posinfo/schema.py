@@ -116,6 +116,8 @@ class TargetConfig:
     name: str = _f(MISSING, one_of(TARGETS))
     range: str = _f("unit", one_of(TARGET_RANGES))
     cells: int = _f(7, integer(2))  # target=grid: cells per side
+    # A probe per tap too, each on its tap's features alone (a curve over depth; true in rowcol/xy's YAML).
+    per_tap: bool = _f(False, BOOLEAN)
 
 
 @dataclass

@@ -11,9 +11,8 @@ import math
 import torch
 
 from posinfo.errors import PosinfoError
-
-NAMES = ("hor", "ver", "gau", "horstp", "verstp")
-RANGES = ("unit", "signed")
+from posinfo.names import MAP_TARGETS as NAMES
+from posinfo.names import TARGET_RANGES as RANGES
 
 # sigma of the authors' Gaussian as a fraction of N: a least-squares fit to their
 # 256 px gt_gau.png gives 126.8 px.

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,23 +36,22 @@ def predict(readout: nn.Module, features: torch.Tensor, size: int) -> torch.Tens
 
 
 
-class Loss:
-    """A readout's training loss on its output (B×1×Ho×Wo maps, or B×classes×Ho×Wo logits):
-    cross-entropy against cell labels at the readout's resolution (the location target, a long
-    map), or the MSE against a map target, taken after upsampling to the target's size
-    (``at="image"``, the paper's arithmetic) or through the upsampling's Gram at the readout's
-    own size (``at="feature"``, posinfo.upsampling.FeatureLoss: equal in real arithmetic)."""
+class MapLoss:
+    """A map readout's training loss on its output (B×1×Ho×Wo): the MSE against the target map,
+    taken after upsampling to the target's size (``at="image"``, the paper's arithmetic) or
+    through the upsampling's Gram at the readout's own size (``at="feature"``,
+    posinfo.upsampling.FeatureLoss: equal in real arithmetic). Depth-1 map readouts may share
+    their last GEMM (``stackable``)."""
+
+    stackable = True
 
     def __init__(self, target: torch.Tensor, at: str = "image"):
-        self.categorical = target.dtype == torch.long
-        self.target = target if self.categorical else target.view(1, 1, *target.shape[-2:])
+        self.target = target.view(1, 1, *target.shape[-2:])
         self.at = at
         self._feature: FeatureLoss | None = None
 
     def __call__(self, out: torch.Tensor) -> torch.Tensor:
         t = self.target
-        if self.categorical:
-            return F.cross_entropy(out, t.view(1, *t.shape[-2:]).expand(len(out), *t.shape[-2:]))
         if self.at == "feature":
             if self._feature is None or self._feature.g_h.shape[0] != out.shape[-2]:
                 self._feature = FeatureLoss(t, out.shape[-2], out.shape[-1])
@@ -60,7 +60,21 @@ class Loss:
         return F.mse_loss(pred, t.expand_as(pred))
 
 
-def _step(readout: nn.Module, feats: torch.Tensor, loss_fn: Loss, opt: torch.optim.Optimizer) -> float:
+class LabelLoss:
+    """A classifier readout's training loss on its logits (B×classes×Ho×Wo): cross-entropy
+    against one label per output position, the same for every image (target=grid: its cells)."""
+
+    stackable = False
+
+    def __init__(self, labels: torch.Tensor):
+        self.labels = labels
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        t = self.labels
+        return F.cross_entropy(out, t.view(1, *t.shape[-2:]).expand(len(out), *t.shape[-2:]))
+
+
+def _step(readout: nn.Module, feats: torch.Tensor, loss_fn, opt: torch.optim.Optimizer) -> float:
     """One SGD step of one readout on one batch; its loss."""
     loss = loss_fn(readout(feats))
     opt.zero_grad(set_to_none=True)
@@ -69,19 +83,19 @@ def _step(readout: nn.Module, feats: torch.Tensor, loss_fn: Loss, opt: torch.opt
     return loss.item()
 
 
-def _stack_parts(readout: nn.Module, loss_fn: Loss):
+def _stack_parts(readout: nn.Module, loss_fn):
     """(pre, conv, tail) for a readout whose only convolution is its last, a OneMapConv2d
     (depth 1, a map target): ``pre`` its Standardize or None, ``tail`` its BN and sigmoid.
     None for any other readout, which steps alone."""
     pre, r = None, readout
     if isinstance(r, nn.Sequential) and len(r) == 2 and isinstance(r[0], Standardize):
         pre, r = r[0], r[1]
-    if loss_fn.categorical or not (isinstance(r, Readout) and isinstance(r[0], OneMapConv2d)):
+    if not loss_fn.stackable or not (isinstance(r, Readout) and isinstance(r[0], OneMapConv2d)):
         return None
     return pre, r[0], nn.Sequential(*list(r)[1:])  # the same modules (a Readout cannot be sliced)
 
 
-def _stacks(readouts: list[tuple[int, nn.Module, Loss, torch.optim.Optimizer]]) -> list[list]:
+def _stacks(readouts: list[tuple[int, nn.Module, Any, torch.optim.Optimizer]]) -> list[list]:
     """The readouts split into stacks that step together: depth-1 map readouts on the same
     input (no Standardize, or one with the same statistics) share their GEMM (map_convs);
     every other readout is a stack of one."""
@@ -123,7 +137,7 @@ def _stacked_step(stack: list, feats: torch.Tensor) -> list[float]:
     return losses.tolist()
 
 
-def _epoch(batches, readouts: list[tuple[int, nn.Module, Loss, torch.optim.Optimizer]],
+def _epoch(batches, readouts: list[tuple[int, nn.Module, Any, torch.optim.Optimizer]],
            step_scheds: list | None, left: int | None, bar) -> dict[int, list[tuple[float, int]]]:
     """One pass over the batches, each batch used by each readout (index, readout, loss,
     optimiser), at most ``left`` steps; readouts that can share their GEMM step together
@@ -170,8 +184,8 @@ def outcome(step_losses: list[float]) -> dict:
 
 def fit(readout: nn.Module, source: FeatureSource, target: torch.Tensor, *, log_path: Path | None = None,
         **kwargs) -> list[dict]:
-    """MSE against the same ``target`` (H×W) for every image, or cross-entropy when ``target`` is a
-    long map of class labels at the readout's output size (the location target); SGD with a step schedule.
+    """MSE against the same ``target`` map (H×W) for every image, or ``target`` a loss object (a
+    target kind's, posinfo.kinds: e.g. :class:`LabelLoss`); SGD with a step schedule.
 
     ``steps``: exactly that many SGD steps whatever the dataset size (the epochs it takes,
     the last one cut short), the lr milestones scaled in proportion (epoch 10 of 15 → step
@@ -203,7 +217,7 @@ def flush_denormals():
 def fit_many(
     readouts: list[nn.Module],
     source: FeatureSource,
-    targets: list[torch.Tensor],
+    targets: list[Any],
     *,
     epochs: int = 15,
     batch_size: int = 32,
@@ -223,11 +237,12 @@ def fit_many(
     schedule, and sees the batches in the same order (from ``seed``) as it would alone, so
     each ends exactly where :func:`fit` would take it. A readout whose loss is not finite at
     the end of an epoch stops there: its entry is the PosinfoError :func:`fit` would raise,
-    the others go on. An epoch's ``seconds`` is the time of the whole group's epoch.
+    the others go on. An epoch's ``seconds`` is the time of the whole group's epoch. ``targets``:
+    each a map (H×W, the MSE at ``loss_at``) or a loss object (a target kind's, posinfo.kinds).
     """
     from tqdm.auto import tqdm
 
-    tgts = [Loss(t, loss_at) for t in targets]
+    tgts = [MapLoss(t, loss_at) if isinstance(t, torch.Tensor) else t for t in targets]
     n_batches = -(-source.n // batch_size)
     opts, scheds, n_epochs = _optimisers(readouts, lr, momentum, weight_decay, epochs, steps, n_batches,
                                          lr_milestones, lr_gamma)

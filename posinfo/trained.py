@@ -81,13 +81,12 @@ def _register_module(cfg, module: Any) -> None:
                            "probed (same classes, forward and weights)")
 
 
-def _readout(cfg, result: dict, job_dir: Path, device: torch.device) -> torch.nn.Module:
+def _readout(cfg, result: dict, job_dir: Path, device: torch.device, kind) -> torch.nn.Module:
     """The job's readout (readout.pt) in the shape its result.json describes."""
     from posinfo.readout import make
 
     ro, channels = cfg.readout, int(result["readout_in_channels"])
-    classes = int(cfg.target.cells) ** 2 if cfg.target.name == "grid" else None
-    readout = make(channels, int(ro.kernel), int(ro.depth), int(ro.padding), int(ro.feature_size), classes,
+    readout = make(channels, int(ro.kernel), int(ro.depth), int(ro.padding), int(ro.feature_size), kind.outputs,
                    str(ro.get("standardize", "none")), str(ro.get("solver", "sgd")))
     try:
         readout.load_state_dict(torch.load(job_dir / READOUT_FILE, map_location="cpu", weights_only=True))
@@ -104,6 +103,8 @@ def load(job_dir: str | Path, device: str = "auto", module: torch.nn.Module | No
 
     from posinfo.features import FeatureExtractor
     from posinfo.job import resolve_device
+    from posinfo.kinds import make as make_kind
+    from posinfo.readout import output_size
     from posinfo.schema import with_defaults
 
     job_dir = user_path(job_dir)
@@ -112,30 +113,23 @@ def load(job_dir: str | Path, device: str = "auto", module: torch.nn.Module | No
     if cfg.backbone.name == MODULE_BACKBONE:
         _register_module(cfg, module)
     dev = resolve_device(device)
+    ro = cfg.readout
+    kind = make_kind(cfg.target, int(cfg.data.image_size),
+                     output_size(int(ro.feature_size), int(ro.kernel), int(ro.depth), int(ro.padding)))
     encoder = job_encoder(cfg).materialize()  # weights now: one line if they cannot load here
     extractor = FeatureExtractor(encoder, int(cfg.readout.feature_size), dev, str(cfg.backbone.get("precision", "float32")))
-    return Trained(job_dir, result, cfg, extractor, _readout(cfg, result, job_dir, dev))
+    return Trained(job_dir, result, cfg, extractor, _readout(cfg, result, job_dir, dev, kind), kind)
 
 
 class Trained:
     """A job's trained readout f_pem on its frozen backbone (see :func:`load`)."""
 
-    def __init__(self, job_dir: Path, result: dict, cfg, extractor, readout: torch.nn.Module):
-        from posinfo import location, targets
-        from posinfo.readout import output_size
-
+    def __init__(self, job_dir: Path, result: dict, cfg, extractor, readout: torch.nn.Module, kind):
         self.job_dir, self.result, self.cfg = job_dir, result, cfg
         self.extractor, self.readout = extractor, readout
         self.size = int(cfg.data.image_size)
-        ro = cfg.readout
-        self.cells = int(cfg.target.cells) if cfg.target.name == "grid" else None
-        if self.cells is None:
-            self.target = targets.make(str(cfg.target.name), self.size, str(cfg.target.get("range", "unit"))).numpy()
-            self.labels = None
-        else:
-            self.target = location.display_map(self.cells, self.size).numpy()
-            self.labels = location.labels(self.cells, output_size(int(ro.feature_size), int(ro.kernel), int(ro.depth),
-                                                                  int(ro.padding)))
+        self.kind = kind  # the target's kind (posinfo.kinds): its scorer and pictures
+        self.target = kind.display
         cached = bool(cfg.cache.enabled)
         self._dtype = getattr(torch, str(result.get("cache_dtype", cfg.cache.dtype))) if cached else None
 
@@ -176,12 +170,7 @@ class Trained:
 
     def maps(self, outputs: torch.Tensor) -> np.ndarray:
         """Raw outputs (:meth:`outputs`) as :meth:`predict`'s maps."""
-        from posinfo.train import upsample
-
-        if self.cells is None:
-            return upsample(outputs, self.size)[:, 0].numpy().astype(np.float32)
-        shown = outputs.argmax(dim=1, keepdim=True).float() / (self.cells * self.cells - 1)
-        return torch.nn.functional.interpolate(shown, size=(self.size, self.size), mode="nearest")[:, 0].numpy()
+        return self.kind.picture(self.kind.prepare(outputs))
 
     def evaluate(self, images: Any) -> dict:
         """The job's metrics on ``images``: as result.json's per-input metrics (SPC, MAE, border MAE;
@@ -191,37 +180,15 @@ class Trained:
 
         ds = self.images(images)
         metrics, per_image = self.score(self.outputs(ds))
-        for m in [k for k in ("spc", "mae", "accuracy", "accuracy_norm") if k in per_image[0]]:
+        for m in self.kind.bootstrapped:
             metrics[f"{m}_lo"], metrics[f"{m}_hi"] = bootstrap_interval([float(r[m]) for r in per_image])
         return {**metrics, "per_image": [{"image": n, **r} for n, r in zip(ds.names, per_image)]}
 
     def score(self, outputs: torch.Tensor) -> tuple[dict, list[dict]]:
         """The mean metrics over images and each image's, as the job scores its test images."""
-        return self._score_grid(outputs) if self.cells is not None else self._score_maps(outputs)
-
-    def _score_maps(self, outputs: torch.Tensor) -> tuple[dict, list[dict]]:
-        from posinfo.metrics import Scorer, summarize
-
-        scorer = Scorer(self.target)
-        preds = self.maps(outputs)
-        rows = [{"spc": scorer.spc(p), "mae": scorer.mae(p)} for p in preds]
-        metrics = summarize([r["spc"] for r in rows], [r["mae"] for r in rows]).as_dict()
-        metrics["border_mae"] = np.mean([scorer.border_mae(p) for p in preds], axis=0).round(6).tolist()
-        metrics["floor_mae"] = self.result.get("floor_mae")
-        return metrics, rows
-
-    def _score_grid(self, outputs: torch.Tensor) -> tuple[dict, list[dict]]:
-        from posinfo import location
-
-        from posinfo.metrics import border_bins
-
-        sc = location.scores(outputs, self.labels, self.cells)
-        rows = [dict(zip(location.METRICS, map(float, v))) for v in sc]
-        bins, _ = border_bins(*self.labels.shape)
-        metrics = {**dict(zip(location.METRICS, sc.mean(axis=0).tolist())), "chance": location.chance(self.cells),
-                   "n_images": len(rows),
-                   "border_accuracy": location.border_accuracy(outputs, self.labels, bins).mean(axis=0).round(6).tolist()}
-        return metrics, rows
+        kind = self.kind
+        values, metrics = kind.score(kind.prepare(outputs))
+        return {**metrics, **kind.floor()}, [dict(zip(kind.columns, v)) for v in values]
 
 
 def cli(main) -> int:

@@ -69,9 +69,9 @@ def test_the_readme_option_table_lists_exactly_the_schemas_options():
     assert not unknown, f"README's Config groups table names {unknown}, which posinfo/schema.py does not have"
 
 
-def test_the_readme_gives_per_image_csv_columns_of_both_target_kinds():
-    from posinfo import location
+def test_the_readme_gives_per_image_csv_columns_of_every_target_kind():
+    from posinfo.kinds import KINDS
 
     row = next(line for line in README.read_text().splitlines() if line.startswith("| `per_image.csv` |"))
-    assert "`input,image,spc,mae`" in row
-    assert f"`{','.join(('input', 'image', *location.METRICS))}`" in row
+    for kind in KINDS.values():
+        assert f"`{','.join(('input', 'image', *kind.columns))}`" in row, kind.name

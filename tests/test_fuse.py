@@ -14,7 +14,7 @@ from posinfo.errors import PosinfoError
 from posinfo.names import FUSE_PLAN
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.sweep.fuse import group_key, write_plan
-from posinfo.train import Loss, _stacks, fit, fit_many
+from posinfo.train import LabelLoss, MapLoss, _stacks, fit, fit_many
 from sweep_helpers import out, results, summary, sweep
 
 
@@ -42,7 +42,7 @@ def _group(seed: int = 0):
         torch.manual_seed(seed)  # each readout's own initialisation, as in its job
         cells = 2 if t == "grid" else None
         readouts.append(build_readout(6, k, d, p, 8, None if cells is None else cells * cells))
-        goals.append(location.labels(2, output_size(8, k, d, p)) if t == "grid" else targets.make(t, 16))
+        goals.append(LabelLoss(location.labels(2, output_size(8, k, d, p))) if t == "grid" else targets.make(t, 16))
     return feats, readouts, goals
 
 
@@ -81,7 +81,7 @@ def test_depth1_map_readouts_on_the_same_input_share_one_step_and_the_rest_step_
     std_a, std_b, std_c = (Standardize(6), Standardize(6), Standardize(6))
     std_b.mean += 1  # other statistics: another input
     extra = [torch.nn.Sequential(s, build_readout(6, 3, 1, 1, 8)) for s in (std_a, std_b, std_c)]
-    entries = [(i, r, Loss(g), None) for i, (r, g) in enumerate(zip(readouts + extra, goals + [goals[0]] * 3))]
+    entries = [(i, r, g if isinstance(g, LabelLoss) else MapLoss(g), None) for i, (r, g) in enumerate(zip(readouts + extra, goals + [goals[0]] * 3))]
     stacks = [[e[0] for e in st] for st in _stacks(entries)]
     assert stacks == [[0, 1, 4], [2], [3], [5, 7], [6]]
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from posinfo import ridge
 from posinfo.features import FeatureSource
 from posinfo.readout import LinearReadout, build_readout
-from posinfo.train import Loss, fit_many
+from posinfo.train import MapLoss, fit_many
 from posinfo.upsampling import FeatureLoss, Upsampling, interpolation_matrix
 
 
@@ -52,7 +52,7 @@ def test_feature_loss_and_gradient_equal_the_image_loss_in_float64(kernel, paddi
     grads = []
     for at in ("image", "feature"):
         readout.zero_grad()
-        loss = Loss(target, at)(readout(x))
+        loss = MapLoss(target, at)(readout(x))
         loss.backward()
         grads.append((loss.item(), [p.grad.clone() for p in readout.parameters()]))
     (li, gi), (lf, gf) = grads

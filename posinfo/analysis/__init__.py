@@ -6,11 +6,12 @@ module per role, ``write_report`` (below) running them in order:
     cells    aggregate rows into cells (seeds -> mean and 95% interval), labels, sort keys, number format
     intervals  t intervals over seeds, bootstrap intervals over test images, the instability rule
     tables   Table/Row per experiment, its notes, to_markdown / to_latex
-    figures  the Figure-4 grid, SPC bars, SPC against feature level
+    figures  the Figure-4 grid, SPC bars, SPC against feature level, the per-tap depth curves
+    depth    target.per_tap: each tap's probe scores folded over seeds (per_tap.csv, a tables.md section)
 
-Arrows point one way: __init__ -> (collect, cells, tables, figures);
+Arrows point one way: __init__ -> (collect, cells, tables, figures, depth); depth -> (cells, intervals);
 collect -> (paper, cells); tables -> (paper, cells); figures -> cells; paper -> cells;
-cells -> posinfo.names only. result.json is the only interface with the jobs: nothing here
+cells -> posinfo.names and posinfo.kinds (torch-free) only. result.json is the only interface with the jobs: nothing here
 imports the job or torch; matplotlib and omegaconf load only when a figure is drawn or a
 .hydra / multirun.yaml file is read.
 """
@@ -22,7 +23,9 @@ from typing import Iterable
 
 from posinfo.analysis.cells import aggregate
 from posinfo.analysis.collect import collect
-from posinfo.analysis.figures import draw_all
+from posinfo.analysis.depth import per_tap
+from posinfo.analysis.depth import to_markdown as depth_markdown
+from posinfo.analysis.figures import depth_curve, draw_all
 from posinfo.analysis.tables import make_tables, to_latex, to_markdown
 from posinfo.errors import PosinfoError
 from posinfo.io import atomic_path
@@ -52,12 +55,20 @@ def write_report(dirs: Iterable[str | Path], out: str | Path | None = None, figu
     written["cells.csv"] = out / "cells.csv"
     tables = make_tables(cells, df)
     md = to_markdown(tables)
+    taps = per_tap(cells)  # target.per_tap: the scores over depth
+    if not taps.empty:
+        md += "\n\n## Scores per tap\n\n" + depth_markdown(taps)
+        with atomic_path(out / "per_tap.csv") as tmp:
+            taps.to_csv(tmp, index=False)
+        written["per_tap.csv"] = out / "per_tap.csv"
     for name, text in (("tables.md", md), ("tables.tex", to_latex(tables))):
         with atomic_path(out / name) as tmp:
             tmp.write_text(text)
         written[name] = out / name
     if figures:
-        for fig in draw_all(cells, out):
+        figs = draw_all(cells, out) + [f for exp, g in taps.groupby("experiment")
+                                        if (f := depth_curve(g, out / f"{exp}_depth.png")) is not None]
+        for fig in figs:
             written[fig.path.name] = fig.path
             written[fig.path.with_suffix(".pdf").name] = fig.path.with_suffix(".pdf")
     if echo:

@@ -14,17 +14,15 @@ import numpy as np
 import pandas as pd
 
 from posinfo.analysis.intervals import t_interval, unstable
+from posinfo.kinds import EXTRA_METRICS, INTERVAL_COLUMNS, lookup
 from posinfo.names import BACKBONES, INPUT_KINDS, PADDINGS, STRIPES, TARGETS
 
 log = logging.getLogger(__name__)
 
 # The measured columns of results.csv: aggregated over replicates, never part of a configuration.
 # A job's interval columns are the bootstrap over its test images (posinfo.analysis.intervals).
-INTERVAL_COLUMNS = ("spc_lo", "spc_hi", "mae_lo", "mae_hi", "accuracy_lo", "accuracy_hi", "accuracy_norm_lo",
-                    "accuracy_norm_hi")
-# target=grid (posinfo.location): its tables show accuracy and normalised accuracy where others show SPC and MAE.
-GRID_METRICS = ("accuracy", "accuracy_norm", "row_accuracy", "col_accuracy", "chance")
-METRICS = ("spc", "mae", "n_images", "n_nan", "floor_mae", "converged", *INTERVAL_COLUMNS, *GRID_METRICS)
+# Both, and the metrics of the kinds other than maps (e.g. target=grid's accuracies), come from the kinds.
+METRICS = ("spc", "mae", "n_images", "n_nan", "floor_mae", "converged", *INTERVAL_COLUMNS, *EXTRA_METRICS)
 # results.csv's border profile: MAE per border-distance bin, border_mae_1 (outer ring) … (job: result.json).
 BORDER_PREFIX = "border_mae_"
 # Fields that distinguish replicates, not configurations.
@@ -181,7 +179,7 @@ def seed_free_once(ok: pd.DataFrame) -> pd.DataFrame:
 def _estimates(ok: pd.DataFrame) -> dict:
     """Mean, std and 95% interval of SPC and MAE over a cell's ok replicates."""
     out: dict[str, Any] = {}
-    for m in ("spc", "mae", "accuracy", "accuracy_norm", "row_accuracy", "col_accuracy", "chance"):
+    for m in ("spc", "mae", *EXTRA_METRICS):
         if m not in ok:
             continue
         x = ok[m].dropna().astype(float)
@@ -193,7 +191,8 @@ def _estimates(ok: pd.DataFrame) -> dict:
             row = ok[ok[m].notna()].iloc[0] if len(x) else None
             out[f"{m}_lo"], out[f"{m}_hi"] = (np.nan, np.nan) if row is None else (
                 float(row.get(f"{m}_lo", np.nan)), float(row.get(f"{m}_hi", np.nan)))
-    main = "accuracy" if "accuracy" in ok and ok["accuracy"].notna().any() else "spc"  # target=grid: accuracy
+    kind = lookup(ok.target.iloc[0]) if len(ok) and "target" in ok else None
+    main = kind.headline if kind is not None else "spc"
     n = int(ok[main].notna().sum())
     out["ci"] = "seeds" if n > 1 else "images" if not is_missing(out[f"{main}_lo"]) else None
     out["seed_spcs"] = [float(v) for v in ok.spc.dropna()] if n > 1 else []

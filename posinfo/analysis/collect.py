@@ -14,7 +14,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from posinfo import sweepgrid
-from posinfo.analysis.cells import BORDER_PREFIX, GRID_METRICS, INTERVAL_COLUMNS, METRICS
+from posinfo.analysis.cells import BORDER_PREFIX, INTERVAL_COLUMNS, METRICS
+from posinfo.kinds import EXTRA_METRICS, lookup
 from posinfo.analysis.intervals import per_image_intervals
 from posinfo.analysis.paper import WEIGHTS_LABEL, attach_paper, paper_weights
 from posinfo.errors import PosinfoError
@@ -207,10 +208,12 @@ def _tidy(jobs: list[dict]) -> pd.DataFrame:
         else:
             kinds = list((cfg.get("input") or {}).get("kinds") or [None])
         boot = per_image_intervals(j["job_dir"]) if j["status"] == "ok" else {}
+        kind = lookup(base["target"])  # its metrics beyond the map's (e.g. target=grid's accuracies)
+        extra = [k for k in kind.metrics if k in EXTRA_METRICS] if kind is not None else []
         for kind in kinds:
             m = (j["metrics"].get(kind) if kind else None) or {}  # a null entry reads as no metrics
             rows.append({**base, "input": kind, **{k: m.get(k) for k in ("spc", "mae", "n_images", "n_nan")},
-                         **({k: m.get(k) for k in GRID_METRICS} if base["target"] == "grid" else {}),
+                         **{k: m.get(k) for k in extra},
                          **{k: boot.get(kind, {}).get(k) for k in INTERVAL_COLUMNS},
                          **{f"{BORDER_PREFIX}{i + 1}": v for i, v in enumerate(m.get("border_mae") or [])}})
     df = pd.DataFrame(rows)

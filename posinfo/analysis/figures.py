@@ -389,3 +389,31 @@ def spc_vs_border(g: pd.DataFrame, path: Path) -> Figure | None:
         ax.spines[["top", "right"]].set_visible(False)
     axes[0, 0].set_ylabel(f"SPC ({kind})")
     return _finish_panels(fig, axes, width, legend_h, path)
+
+
+def depth_curve(df: pd.DataFrame, path: Path) -> Figure | None:
+    """target.per_tap (posinfo.analysis.depth): the kind's headline metric against the tap, a line per
+    configuration and input with its interval over seeds shaded, a panel per target; chance dashed."""
+    if df.empty:
+        return None
+    plt = _plt()
+    targets = list(dict.fromkeys(df.target_label))
+    fig, axes = plt.subplots(1, len(targets), figsize=(COLUMN_WIDTH * len(targets), 2.6), squeeze=False)
+    for ax, t in zip(axes[0], targets):
+        g = df[df.target_label == t]
+        for (config, inp), r in g.groupby(["config_label", "input"], sort=False):
+            r = r.sort_values("tap_index")
+            ax.plot(r.tap_index, r.value, marker="o", ms=2, lw=1, label=f"{config} ({inp})")
+            if r.n_runs.max() > 1:
+                ax.fill_between(r.tap_index, r.lo, r.hi, alpha=0.2)
+        floor = g.floor.dropna()
+        if len(floor):
+            ax.axhline(float(floor.iloc[0]), ls="--", lw=0.8, color="k", label="chance / floor")
+        ticks = g.drop_duplicates("tap_index").sort_values("tap_index")
+        ax.set_xticks(ticks.tap_index, ticks.tap, rotation=45, fontsize=FONT - 1)
+        ax.set_title(t, fontsize=FONT)
+        ax.set_ylabel(g.metric.iloc[0])
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.legend(fontsize=FONT - 2, frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)

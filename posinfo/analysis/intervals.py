@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from posinfo.kinds import BOOTSTRAPPED
 from posinfo.names import PER_IMAGE_FILE
 
 LEVEL = 0.95
@@ -45,14 +46,14 @@ def bootstrap_interval(values: list[float] | np.ndarray) -> tuple[float, float]:
 
 
 def per_image_intervals(job_dir: str | Path) -> dict[str, dict[str, float]]:
-    """Bootstrap intervals of SPC and MAE (accuracies for target=grid) per evaluated input of one job
-    (empty if no per_image.csv)."""
+    """Bootstrap intervals of SPC and MAE (another target kind's: its own, e.g. target=grid's accuracies)
+    per evaluated input of one job (empty if no per_image.csv)."""
     try:
         df = pd.read_csv(Path(job_dir) / PER_IMAGE_FILE)
     except (OSError, ValueError):
         return {}
     out = {}
-    measured = [c for c in ("spc", "mae", "accuracy", "accuracy_norm") if c in df]  # accuracies: target=grid
+    measured = [c for c in BOOTSTRAPPED if c in df]  # each kind's per-image headline columns (posinfo.kinds)
     for kind, g in df.groupby("input"):
         out[str(kind)] = {}
         for m in measured:

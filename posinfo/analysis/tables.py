@@ -16,6 +16,7 @@ import pandas as pd
 from posinfo.analysis.cells import as_text, fmt, fmt_paper, is_missing, label_cells, sort_key
 from posinfo.analysis.intervals import BOOTSTRAP_RESAMPLES, UNSTABLE_SPC
 from posinfo.analysis.paper import PAPER, PAPER_TABLES, protocol_deviations
+from posinfo.kinds import KINDS, MapKind, lookup
 from posinfo.names import CONVERGED_REL_CHANGE, STRIPES
 
 _LABELS = {"target_label": "target"}
@@ -51,8 +52,9 @@ def _ours_cell(c: Any) -> tuple[str, str]:
     if c["n_ok"] == 0:
         word = "failed" if c["n_failed"] else "missing"
         return word, word
-    if c.get("target") == "grid":  # the location target: accuracy and normalised accuracy
-        return fmt(c.get("accuracy"), _half(c, "accuracy")), fmt(c.get("accuracy_norm"), _half(c, "accuracy_norm"))
+    kind = lookup(c.get("target"))
+    if kind is not None and kind is not MapKind:  # its own two numbers (target=grid: accuracy, normalised accuracy)
+        return tuple(fmt(c.get(m), _half(c, m)) for m in kind.shown)
     spc = fmt(c["spc"], _half(c, "spc"))
     if c.get("unstable"):
         spc += " unstable (" + "/".join(fmt(v) for v in c["seed_spcs"]) + ")"
@@ -147,13 +149,22 @@ def _floor_row(block: pd.DataFrame, row_fields: list[str], col_key: str, by_inpu
         str(col): ("", "/".join(fmt(v) for v in sorted({round(float(x), 3) for x in fg.floor_mae.dropna()})))
         for col, fg in block.groupby(col_key) if fg.floor_mae.notna().any()
     }
-    if "chance" in block:
-        floors.update({str(col): (fmt(float(fg.chance.dropna().iloc[0])), ".000") for col, fg in block.groupby(col_key)
-                       if (fg.target == "grid").all() and fg.chance.notna().any()})
+    for col, fg in block.groupby(col_key):  # another kind's: each shown number's floor (target=grid: chance and 0)
+        kind = lookup(fg.target.iloc[0])
+        if kind is not None and kind is not MapKind and (fg.target == fg.target.iloc[0]).all():
+            floors[str(col)] = tuple(_floor_text(fg, kind.floors.get(m)) for m in kind.shown)
     if not floors:
         return None
     label = [str(block.iloc[0]["target_label"]) if by_input else ""] + [""] * (len(row_fields) - 1)
     return Row(label, "floor", floors)
+
+
+def _floor_text(g: pd.DataFrame, floor: str | float | None) -> str:
+    """A floor row's number: a column of the cells' (its values, when they differ, joined by '/') or a constant."""
+    if isinstance(floor, str):
+        v = g[floor].dropna() if floor in g else pd.Series(dtype=float)
+        return "/".join(fmt(x) for x in sorted({round(float(x), 3) for x in v}))
+    return "" if floor is None else fmt(floor)
 
 
 def _list_unfinished(tables: list[Table], jobs: pd.DataFrame) -> None:
@@ -178,10 +189,8 @@ def _notes(g: pd.DataFrame, deviations: dict[str, int], ours_rows: list[tuple[Ro
         f"{PAPER}, Table n, for the same configuration; 'floor' is the MAE of the best constant "
         "prediction for that target: an MAE at its floor means no position information, whatever the SPC."
     ]
-    if (g.target == "grid").any():
-        notes.append("grid (the location target): the two numbers are the accuracy of the cell predicted at each "
-                     "position and the normalised accuracy (accuracy − chance)/(1 − chance), not SPC and MAE; its "
-                     "'floor' row is chance (1/cells²) and 0 (docs/method.md, \"The location target\").")
+    shown = {lookup(t) for t in g.target.dropna().unique()}
+    notes += [k.note for k in KINDS.values() if k in shown and k.note]  # what another kind's two numbers are
     if (g.n_nan > 0).any():
         notes.append("NaN k/N: k of N test images got a constant prediction, whose SPC is undefined; the SPC "
                      "shown is the mean over the other images (– if none; the paper prints such cells as .0).")
@@ -264,8 +273,9 @@ def _header(t: Table) -> tuple[list[str], list[str]]:
 
 
 def _metric_names(column: str) -> tuple[str, str]:
-    """The two numbers of a column: SPC and MAE; accuracy and normalised accuracy for target=grid."""
-    return ("acc", "acc norm") if str(column).split(" [")[0] == "grid" else ("SPC", "MAE")
+    """The two numbers of a column: its target kind's (SPC and MAE; accuracy and normalised accuracy for target=grid)."""
+    kind = lookup(str(column).split(" [")[0])
+    return kind.labels if kind is not None else MapKind.labels
 
 
 def to_markdown(tables: list[Table]) -> str:
