@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from posinfo.errors import PosinfoError
 from posinfo.io import user_path
-from posinfo.names import DATA_SOURCES, MODULE_BACKBONE, PYTHON_DATA, RESULT_FILE
+from posinfo.names import DATA_SOURCES, MODEL_ZOOS, MODULE_BACKBONE, PYTHON_DATA, RESULT_FILE
 from posinfo.schema import folder_excluded_keys
 from posinfo.spec import JobSpec, job_spec, typed
 
@@ -124,9 +124,9 @@ def model_spec(model: Any, weights: str) -> Spec:
                            "name (vgg16, resnet50, posenet, timm/NAME, torchvision/NAME)")
     if model == "posenet":
         return Spec(["backbone=posenet"], {})
-    if model in BACKBONES and model not in ("timm", "torchvision"):
+    if model in BACKBONES and model not in MODEL_ZOOS:
         return Spec([f"backbone={model}"], {"backbone.weights": str(weights)})
-    kind, _, name = model.partition("/") if model.startswith(("timm/", "torchvision/")) else ("", "", model)
+    kind, _, name = model.partition("/") if model.startswith(tuple(f"{z}/" for z in MODEL_ZOOS)) else ("", "", model)
     if not kind:
         import torchvision
 

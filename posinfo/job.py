@@ -33,6 +33,7 @@ from posinfo.metrics import Scorer, summarize
 from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
                            READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
 from posinfo.names import MODULE_BACKBONE, PYTHON_DATA  # what posinfo.probe sets for Python objects
+from posinfo.names import MODEL_ZOOS
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.readout import make as make_readout
 from posinfo.schema import BackboneConfig, CacheConfig, DataConfig, InputConfig, ReadoutConfig
@@ -113,7 +114,7 @@ def _weights_identity(backbone: BackboneConfig, seed: int) -> str:
     w = backbone.weights
     if backbone.name in ("posenet", MODULE_BACKBONE):  # a module's weights: its content hash, in its name
         return "none"
-    if w == "imagenet" and backbone.name in ("timm", "torchvision"):
+    if w == "imagenet" and backbone.name in MODEL_ZOOS:
         from posinfo.zoo import pretrained_identity
 
         return pretrained_identity(backbone.name, backbone.model)
