@@ -18,7 +18,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationEr
 
 from posinfo.errors import PosinfoError
 from posinfo.schema import (GROUPS, AnalysisConfig, BackboneConfig, CacheConfig, DataConfig, InputConfig,
-                            ReadoutConfig, TargetConfig, TrainConfig, check_config)
+                            ReadoutConfig, TargetConfig, TrainConfig, check_config, group_keys)
 
 
 @dataclass
@@ -49,9 +49,18 @@ def typed(cfg: DictConfig) -> JobSpec:
             node = OmegaConf.merge(OmegaConf.structured(cls), cfg[group]) if group in cfg else OmegaConf.structured(cls)
             groups[group] = OmegaConf.to_object(node)
         except (ConfigKeyError, MissingMandatoryValue, ValidationError) as e:
-            raise PosinfoError(f"{group}.{e.full_key or e.key}: {str(e).splitlines()[0]}: "
-                               "give a value of the schema's type (posinfo.schema)") from None
+            raise PosinfoError(_problem(group, e)) from None
     return JobSpec(**groups, device=cfg.device, force=cfg.force)
+
+
+def _problem(group: str, e: Exception) -> str:
+    """One line for a group that does not fit its schema: the key, what is wrong, the fix."""
+    key = f"{group}.{getattr(e, 'full_key', None) or getattr(e, 'key', '')}"
+    if isinstance(e, ConfigKeyError):
+        return f"{key}: no such key in the schema: drop it (the keys of {group} are {', '.join(group_keys(group))})"
+    if isinstance(e, MissingMandatoryValue):
+        return f"{key}: a required value is not set: set it, e.g. {key}=..."
+    return f"{key}: {str(e).splitlines()[0]}: give a value of the schema's type (posinfo.schema)"
 
 
 def job_spec(cfg: DictConfig) -> JobSpec:

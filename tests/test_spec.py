@@ -84,7 +84,8 @@ def test_a_job_spec_is_the_schemas_objects_and_a_results_config_reads_back_to_th
     old = {**saved, "target": {k: v for k, v in saved["target"].items() if k != "cells"}}
     assert typed(OmegaConf.create(schema.with_defaults(old))) == spec
     # A key the schema lacks is one line naming it, not a traceback from inside OmegaConf.
-    with pytest.raises(PosinfoError, match=r"^readout\.widht: .*posinfo\.schema"):
+    with pytest.raises(PosinfoError, match=r"^readout\.widht: no such key in the schema: drop it \(the keys of readout "
+                                           r"are kernel, depth, padding, "):
         typed(OmegaConf.create({**saved, "readout": {**saved["readout"], "widht": 3}}))
 
 
