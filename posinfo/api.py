@@ -13,6 +13,7 @@ jobs (posinfo.analysis.collect), one row per metric.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from typing import Any, Sequence
 
 from posinfo.errors import PosinfoError
 from posinfo.io import user_path
-from posinfo.names import DATA_SOURCES, MODULE_BACKBONE, PYTHON_DATA, RESULT_FILE
+from posinfo.names import DATA_SOURCES, MODEL_ZOOS, MODULE_BACKBONE, PYTHON_DATA, RESULT_FILE
 from posinfo.schema import folder_excluded_keys
+from posinfo.spec import JobSpec, job_spec, typed
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +123,9 @@ def model_spec(model: Any, weights: str) -> Spec:
                            "name (vgg16, resnet50, posenet, timm/NAME, torchvision/NAME)")
     if model == "posenet":
         return Spec(["backbone=posenet"], {})
-    if model in BACKBONES and model not in ("timm", "torchvision"):
+    if model in BACKBONES and model not in MODEL_ZOOS:
         return Spec([f"backbone={model}"], {"backbone.weights": str(weights)})
-    kind, _, name = model.partition("/") if model.startswith(("timm/", "torchvision/")) else ("", "", model)
+    kind, _, name = model.partition("/") if model.startswith(tuple(f"{z}/" for z in MODEL_ZOOS)) else ("", "", model)
     if not kind:
         import torchvision
 
@@ -222,7 +224,7 @@ class Job:
 def _default_taps(cfg) -> Any:
     """{tap: level or node} of the configured backbone's default taps (a weightless build)."""
     def taps() -> dict:
-        enc = _encoder(cfg)
+        enc = _encoder(typed(cfg))
         if cfg.backbone.name in ("vgg16", *_resnets()):  # built-in backbones take levels, their taps are f<level>
             return {name: int(name[1:]) for name in enc.nodes}
         return dict(enc.nodes)
@@ -235,7 +237,7 @@ def _resnets() -> tuple:
     return RESNETS
 
 
-def _encoder(cfg):
+def _encoder(cfg: JobSpec):
     """The job's encoder, lazily: its taps and checks, no weights (built as posinfo.job builds it)."""
     from posinfo.trained import job_encoder
 
@@ -245,21 +247,18 @@ def _encoder(cfg):
 def _check(job: Job, table: bool, encoders: set[str]) -> None:
     """What would stop the job, before any job runs: the schema, weights and folders, the taps (one
     weightless build per backbone configuration; ``encoders`` holds those checked)."""
-    from omegaconf import OmegaConf
-
     from posinfo.preflight import job_problems
-    from posinfo.schema import check_config
 
-    check_config(job.cfg)
-    if table and (set(job.cfg.input.kinds) != {"natural"} or int(job.cfg.data.canvas.border) != 0):
-        raise PosinfoError(f"inputs={list(job.cfg.input.kinds)}: feature maps are scored on their own test images "
+    spec = job_spec(job.cfg)
+    if table and (set(spec.input.kinds) != {"natural"} or spec.data.canvas.border != 0):
+        raise PosinfoError(f"inputs={spec.input.kinds}: feature maps are scored on their own test images "
                            "only: use inputs='natural' (and no data.canvas)")
     problems = job_problems(job.cfg)
     if problems:
         raise PosinfoError(problems[0])
-    key = json.dumps([OmegaConf.to_container(job.cfg.backbone, resolve=True), int(job.cfg.data.image_size)])
-    if job.cfg.backbone.name != "posenet" and key not in encoders:
-        _encoder(job.cfg).describe(int(job.cfg.data.image_size))
+    key = json.dumps([dataclasses.asdict(spec.backbone), spec.data.image_size])
+    if spec.backbone.name != "posenet" and key not in encoders:
+        _encoder(spec).describe(spec.data.image_size)
         encoders.add(key)
 
 

@@ -18,15 +18,14 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from posinfo import bagnet
 from posinfo.errors import PosinfoError, reason
 from posinfo.encoder import Encoder, file_state_dict, set_padding
-from posinfo.names import BAGNETS, MODULE_BACKBONE, PADDINGS
+from posinfo.names import BAGNETS, INITS, MODULE_BACKBONE, PADDINGS, RESNETS
+from posinfo.names import MODEL_ZOOS as ZOO  # any model of either library: posinfo.zoo
 from posinfo.net import fetch_problem
 from posinfo.partialconv import PartialConv2d
 
 log = logging.getLogger(__name__)
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 NAMES = ("posenet", "vgg16", *RESNETS, *BAGNETS)  # BAGNETS: posinfo.bagnet
-ZOO = ("timm", "torchvision")  # any model of either library: posinfo.zoo
 
 # level -> graph node. VGG16: relu1_2 ... relu5_3, each the last op before a max-pool.
 _VGG16_NODES = {1: "features.3", 2: "features.8", 3: "features.15", 4: "features.22", 5: "features.29"}
@@ -132,8 +131,6 @@ def _check_fits(model: nn.Module, sd: dict, used_prefixes: tuple[str, ...], sour
                      (f"torchvision's {name}", f"save the state dict of a torchvision {name}"))
         raise PosinfoError(f"backbone.weights '{source}' does not fit {what} ({'; '.join(parts)}): {fix}")
 
-
-INITS = ("torchvision", "pytorch")
 
 
 def _init_pytorch(body: nn.Module) -> None:

@@ -64,12 +64,12 @@ import numpy as np
 from posinfo.errors import PosinfoError
 from posinfo.io import quiet_closed_pipe
 from posinfo.names import CACHE_DIR_ENV, SWEEP_ID_ENV, default_cache_dir, utc_now
+from posinfo.names import CACHE_DTYPES as DTYPES
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: items stored channels-last (N×H×W×C)
 KEY_LENGTH = 20
-DTYPES = ("float16", "float32")
 # Free disk space left untouched when deciding whether an entry fits.
 DISK_MARGIN_BYTES = 1_000_000_000
 

@@ -20,11 +20,11 @@ from PIL import Image
 from posinfo import deadleaves
 from posinfo.errors import PosinfoError
 from posinfo.io import user_path
+from posinfo.names import CONTROL_KINDS, IDENTITY_MODES, SYNTHETIC_KINDS
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-IDENTITY_MODES = ("content", "stat")
 
 # Bump whenever a change alters the pixels of any embedded image: it is part of
 # identity(), so feature caches keyed on it are invalidated.
@@ -323,8 +323,6 @@ def noise_image(size: int = 224, seed: int = 0) -> torch.Tensor:
         return _to_tensor(np.asarray(im.convert("RGB")))
 
 
-SYNTHETIC_KINDS = ("black", "white", "noise")
-
 
 def synthetic_image(kind: str, size: int = 224, seed: int = 0, file: str | None = None) -> torch.Tensor:
     """A synthetic evaluation input: 'black' (0), 'white' (1), 'noise', or an image file.
@@ -437,7 +435,7 @@ class ControlImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, base: torch.utils.data.Dataset, kind: str, tiles: int = 4, seed: int = 0) -> None:
-        if kind not in ("shuffled", "rotated"):
+        if kind not in CONTROL_KINDS:
             raise PosinfoError(f"control input {kind!r} is unknown: use shuffled or rotated")
         size = int(base.size)
         if kind == "shuffled" and (tiles < 1 or size % tiles):

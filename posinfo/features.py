@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from posinfo.encoder import Encoder
 from posinfo.errors import PosinfoError
 from posinfo.guards import available_ram
-from posinfo.names import DEVICE_MEMORY_SHARE, HOST_MEMORY_SHARE
+from posinfo.names import DEVICE_MEMORY_SHARE, HOST_MEMORY_SHARE, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def resize_concat(maps: list[torch.Tensor], size: int) -> torch.Tensor:
     )
 
 
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Each backbone.precision (posinfo.names) as the dtype its autocast takes; float32 takes none.
+AUTOCAST = {p: None if p == "float32" else getattr(torch, p) for p in PRECISIONS}
 
 
 class FeatureExtractor:
@@ -82,7 +83,7 @@ class FeatureExtractor:
         x = images.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        dtype = PRECISIONS[self.precision]
+        dtype = AUTOCAST[self.precision]
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             maps = self.encoder(x)
         with torch.inference_mode():

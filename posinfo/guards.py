@@ -26,6 +26,8 @@ IMAGE_BYTES = 3 * 4
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
+    """A value of a composed config, its type checked (schema.check_config) or not (posinfo.preflight
+    checks a sweep's compositions before any job): an unset required value (???) reads as None."""
     return OmegaConf.select(cfg, key, default=None)
 
 
@@ -70,7 +72,7 @@ def _size(nbytes: float) -> str:
 def _maps_held(cfg: DictConfig) -> int:
     """How many full-size maps a job holds at once, at least: its target, and the predictions of
     one evaluated input, kept for scoring (every test image's; a synthetic input is one image)."""
-    kinds = list(_get(cfg, "input.kinds") or ["natural"])
+    kinds = list(_get(cfg, "input.kinds"))
     n_test = _get(cfg, "data.num_test")
     images = n_test if isinstance(n_test, int) and any(k not in SYNTHETIC_KINDS for k in kinds) else 1
     return 1 + images
@@ -83,7 +85,7 @@ def memory_problems(cfg: DictConfig, ram: int | None = None) -> list[str]:
     image on its canvas (``data.canvas.border``), and the target and predictions at
     ``data.image_size`` (the encoder's activations come on top)."""
     ram = available_ram() if ram is None else ram
-    size, border = int(_get(cfg, "data.image_size") or 0), int(_get(cfg, "data.canvas.border") or 0)
+    size, border = _get(cfg, "data.image_size"), _get(cfg, "data.canvas.border")
     if ram <= 0 or size <= 0:
         return []  # nothing known to compare with
     out = []

@@ -32,13 +32,15 @@ from posinfo.io import atomic_path, user_path, write_json
 from posinfo.kinds import Kind
 from posinfo.kinds import make as make_kind
 from posinfo.metrics import summarize
-from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
+from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
                            READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
 from posinfo.names import MODULE_BACKBONE, PYTHON_DATA  # what posinfo.probe sets for Python objects
+from posinfo.names import MODEL_ZOOS
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.readout import make as make_readout
-from posinfo.schema import check_config
+from posinfo.schema import BackboneConfig, CacheConfig, DataConfig, InputConfig, ReadoutConfig
 from posinfo.sources import CacheSettings, ReadoutStore, blame_features, encoder_taps, open_features
+from posinfo.spec import JobSpec, job_spec
 from posinfo.train import fit_many, outcome, resolve_steps
 
 log = logging.getLogger(__name__)
@@ -78,18 +80,17 @@ def resolve_num_workers(spec: Any, device: torch.device) -> int:
     return n
 
 
-def make_dataset(data: DictConfig, split: str):
+def make_dataset(data: DataConfig, split: str):
     """The images of one split, on their canvas when ``data.canvas.border`` > 0."""
     ds = _source_dataset(data, split)
-    border = int(OmegaConf.select(data, "canvas.border", default=0) or 0)
-    if border == 0:
+    if data.canvas.border == 0:
         return ds
-    return CanvasImages(ds, border, str(OmegaConf.select(data, "canvas.color", default="black")))
+    return CanvasImages(ds, data.canvas.border, data.canvas.color)
 
 
-def _source_dataset(data: DictConfig, split: str):
+def _source_dataset(data: DataConfig, split: str):
     n = data.num_train if split == "train" else data.num_test
-    size = int(data.image_size)
+    size = data.image_size
     if data.name == "embedded":
         return EmbeddedImages(split, n=n, size=size)
     if data.name == "photos":
@@ -102,43 +103,43 @@ def _source_dataset(data: DictConfig, split: str):
         root = data.train_dir if split == "train" else data.test_dir
         if root in (None, "", "???"):
             raise PosinfoError(f"data=folder needs data.{split}_dir: set data.{split}_dir=/path/to/images")
-        return FolderImages(root, n=n, size=size, identity_by=str(data.get("identity", "content")))
+        return FolderImages(root, n=n, size=size, identity_by=data.identity)
     raise PosinfoError(f"unknown data '{data.name}': use data=embedded, data=photos or data=folder")
 
 
-def cache_settings(cache_cfg: DictConfig) -> CacheSettings:
-    return CacheSettings(bool(cache_cfg.enabled), user_path(cache_cfg.dir), str(cache_cfg.dtype),
-                         float(cache_cfg.max_gb), bool(cache_cfg.get("verify", True)), str(cache_cfg.get("memory", "auto")))
+def cache_settings(cache_cfg: CacheConfig) -> CacheSettings:
+    return CacheSettings(cache_cfg.enabled, user_path(cache_cfg.dir), cache_cfg.dtype, cache_cfg.max_gb, cache_cfg.verify,
+                         cache_cfg.memory)
 
 
-def _weights_identity(backbone: DictConfig, seed: int) -> str:
-    w = str(backbone.weights)
+def _weights_identity(backbone: BackboneConfig, seed: int) -> str:
+    w = backbone.weights
     if backbone.name in ("posenet", MODULE_BACKBONE):  # a module's weights: its content hash, in its name
         return "none"
-    if w == "imagenet" and backbone.name in ("timm", "torchvision"):
+    if w == "imagenet" and backbone.name in MODEL_ZOOS:
         from posinfo.zoo import pretrained_identity
 
-        return pretrained_identity(str(backbone.name), str(backbone.model))
+        return pretrained_identity(backbone.name, backbone.model)
     if w == "imagenet":  # torchvision's V1 weights, or a BagNet's official file
         from posinfo.backbones import imagenet_identity
 
-        return imagenet_identity(str(backbone.name))
+        return imagenet_identity(backbone.name)
     if w == "random":  # torchvision's rules keep the key they always had
-        init = str(backbone.get("init", "torchvision"))
+        init = backbone.init
         return f"random(seed={seed})" if init == "torchvision" else f"random(seed={seed},init={init})"
     return f"file:{cache.file_digest(user_path(w))}"
 
 
-def _validate_inputs(inp: DictConfig) -> list[str]:
+def _validate_inputs(inp: InputConfig) -> list[str]:
     kinds = list(inp.kinds)  # each a known kind: checked with the typed config (schema.check_config)
-    if inp.get("file") and len([k for k in kinds if k in SYNTHETIC_KINDS]) != 1:
+    if inp.file and len([k for k in kinds if k in SYNTHETIC_KINDS]) != 1:
         raise PosinfoError(
             f"input.file={inp.file} needs exactly one synthetic input to replace: use input=noise (or black/white) with it"
         )
     return kinds
 
 
-def _check_folders(data: DictConfig) -> None:
+def _check_folders(data: DataConfig) -> None:
     """A test set that is the training set measures nothing."""
     if data.name == "folder" and data.train_dir and data.test_dir:
         if user_path(data.train_dir).resolve() == user_path(data.test_dir).resolve():
@@ -219,10 +220,11 @@ class Plan:
     feature_size: int
     train_kwargs: dict
     solver: str = "sgd"  # readout.solver
+    loss_at: str = "image"  # train.loss_at (in train_kwargs only when not image: older store keys stay)
 
     def loss(self):
         """The readout's training loss (the target kind's), on the job's device."""
-        return self.kind.loss(self.train_kwargs.get("loss_at", "image"), self.device)
+        return self.kind.loss(self.loss_at, self.device)
 
 
 @dataclass
@@ -240,10 +242,11 @@ class Sources:
     synth_kinds: list[str] = field(default_factory=list)
 
 
-def _stages(cfg: DictConfig, job_dir: Path, result: dict, progress: bool, siblings: list[DictConfig]) -> None:
+def _stages(config: DictConfig, job_dir: Path, result: dict, progress: bool, siblings: list[DictConfig]) -> None:
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
     result["timing"] = timing
+    cfg = job_spec(config)  # the entrance: below it, typed objects only (posinfo.spec)
     plan = _validate(cfg, result)
     t0 = time.perf_counter()
     sources = _open_sources(cfg, plan, result, progress)
@@ -253,8 +256,8 @@ def _stages(cfg: DictConfig, job_dir: Path, result: dict, progress: bool, siblin
         _train_together(cfg, plan, sources, siblings, result, progress)
     readout = _train_or_reuse(cfg, plan, sources, job_dir, result, progress)
     timing["train_s"] = round(time.perf_counter() - t0, 3)
-    channels = bool(OmegaConf.select(cfg, "analysis.channels", default=False))
-    per_tap = bool(cfg.target.per_tap)
+    channels = cfg.analysis.channels
+    per_tap = cfg.target.per_tap
     if not (channels or per_tap):
         sources.train = None  # its batch buffer: evaluation holds one batch at a time, not two
     t0 = time.perf_counter()
@@ -274,52 +277,48 @@ def _stages(cfg: DictConfig, job_dir: Path, result: dict, progress: bool, siblin
     timing["total_s"] = round(time.perf_counter() - t_start, 3)
 
 
-def _validate(cfg: DictConfig, result: dict) -> Plan:
-    """Cheap checks first: a bad value fails in milliseconds, not after extraction."""
-    check_config(cfg)
+def _validate(cfg: JobSpec, result: dict) -> Plan:
+    """Cheap checks first: a bad value fails in milliseconds, not after extraction (the config's
+    own values were checked at the entrance, posinfo.spec.job_spec)."""
     tr, ro, data = cfg.train, cfg.readout, cfg.data
     device = resolve_device(cfg.device)
     result["device"] = str(device)
     inputs = _validate_inputs(cfg.input)
-    if OmegaConf.select(cfg, "analysis.channels", default=False) and "natural" not in inputs:
+    if cfg.analysis.channels and "natural" not in inputs:
         raise PosinfoError(f"analysis.channels=true scores channels on natural test images, but input.kinds={list(inputs)}: "
                            "use input=natural (or any input set with natural)")
-    size, fs = int(data.image_size), int(ro.feature_size)
-    build_readout(3, int(ro.kernel), int(ro.depth), int(ro.padding), fs)  # validates
-    kind = make_kind(cfg.target, size, output_size(fs, int(ro.kernel), int(ro.depth), int(ro.padding)))
+    size, fs = data.image_size, ro.feature_size
+    build_readout(3, ro.kernel, ro.depth, ro.padding, fs)  # validates
+    kind = make_kind(cfg.target, size, output_size(fs, ro.kernel, ro.depth, ro.padding))
     result.update({"floor_mae": None, **kind.floor()})
-    if OmegaConf.select(cfg, "analysis.channels", default=False) and not kind.channels:
+    if cfg.analysis.channels and not kind.channels:
         raise PosinfoError(f"analysis.channels=true scores channels against a map target, not target={cfg.target.name}: "
                            "use target=hor or gau with it")
     _check_folders(data)
-    late = [int(m) for m in tr.lr_milestones if int(m) >= int(tr.epochs)]
+    late = [m for m in tr.lr_milestones if m >= tr.epochs]
     if late:
-        log.warning("train.lr_milestones %s lie at or beyond train.epochs=%d: the lr never drops there", late,
-                    int(tr.epochs))
+        log.warning("train.lr_milestones %s lie at or beyond train.epochs=%d: the lr never drops there", late, tr.epochs)
     train_kwargs = dict(
-        epochs=int(tr.epochs), batch_size=int(tr.batch_size), lr=float(tr.lr), momentum=float(tr.momentum),
-        weight_decay=float(tr.weight_decay), lr_milestones=tuple(int(m) for m in tr.lr_milestones),
-        lr_gamma=float(tr.get("lr_gamma", 0.1)), seed=int(tr.seed),
+        epochs=tr.epochs, batch_size=tr.batch_size, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
+        lr_milestones=tuple(tr.lr_milestones), lr_gamma=tr.lr_gamma, seed=tr.seed,
     )
-    steps = resolve_steps(tr.get("steps"))
+    steps = resolve_steps(tr.steps)
     if steps is not None:  # only then: readouts stored before train.steps keep their keys
         train_kwargs["steps"] = steps
-    if str(tr.loss_at) != "image":  # likewise: readouts trained at image resolution keep their keys
-        train_kwargs["loss_at"] = str(tr.loss_at)
-    solver = str(ro.solver)
+    if tr.loss_at != "image":  # likewise: readouts trained at image resolution keep their keys
+        train_kwargs["loss_at"] = tr.loss_at
+    solver = ro.solver
     if solver == "ridge":
-        ridge.check(int(ro.depth), kind)
-    return Plan(device, inputs, kind, int(tr.seed), size, fs, train_kwargs, solver)
+        ridge.check(ro.depth, kind)
+    return Plan(device, inputs, kind, tr.seed, size, fs, train_kwargs, solver, tr.loss_at)
 
 
-def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> Sources:
+def _open_sources(cfg: JobSpec, plan: Plan, result: dict, progress: bool) -> Sources:
     bb, data = cfg.backbone, cfg.data
     torch.manual_seed(plan.seed)
     np.random.seed(plan.seed)
-    nodes = bb.get("nodes")
-    spec = {"name": str(bb.name), "padding": str(bb.padding), "taps": OmegaConf.to_container(bb.taps) if bb.taps else None,
-            "normalize": str(data.normalize), "init": str(bb.get("init", "torchvision")), "model": bb.get("model"),
-            "nodes": [str(n) for n in nodes] if nodes else None, "pos_embed": str(bb.get("pos_embed", "keep"))}
+    spec = {"name": bb.name, "padding": bb.padding, "taps": bb.taps or None, "normalize": data.normalize,
+            "init": bb.init, "model": bb.model, "nodes": bb.nodes or None, "pos_embed": bb.pos_embed}
 
     def build():
         # Lazy twice over: built only if some features are not cached, and then its weights are
@@ -327,7 +326,7 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
         # either way (build_encoder takes the RNG state at its call); the job's own RNG is untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(plan.seed)
-            return build_encoder(spec["name"], str(bb.weights), spec["padding"], spec["taps"], spec["normalize"],
+            return build_encoder(spec["name"], bb.weights, spec["padding"], spec["taps"], spec["normalize"],
                                  lazy=True, init=spec["init"], model=spec["model"], nodes=spec["nodes"],
                                  pos_embed=spec["pos_embed"], image_size=plan.size)
 
@@ -335,29 +334,29 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
     # features are cached under the file's digest (in the key below) needs no check.
     settings = cache_settings(cfg.cache)
     name, taps, built = encoder_taps(settings, spec, plan.size, build)
-    precision = str(bb.get("precision", "float32"))
+    precision = bb.precision
     extractor = FeatureExtractor(built or build, plan.feature_size, plan.device, precision)
     c = sum(t.channels for t in taps)
     result["features"] = [t.as_json() for t in taps]
     result["readout_in_channels"] = c
-    result["readout_out_size"] = output_size(plan.feature_size, int(cfg.readout.kernel), int(cfg.readout.depth),
-                                             int(cfg.readout.padding))
+    result["readout_out_size"] = output_size(plan.feature_size, cfg.readout.kernel, cfg.readout.depth,
+                                             cfg.readout.padding)
     log.info("%s taps %s -> %d channels at %d×%d", bb.name, [(t.name, t.size[0]) for t in taps], c,
              plan.feature_size, plan.feature_size)
     key_fields = _key_fields(bb, data, name, taps, plan, precision)
-    num_workers = resolve_num_workers(data.get("num_workers", "auto"), plan.device)
+    num_workers = resolve_num_workers(data.num_workers, plan.device)
     train_ds = make_dataset(data, "train")
     test_ds = make_dataset(data, "test") if any(k not in SYNTHETIC_KINDS for k in plan.kinds) else None
     counts = {split: ds.counts for split, ds in (("train", train_ds), ("test", test_ds)) if hasattr(ds, "counts")}
     if counts:  # folder data: images read, unreadable ones skipped, files of other types ignored
         result["images"] = counts
-    tiles, seed = int(cfg.input.get("tiles", DEFAULT_TILES)), int(cfg.input.get("noise_seed", 0))
+    tiles, seed = cfg.input.tiles, cfg.input.noise_seed
     test_sets = {k: test_ds if k == "natural" else ControlImages(test_ds, k, tiles=tiles, seed=seed)
                  for k in plan.kinds if k not in SYNTHETIC_KINDS}
     synth_kinds = [k for k in plan.kinds if k in SYNTHETIC_KINDS]
-    synth_ds = (SyntheticImages(synth_kinds, plan.size, seed=int(cfg.input.get("noise_seed", 0)), file=cfg.input.get("file"))
+    synth_ds = (SyntheticImages(synth_kinds, plan.size, seed=cfg.input.noise_seed, file=cfg.input.file)
                 if synth_kinds else None)
-    if settings.dtype == "float16" and overflows_float16(bb.name, str(bb.weights), str(bb.padding)):
+    if settings.dtype == "float16" and overflows_float16(bb.name, bb.weights, bb.padding):
         log.warning("%s with %s weights and %s padding: features beyond float16's range, cached as float32",
                     bb.name, bb.weights, bb.padding)
         settings = dataclasses.replace(settings, dtype="float32")
@@ -372,22 +371,22 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
                    synth_ds, c, key_fields, train_ds.identity(), settings, synth_kinds)
 
 
-def _key_fields(bb: DictConfig, data: DictConfig, name: str, taps: list, plan: Plan, precision: str) -> dict:
+def _key_fields(bb: BackboneConfig, data: DataConfig, name: str, taps: list, plan: Plan, precision: str) -> dict:
     """What identifies the features of a backbone configuration in the cache (with the images)."""
-    fields = {"backbone": name, "weights": _weights_identity(bb, plan.seed), "padding": str(bb.padding),
+    fields = {"backbone": name, "weights": _weights_identity(bb, plan.seed), "padding": bb.padding,
               "taps": [t.name for t in taps], "feature_size": plan.feature_size, "image_size": plan.size,
-              "normalize": str(data.normalize)}
-    if str(bb.get("pos_embed", "keep")) != "keep":  # only then: the keys of every other entry stay as they were
-        fields["pos_embed"] = str(bb.pos_embed)
+              "normalize": data.normalize}
+    if bb.pos_embed != "keep":  # only then: the keys of every other entry stay as they were
+        fields["pos_embed"] = bb.pos_embed
     if precision != "float32":  # likewise
         fields["precision"] = precision
     return fields
 
 
-def _store(cfg: DictConfig, plan: Plan, sources: Sources) -> ReadoutStore | None:
+def _store(cfg: JobSpec, plan: Plan, sources: Sources) -> ReadoutStore | None:
     """The readout store's slot for this job's readout: its features, target, readout and training."""
     settings = sources.settings
-    readout = OmegaConf.to_container(cfg.readout, resolve=True)
+    readout = dataclasses.asdict(cfg.readout)
     if plan.solver == "sgd":  # SGD readouts stored before the solver existed keep their keys
         readout.pop("solver", None)
         readout.pop("ridge_folds", None)
@@ -395,14 +394,14 @@ def _store(cfg: DictConfig, plan: Plan, sources: Sources) -> ReadoutStore | None
     else:  # the closed form depends on no seed, lr or schedule: every seed's job reuses it
         readout.pop("standardize", None)  # ridge always standardises (readout.make)
         train = {"solver": plan.solver, "padding": "raw"}  # zeros around the raw features (LinearReadout)
-    target = OmegaConf.to_container(cfg.target, resolve=True)
+    target = dataclasses.asdict(cfg.target)
     target.pop("per_tap", None)  # the per-tap probes are not stored; the job's readout keeps its key
     # A job that differs only in its evaluation input reuses the trained readout.
     return ReadoutStore.for_training(sources.train, settings, {
         **sources.key_fields, "images": sources.train_images, "dtype": settings.dtype,
         "target": target,
         "readout": readout, "train": train, "device": plan.device.type,
-    }, force=bool(cfg.get("force", False)))
+    }, force=cfg.force)
 
 
 def _fit_stats(readout: torch.nn.Module, source, batch_size: int, stats: dict | None = None) -> dict | None:
@@ -418,7 +417,7 @@ def _fit_stats(readout: torch.nn.Module, source, batch_size: int, stats: dict | 
     return readout[0].state_dict()
 
 
-def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: list[DictConfig], result: dict,
+def _train_together(cfg: JobSpec, plan: Plan, sources: Sources, siblings: list[DictConfig], result: dict,
                     progress: bool) -> None:
     """sweep.fuse: train this job's readout and those of its siblings that are not stored yet in
     one pass over the training features (train.fit_many), and store them all; each job then
@@ -432,6 +431,7 @@ def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: lis
     members = {own.path: (cfg, plan, own)}
     for sib in siblings:
         try:
+            sib = job_spec(sib)
             p = _validate(sib, {})
         except Exception as e:  # noqa: BLE001  its own job reports it
             log.debug("sibling not fused: %s", e)
@@ -458,7 +458,7 @@ def _train_together(cfg: DictConfig, plan: Plan, sources: Sources, siblings: lis
     result["fused"] = {"readouts": len(readouts), "diverged": diverged}
 
 
-def _fit_group(readouts: list[torch.nn.Module], jobs: list[tuple[DictConfig, Plan]], train: FeatureSource,
+def _fit_group(readouts: list[torch.nn.Module], jobs: list[tuple[JobSpec, Plan]], train: FeatureSource,
                progress: bool, log_paths: list | None = None) -> list:
     """Fit readouts on the same training features: the SGD ones in one pass (train.fit_many),
     the closed-form ones in one pass per readout geometry (posinfo.ridge). Each readout's
@@ -475,7 +475,7 @@ def _fit_group(readouts: list[torch.nn.Module], jobs: list[tuple[DictConfig, Pla
     geometries: dict[tuple, list[int]] = {}
     for i, (c, p) in enumerate(jobs):
         if p.solver == "ridge":
-            geometries.setdefault((int(c.readout.kernel), int(c.readout.padding), int(c.readout.ridge_folds)), []).append(i)
+            geometries.setdefault((c.readout.kernel, c.readout.padding, c.readout.ridge_folds), []).append(i)
     for (kernel, padding, folds), idx in geometries.items():
         plan = jobs[idx[0]][1]
         hists = ridge.fit([readouts[i] for i in idx], train, [jobs[i][1].kind.goal().to(plan.device) for i in idx],
@@ -500,7 +500,7 @@ def _training_outcome(history: list[dict]) -> dict | None:
     return outcome(step_losses) if step_losses else None  # None: reused from before steps were logged
 
 
-def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, result: dict,
+def _train_or_reuse(cfg: JobSpec, plan: Plan, sources: Sources, job_dir: Path, result: dict,
                     progress: bool) -> torch.nn.Module:
     """Train f_pem (seeded), or reuse the one trained for this very configuration."""
     store = _store(cfg, plan, sources)
@@ -528,14 +528,14 @@ def _train_or_reuse(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path
     return readout
 
 
-def _new_readout(channels: int, ro: DictConfig, plan: Plan) -> torch.nn.Module:
+def _new_readout(channels: int, ro: ReadoutConfig, plan: Plan) -> torch.nn.Module:
     """An untrained readout on ``channels`` channels, initialised from the job's seed."""
     torch.manual_seed(plan.seed)
-    return make_readout(channels, int(ro.kernel), int(ro.depth), int(ro.padding), plan.feature_size, plan.kind.outputs,
-                        str(ro.standardize), plan.solver).to(plan.device)
+    return make_readout(channels, ro.kernel, ro.depth, ro.padding, plan.feature_size, plan.kind.outputs, ro.standardize,
+                        plan.solver).to(plan.device)
 
 
-def _channels(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, result: dict) -> None:
+def _channels(cfg: JobSpec, plan: Plan, sources: Sources, job_dir: Path, result: dict) -> None:
     """analysis.channels=true: score each channel alone, retrain on top-k / random-k / the rest."""
     from posinfo import channels as ch
 
@@ -565,7 +565,7 @@ def _channels(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, resu
     log.info(ch.summary_line(out))
 
 
-def _per_tap(cfg: DictConfig, plan: Plan, sources: Sources, result: dict) -> None:
+def _per_tap(cfg: JobSpec, plan: Plan, sources: Sources, result: dict) -> None:
     """target.per_tap: one probe per tap, trained on that tap's features alone (resized to the
     readout's feature size as all taps are; the job's readout, kind, solver and seed), scored on
     every evaluation input: result.json's ``per_tap``, the scores over depth. The job's headline
@@ -651,7 +651,7 @@ def _evaluate(readout: torch.nn.Module, plan: Plan, sources: Sources, result: di
     return rows, arrays, panels
 
 
-def _write_outputs(cfg: DictConfig, job_dir: Path, result: dict, rows: list, arrays: dict, panels: list,
+def _write_outputs(cfg: JobSpec, job_dir: Path, result: dict, rows: list, arrays: dict, panels: list,
                    kind: Kind) -> None:
     import pandas as pd
 

@@ -16,8 +16,6 @@ import torch
 
 from posinfo.errors import PosinfoError
 
-DEFAULT_CELLS = 7
-
 
 def labels(cells: int, out_size: int) -> torch.Tensor:
     """(out_size × out_size) long: the cell (row·cells + column) of each output position's centre."""

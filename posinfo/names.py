@@ -21,12 +21,17 @@ TARGET_RANGES = ("unit", "signed")
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 BAGNETS = ("bagnet9", "bagnet17", "bagnet33")  # receptive fields of 9, 17, 33 px (posinfo.bagnet)
-BACKBONES = ("posenet", "vgg16", *RESNETS, *BAGNETS, "timm", "torchvision")  # the last two: any model (posinfo.zoo)
+MODEL_ZOOS = ("timm", "torchvision")  # backbone=timm|torchvision: any model of either library (posinfo.zoo)
+BACKBONES = ("posenet", "vgg16", *RESNETS, *BAGNETS, *MODEL_ZOOS)
+INITS = ("torchvision", "pytorch")  # backbone.init: random weights drawn by torchvision's rules or PyTorch's defaults
+POS_EMBED = ("keep", "zero", "shuffle")  # backbone.pos_embed: a ViT's learned position embedding as trained, zeroed, shuffled
+PRECISIONS = ("float32", "bfloat16", "float16")  # backbone.precision: the encoder's autocast (float32: none)
 PADDINGS = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 CANVAS_COLORS = ("black", "white", "mean", "noise")  # data.canvas.color
 # data.placement.layout (posinfo.placement): grid, the image in one of k×k cells (GAPNet);
 # diagonal, top-left or bottom-right of a 2×2 grid (the quadrant task, 4QI).
 PLACEMENT_LAYOUTS = ("grid", "diagonal")
+IDENTITY_MODES = ("content", "stat")  # data.identity: a folder's images keyed by their bytes, or by size and mtime
 
 INPUT_KINDS = ("natural", "black", "white", "noise", "shuffled", "rotated")
 SYNTHETIC_KINDS = ("black", "white", "noise")
@@ -50,6 +55,7 @@ PAPER_STEPS = 4950  # the paper's protocol: ceil(10,553 / 32) = 330 batches × 1
 CONVERGED_REL_CHANGE = 0.02  # converged: the loss fell by at most this over the last tenth of the steps
 NORMALIZATIONS = ("none", "imagenet", "model")  # model: the pretrained weights' own mean/std
 CACHE_DTYPES = ("float16", "float32")
+STANDARDIZE = ("none", "channel")  # readout.standardize: channel, each channel by its training-set mean and std
 # readout.solver: how the readout's weights are found (docs/method.md, "The closed-form readout").
 # sgd: the paper's recipe; ridge: the optimum of the same objective, linear output, CV penalty.
 SOLVERS = ("sgd", "ridge")

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from posinfo.guards import no_effect_problems
 from posinfo.io import user_path
+from posinfo.names import MODEL_ZOOS
 
 
 def job_problems(cfg: DictConfig) -> list[str]:
@@ -17,7 +18,7 @@ def job_problems(cfg: DictConfig) -> list[str]:
     out: list[str] = no_effect_problems(cfg)
     bb, data = cfg.backbone, cfg.data
     weights = str(bb.weights)
-    zoo = bb.name in ("timm", "torchvision")
+    zoo = bb.name in MODEL_ZOOS
     if zoo:
         from posinfo.errors import PosinfoError
         from posinfo.zoo import check_model, image_size_problem
@@ -49,7 +50,7 @@ def job_problems(cfg: DictConfig) -> list[str]:
 
 def _pretrained_problem(name: str, model: str | None) -> str | None:
     """Whether the pretrained weights of a built-in backbone or of a timm/torchvision model are reachable."""
-    if name in ("timm", "torchvision"):
+    if name in MODEL_ZOOS:
         from posinfo.zoo import pretrained_problem
 
         return pretrained_problem(name, str(model))

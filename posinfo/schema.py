@@ -27,9 +27,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from posinfo.errors import PosinfoError
 from posinfo.guards import memory_problems, no_effect_problems
 from posinfo.names import (BACKBONES, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, FEATURE_MEMORY,
-                           FOLDER_NAMED_ELSEWHERE, INPUT_KINDS, LOSS_AT, MODULE_BACKBONE, NORMALIZATIONS, PADDINGS,
-                           PYTHON_DATA, RUN_CONTROL_KEYS, SOLVERS, TARGET_RANGES, TARGETS, WEIGHT_FILE_KEYS, covered_by,
-                           default_cache_dir, default_data_dir)
+                           FOLDER_NAMED_ELSEWHERE, IDENTITY_MODES, INITS, INPUT_KINDS, LOSS_AT, MODULE_BACKBONE,
+                           NORMALIZATIONS, PADDINGS, POS_EMBED, PRECISIONS, PYTHON_DATA, RUN_CONTROL_KEYS, SOLVERS,
+                           STANDARDIZE, TARGET_RANGES, TARGETS, WEIGHT_FILE_KEYS, covered_by, default_cache_dir,
+                           default_data_dir)
 
 # ----------------------------------------------------------------------------- rules
 
@@ -101,14 +102,15 @@ def _f(default: Any, rule: Rule, *, factory: bool = False, absent: Any = MISSING
 class BackboneConfig:
     name: str = _f(MISSING, one_of((*BACKBONES, MODULE_BACKBONE)))
     weights: str = _f("imagenet", Rule("imagenet, random, none (posenet) or a path to a state-dict file", lambda v: isinstance(v, str) and v != ""))
-    padding: str = _f("zeros", one_of(PADDINGS))
+    padding: str = _f("zeros", one_of(PADDINGS))  # none: VGG, BagNets, and zoo models where the architecture allows
+    # null: every level (the zoo: up to 4, evenly spaced); e.g. [5] for f5 alone, [0, …] adds the stem (f0)
     taps: Optional[List[int]] = _f(None, optional(list_of(integer(0), "level indices (integers ≥ 0)", nonempty=True), "all levels"))
-    init: str = _f("torchvision", one_of(("torchvision", "pytorch")))
+    init: str = _f("torchvision", one_of(INITS))
     model: Optional[str] = _f(None, OPTIONAL_TEXT)  # backbone=timm|torchvision: the model's name
     nodes: Optional[List[str]] = _f(None, optional(list_of(NODE, "graph nodes or timm feature indices", nonempty=True),
                                                    "the default taps"))
-    pos_embed: str = _f("keep", one_of(("keep", "zero", "shuffle")))
-    precision: str = _f("float32", one_of(("float32", "bfloat16", "float16")))  # the encoder's autocast
+    pos_embed: str = _f("keep", one_of(POS_EMBED))  # ViT family: the learned position embedding
+    precision: str = _f("float32", one_of(PRECISIONS))  # the encoder's autocast
 
 
 @dataclass
@@ -135,8 +137,9 @@ class ReadoutConfig:
     kernel: int = _f(3, integer(1))
     depth: int = _f(1, integer(1))
     padding: int = _f(0, integer(0))
-    feature_size: int = _f(28, integer(1))
-    standardize: str = _f("none", one_of(("none", "channel")))
+    feature_size: int = _f(28, integer(1))  # taps are resized to feature_size × feature_size before the readout
+    # channel: each channel standardised with its training-set mean and std
+    standardize: str = _f("none", one_of(STANDARDIZE))
     solver: str = _f("sgd", one_of(SOLVERS))  # sgd: the paper's recipe; ridge: the closed-form optimum (posinfo.ridge)
     ridge_folds: int = _f(5, integer(2))  # readout.solver=ridge: K of the K-fold cross-validation of its penalty
 
@@ -161,8 +164,9 @@ class DataConfig:
     num_train: Optional[int] = _f(None, optional(integer(1), "all images"))
     num_test: Optional[int] = _f(None, optional(integer(1), "all images"))
     normalize: str = _f("none", one_of(NORMALIZATIONS))
-    num_workers: str = _f("auto", WORKERS)
-    identity: str = _f("content", one_of(("content", "stat")))
+    num_workers: str = _f("auto", WORKERS)  # DataLoader workers decoding images: auto = 0 on CPU, up to 8 with a GPU
+    # data=folder: feature caches keyed by each file's bytes (stat: by size and mtime, no read)
+    identity: str = _f("content", one_of(IDENTITY_MODES))
     canvas: CanvasConfig = _nested(CanvasConfig)  # pixels around each image before the resize (posinfo.data)
 
 
@@ -176,17 +180,18 @@ class TrainConfig:
     lr_milestones: List[int] = _f((10,), list_of(integer(1), "epochs (integers ≥ 1)"), factory=True)
     lr_gamma: float = _f(0.1, number(0, strict=True))
     seed: int = _f(0, integer(0))
-    steps: Optional[str] = _f(None, STEPS)
+    steps: Optional[str] = _f(None, STEPS)  # N: exactly N SGD steps, milestones scaled
     loss_at: str = _f("image", one_of(LOSS_AT))  # where the MSE is taken (posinfo.upsampling)
 
 
 @dataclass
 class CacheConfig:
     enabled: bool = _f(True, BOOLEAN)
-    dir: str = _f(MISSING, TEXT)
+    dir: str = _f(MISSING, TEXT)  # conf/cache/default.yaml: $POSINFO_CACHE_DIR, else ~/.cache/posinfo
     dtype: str = _f("float16", one_of(CACHE_DTYPES))
-    max_gb: float = _f(50.0, number(0))
-    verify: bool = _f(True, BOOLEAN)
+    max_gb: float = _f(50.0, number(0))  # entries larger than this (or than the free disk) run uncached
+    verify: bool = _f(True, BOOLEAN)  # check an entry against its checksum the first time a process reads it
+    # Training features: device memory, pinned host memory, the disk map, or auto (posinfo.features.placement).
     memory: str = _f("auto", one_of(FEATURE_MEMORY))
 
 

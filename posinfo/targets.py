@@ -12,6 +12,7 @@ import torch
 
 from posinfo.errors import PosinfoError
 from posinfo.names import MAP_TARGETS as NAMES
+from posinfo.names import STRIPES
 from posinfo.names import TARGET_RANGES as RANGES
 
 # sigma of the authors' Gaussian as a fraction of N: a least-squares fit to their
@@ -32,7 +33,7 @@ def make(name: str, size: int = 224, range: str = "unit") -> torch.Tensor:
         raise PosinfoError(f"unknown target '{name}': choose one of {', '.join(NAMES)}")
     if range not in RANGES:
         raise PosinfoError(f"unknown target.range '{range}': choose 'unit' or 'signed'")
-    if range == "signed" and name not in ("horstp", "verstp"):
+    if range == "signed" and name not in STRIPES:
         raise PosinfoError(
             f"target.range=signed applies to the stripes only, not to '{name}': use target.range=unit"
         )

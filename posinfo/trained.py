@@ -9,6 +9,7 @@ the readout, as the job's own test features did, so a job's test images give bac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from posinfo.errors import PosinfoError
 from posinfo.io import user_path
 from posinfo.names import MODULE_BACKBONE, READOUT_FILE, RESULT_FILE
+from posinfo.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +50,24 @@ def finished_result(job_dir: Path) -> dict:
     return result
 
 
-def job_encoder(cfg, seed: int | None = None):
+def job_encoder(cfg: JobSpec, seed: int | None = None):
     """The encoder of a job's config, lazily (taps and checks, no weights), with the random weights
     the job drew: built under ``seed`` (default ``train.seed``) as posinfo.job builds it."""
-    from omegaconf import OmegaConf
-
     from posinfo.backbones import build_encoder
 
     bb = cfg.backbone
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.train.seed if seed is None else seed))
-        return build_encoder(str(bb.name), str(bb.weights), str(bb.padding),
-                             OmegaConf.to_container(bb.taps) if bb.taps else None, str(cfg.data.normalize), lazy=True,
-                             init=str(bb.get("init", "torchvision")), model=bb.get("model"),
-                             nodes=[str(n) for n in bb.nodes] if bb.get("nodes") else None,
-                             pos_embed=str(bb.get("pos_embed", "keep")), image_size=int(cfg.data.image_size))
+        torch.manual_seed(cfg.train.seed if seed is None else seed)
+        return build_encoder(bb.name, bb.weights, bb.padding, bb.taps or None, cfg.data.normalize, lazy=True,
+                             init=bb.init, model=bb.model, nodes=bb.nodes or None, pos_embed=bb.pos_embed,
+                             image_size=cfg.data.image_size)
 
 
-def _register_module(cfg, module: Any) -> None:
+def _register_module(cfg: JobSpec, module: Any) -> None:
     """A job of a user's nn.Module needs that module in this process (posinfo.usermodels)."""
     from posinfo import usermodels
 
-    key = str(cfg.backbone.model)
+    key = cfg.backbone.model
     if key.startswith("FeatureTable-"):
         raise PosinfoError(f"this job probed precomputed feature maps ({key}): there is no model to apply to new images")
     if module is None:
@@ -81,13 +79,12 @@ def _register_module(cfg, module: Any) -> None:
                            "probed (same classes, forward and weights)")
 
 
-def _readout(cfg, result: dict, job_dir: Path, device: torch.device, kind) -> torch.nn.Module:
+def _readout(cfg: JobSpec, result: dict, job_dir: Path, device: torch.device, kind) -> torch.nn.Module:
     """The job's readout (readout.pt) in the shape its result.json describes."""
     from posinfo.readout import make
 
     ro, channels = cfg.readout, int(result["readout_in_channels"])
-    readout = make(channels, int(ro.kernel), int(ro.depth), int(ro.padding), int(ro.feature_size), kind.outputs,
-                   str(ro.get("standardize", "none")), str(ro.get("solver", "sgd")))
+    readout = make(channels, ro.kernel, ro.depth, ro.padding, ro.feature_size, kind.outputs, ro.standardize, ro.solver)
     try:
         readout.load_state_dict(torch.load(job_dir / READOUT_FILE, map_location="cpu", weights_only=True))
     except Exception as e:  # truncated file, another readout's parameters
@@ -106,39 +103,38 @@ def load(job_dir: str | Path, device: str = "auto", module: torch.nn.Module | No
     from posinfo.kinds import make as make_kind
     from posinfo.readout import output_size
     from posinfo.schema import with_defaults
+    from posinfo.spec import typed
 
     job_dir = user_path(job_dir)
     result = finished_result(job_dir)
-    cfg = OmegaConf.create(with_defaults(result["config"]))
+    # A result written before an option existed used its default (with_defaults), then typed.
+    cfg = typed(OmegaConf.create(with_defaults(result["config"])))
     if cfg.backbone.name == MODULE_BACKBONE:
         _register_module(cfg, module)
     dev = resolve_device(device)
     ro = cfg.readout
-    kind = make_kind(cfg.target, int(cfg.data.image_size),
-                     output_size(int(ro.feature_size), int(ro.kernel), int(ro.depth), int(ro.padding)))
+    kind = make_kind(cfg.target, cfg.data.image_size, output_size(ro.feature_size, ro.kernel, ro.depth, ro.padding))
     encoder = job_encoder(cfg).materialize()  # weights now: one line if they cannot load here
-    extractor = FeatureExtractor(encoder, int(cfg.readout.feature_size), dev, str(cfg.backbone.get("precision", "float32")))
+    extractor = FeatureExtractor(encoder, cfg.readout.feature_size, dev, cfg.backbone.precision)
     return Trained(job_dir, result, cfg, extractor, _readout(cfg, result, job_dir, dev, kind), kind)
 
 
 class Trained:
     """A job's trained readout f_pem on its frozen backbone (see :func:`load`)."""
 
-    def __init__(self, job_dir: Path, result: dict, cfg, extractor, readout: torch.nn.Module, kind):
+    def __init__(self, job_dir: Path, result: dict, cfg: JobSpec, extractor, readout: torch.nn.Module, kind):
         self.job_dir, self.result, self.cfg = job_dir, result, cfg
         self.extractor, self.readout = extractor, readout
-        self.size = int(cfg.data.image_size)
+        self.size = cfg.data.image_size
         self.kind = kind  # the target's kind (posinfo.kinds): its scorer and pictures
         self.target = kind.display
-        cached = bool(cfg.cache.enabled)
-        self._dtype = getattr(torch, str(result.get("cache_dtype", cfg.cache.dtype))) if cached else None
+        # cache_dtype: what the job cached (float32 where float16 overflows); absent in results before it was recorded
+        self._dtype = getattr(torch, result.get("cache_dtype", cfg.cache.dtype)) if cfg.cache.enabled else None
 
     @property
     def backbone(self) -> dict:
         """The backbone's configuration (name, model, weights, padding, taps…) and the taps it reads."""
-        from omegaconf import OmegaConf
-
-        return {**OmegaConf.to_container(self.cfg.backbone, resolve=True), "features": self.result.get("features")}
+        return {**dataclasses.asdict(self.cfg.backbone), "features": self.result.get("features")}
 
     def images(self, images: Any):
         """``images`` (a folder, files, a tensor, a Dataset) as the job saw its own: at its image size,
@@ -147,8 +143,8 @@ class Trained:
         from posinfo.userdata import image_set
 
         ds = image_set(images, self.size)
-        border = int(self.cfg.data.canvas.border)
-        return CanvasImages(ds, border, str(self.cfg.data.canvas.color)) if border else ds
+        border = self.cfg.data.canvas.border
+        return CanvasImages(ds, border, self.cfg.data.canvas.color) if border else ds
 
     @torch.no_grad()
     def outputs(self, ds) -> torch.Tensor:

@@ -33,13 +33,13 @@ import torch
 from torch import nn
 
 from posinfo.errors import PosinfoError, reason
+from posinfo.names import MODEL_ZOOS as KINDS
+from posinfo.names import POS_EMBED
 from posinfo.net import fetch_problem
 
 log = logging.getLogger(__name__)
 
-KINDS = ("timm", "torchvision")
 MAX_DEFAULT_TAPS = 4
-POS_EMBED = ("keep", "zero", "shuffle")
 SHUFFLE_SEED = 0
 # torchvision's transformers give tokens, not maps: timm has them with spatial outputs.
 _TV_TOKEN_MODELS = ("vit_", "swin_", "swin3d", "maxvit", "mvit", "s3d", "r3d", "r2plus1d", "mc3")

@@ -32,10 +32,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from posinfo.errors import PosinfoError  # noqa: E402
-from posinfo.names import PAPER_STEPS  # noqa: E402
+from posinfo.analysis.paper import paper_table  # noqa: E402
+from posinfo.names import CONTROL_KINDS, PAPER_STEPS, SYNTHETIC_KINDS  # noqa: E402
 
-PAPER = {"hor": (0.742, 0.149), "gau": (0.814, 0.109), "horstp": (0.945, 0.153)}  # Table 1, VGG16 (SPC, MAE)
-ALL_INPUTS = ["natural", "shuffled", "rotated", "black", "white", "noise"]
+
+def _paper_vgg16(targets: tuple[str, ...] = ("hor", "gau", "horstp")) -> dict[str, tuple[float, float]]:
+    """Table 1, ImageNet VGG16 on natural images: (SPC, MAE) of the targets the studies compare
+    against, read from the package's copy of the paper's tables (never restated here)."""
+    t = paper_table()
+    rows = t[(t.table == "table1") & (t.backbone == "vgg16") & (t.variant == "") & (t.input == "natural")]
+    return {r.target: (r.spc, r.mae) for r in rows.itertuples() if r.target in targets}
+
+
+PAPER = _paper_vgg16()
+ALL_INPUTS = ["natural", *CONTROL_KINDS, *SYNTHETIC_KINDS]
 WEIGHT_LABELS = {"vgg16_imagenet.pth": "ImageNet", "vgg16_hed.pth": "edge (HED)", "random": "random"}
 
 

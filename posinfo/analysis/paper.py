@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from posinfo.analysis.cells import is_missing, n_values
+from posinfo.names import POS_EMBED
 
 PAPER_TABLES = ("table1", "table2a", "table2b", "table3", "table4", "table6")
 PAPER = "Islam, Jia & Bruce (ICLR 2020)"
@@ -108,7 +109,8 @@ def _beyond_the_paper(row: dict) -> bool:
         pass
     if row.get("readout.solver") not in (None, "sgd") and not is_missing(row.get("readout.solver")):
         return True
-    return row.get("readout.standardize") == "channel" or row.get("backbone.pos_embed") in ("zero", "shuffle")
+    pos_embed = row.get("backbone.pos_embed")
+    return row.get("readout.standardize") == "channel" or (pos_embed in POS_EMBED and pos_embed != "keep")
 
 
 def _preferred_tables(group: pd.DataFrame) -> list[str]:
