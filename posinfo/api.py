@@ -110,7 +110,8 @@ def model_spec(model: Any, weights: str) -> Spec:
     import torch
 
     from posinfo import usermodels
-    from posinfo.names import BACKBONES
+    from posinfo.encoders import has_encoder
+    from posinfo.names import BACKBONES, ZOO
 
     if isinstance(model, (dict, torch.nn.Module)):
         table = usermodels.feature_table(model) if isinstance(model, dict) else None
@@ -120,11 +121,11 @@ def model_spec(model: Any, weights: str) -> Spec:
     if not isinstance(model, str) or not model:
         raise PosinfoError(f"model={type(model).__name__}: give an nn.Module, a dict of feature maps, or a model "
                            "name (vgg16, resnet50, posenet, timm/NAME, torchvision/NAME)")
-    if model == "posenet":
-        return Spec(["backbone=posenet"], {})
-    if model in BACKBONES and model not in ("timm", "torchvision"):
+    if model in BACKBONES and not has_encoder(model):  # PosENet: no weights to name
+        return Spec([f"backbone={model}"], {})
+    if model in BACKBONES and model not in ZOO:
         return Spec([f"backbone={model}"], {"backbone.weights": str(weights)})
-    kind, _, name = model.partition("/") if model.startswith(("timm/", "torchvision/")) else ("", "", model)
+    kind, _, name = model.partition("/") if model.startswith(tuple(f"{z}/" for z in ZOO)) else ("", "", model)
     if not kind:
         import torchvision
 
@@ -223,17 +224,10 @@ class Job:
 def _default_taps(cfg) -> Any:
     """{tap: level or node} of the configured backbone's default taps (a weightless build)."""
     def taps() -> dict:
-        enc = _encoder(cfg)
-        if cfg.backbone.name in ("vgg16", *_resnets()):  # built-in backbones take levels, their taps are f<level>
-            return {name: int(name[1:]) for name in enc.nodes}
-        return dict(enc.nodes)
+        from posinfo.encoders import adapter
+
+        return adapter(cfg.backbone.name).tap_choices(_encoder(cfg))  # levels (built-in backbones) or nodes
     return taps
-
-
-def _resnets() -> tuple:
-    from posinfo.names import RESNETS
-
-    return RESNETS
 
 
 def _encoder(cfg):
@@ -248,6 +242,7 @@ def _check(job: Job, table: bool, encoders: set[str]) -> None:
     weightless build per backbone configuration; ``encoders`` holds those checked)."""
     from omegaconf import OmegaConf
 
+    from posinfo.encoders import has_encoder
     from posinfo.preflight import job_problems
     from posinfo.schema import check_config
 
@@ -259,7 +254,7 @@ def _check(job: Job, table: bool, encoders: set[str]) -> None:
     if problems:
         raise PosinfoError(problems[0])
     key = json.dumps([OmegaConf.to_container(job.cfg.backbone, resolve=True), int(job.cfg.data.image_size)])
-    if job.cfg.backbone.name != "posenet" and key not in encoders:
+    if has_encoder(job.cfg.backbone.name) and key not in encoders:
         _encoder(job.cfg).describe(int(job.cfg.data.image_size))
         encoders.add(key)
 

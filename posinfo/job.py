@@ -23,8 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import posinfo
-from posinfo import cache, location, quicklook, ridge, targets
-from posinfo.backbones import build_encoder, overflows_float16
+from posinfo import encoders, location, quicklook, ridge, targets
 from posinfo.data import CanvasImages, ControlImages, EmbeddedImages, FolderImages, PhotoCrops, SyntheticImages
 from posinfo.errors import PosinfoError
 from posinfo.features import FeatureExtractor, FeatureSource
@@ -32,7 +31,7 @@ from posinfo.io import atomic_path, user_path, write_json
 from posinfo.metrics import Scorer, summarize
 from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
                            READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
-from posinfo.names import MODULE_BACKBONE, PYTHON_DATA  # what posinfo.probe sets for Python objects
+from posinfo.names import PYTHON_DATA  # what posinfo.probe sets for Python objects
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.readout import make as make_readout
 from posinfo.schema import check_config
@@ -110,21 +109,9 @@ def cache_settings(cache_cfg: DictConfig) -> CacheSettings:
 
 
 def _weights_identity(backbone: DictConfig, seed: int) -> str:
-    w = str(backbone.weights)
-    if backbone.name in ("posenet", MODULE_BACKBONE):  # a module's weights: its content hash, in its name
-        return "none"
-    if w == "imagenet" and backbone.name in ("timm", "torchvision"):
-        from posinfo.zoo import pretrained_identity
-
-        return pretrained_identity(str(backbone.name), str(backbone.model))
-    if w == "imagenet":  # torchvision's V1 weights, or a BagNet's official file
-        from posinfo.backbones import imagenet_identity
-
-        return imagenet_identity(str(backbone.name))
-    if w == "random":  # torchvision's rules keep the key they always had
-        init = str(backbone.get("init", "torchvision"))
-        return f"random(seed={seed})" if init == "torchvision" else f"random(seed={seed},init={init})"
-    return f"file:{cache.file_digest(user_path(w))}"
+    """The weights' part of the feature cache key: the backbone's adapter says (posinfo.encoders)."""
+    bb = encoders.Backbone.of(backbone)
+    return encoders.adapter(bb.name).identity(bb, seed)
 
 
 def _validate_inputs(inp: DictConfig) -> list[str]:
@@ -336,15 +323,15 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
             "normalize": str(data.normalize), "init": str(bb.get("init", "torchvision")), "model": bb.get("model"),
             "nodes": [str(n) for n in nodes] if nodes else None, "pos_embed": str(bb.get("pos_embed", "keep"))}
 
+    backbone = encoders.Backbone.of(bb)
+
     def build():
         # Lazy twice over: built only if some features are not cached, and then its weights are
         # loaded (or drawn) only before its first pass. Random weights come from the job's seed
-        # either way (build_encoder takes the RNG state at its call); the job's own RNG is untouched.
+        # either way (encoders.build takes the RNG state at its call); the job's own RNG is untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(plan.seed)
-            return build_encoder(spec["name"], str(bb.weights), spec["padding"], spec["taps"], spec["normalize"],
-                                 lazy=True, init=spec["init"], model=spec["model"], nodes=spec["nodes"],
-                                 pos_embed=spec["pos_embed"], image_size=plan.size)
+            return encoders.build(backbone, spec["normalize"], plan.size, lazy=True)
 
     # A weights file is checked when the encoder is built, before its first batch; a job whose
     # features are cached under the file's digest (in the key below) needs no check.
@@ -372,7 +359,7 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
     synth_kinds = [k for k in plan.kinds if k in SYNTHETIC_KINDS]
     synth_ds = (SyntheticImages(synth_kinds, plan.size, seed=int(cfg.input.get("noise_seed", 0)), file=cfg.input.get("file"))
                 if synth_kinds else None)
-    if settings.dtype == "float16" and overflows_float16(bb.name, str(bb.weights), str(bb.padding)):
+    if settings.dtype == "float16" and not encoders.adapter(backbone.name).float16_safe(backbone):
         log.warning("%s with %s weights and %s padding: features beyond float16's range, cached as float32",
                     bb.name, bb.weights, bb.padding)
         settings = dataclasses.replace(settings, dtype="float32")

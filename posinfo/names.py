@@ -18,8 +18,12 @@ STRIPES = ("horstp", "verstp")
 TARGET_RANGES = ("unit", "signed")
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-BAGNETS = ("bagnet9", "bagnet17", "bagnet33")  # receptive fields of 9, 17, 33 px (posinfo.bagnet)
-BACKBONES = ("posenet", "vgg16", *RESNETS, *BAGNETS, "timm", "torchvision")  # the last two: any model (posinfo.zoo)
+BAGNETS = ("bagnet9", "bagnet17", "bagnet33")  # receptive fields of 9, 17, 33 px (posinfo.encoders.bagnet)
+ZOO = ("timm", "torchvision")  # any model of either library (posinfo.encoders.zoo)
+BACKBONES = ("posenet", "vgg16", *RESNETS, *BAGNETS, *ZOO)  # each name's adapter: posinfo.encoders.REGISTRY
+INITS = ("torchvision", "pytorch")  # backbone.init of random weights (posinfo.encoders.paper)
+# backbone.pos_embed: controls on a token model's learned position embedding (posinfo.encoders.zoo)
+POS_EMBED = ("keep", "zero", "shuffle")
 PADDINGS = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 CANVAS_COLORS = ("black", "white", "mean", "noise")  # data.canvas.color
 

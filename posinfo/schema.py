@@ -27,8 +27,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from posinfo.errors import PosinfoError
 from posinfo.guards import memory_problems, no_effect_problems
 from posinfo.names import (BACKBONES, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, FEATURE_MEMORY,
-                           FOLDER_NAMED_ELSEWHERE, INPUT_KINDS, LOSS_AT, MODULE_BACKBONE, NORMALIZATIONS, PADDINGS,
-                           PYTHON_DATA, RUN_CONTROL_KEYS, SOLVERS, TARGET_RANGES, TARGETS, WEIGHT_FILE_KEYS, covered_by,
+                           FOLDER_NAMED_ELSEWHERE, INITS, INPUT_KINDS, LOSS_AT, MODULE_BACKBONE, NORMALIZATIONS, PADDINGS,
+                           POS_EMBED, PYTHON_DATA, RUN_CONTROL_KEYS, SOLVERS, TARGET_RANGES, TARGETS, WEIGHT_FILE_KEYS, covered_by,
                            default_cache_dir, default_data_dir)
 
 # ----------------------------------------------------------------------------- rules
@@ -103,11 +103,11 @@ class BackboneConfig:
     weights: str = _f("imagenet", Rule("imagenet, random, none (posenet) or a path to a state-dict file", lambda v: isinstance(v, str) and v != ""))
     padding: str = _f("zeros", one_of(PADDINGS))
     taps: Optional[List[int]] = _f(None, optional(list_of(integer(0), "level indices (integers ≥ 0)", nonempty=True), "all levels"))
-    init: str = _f("torchvision", one_of(("torchvision", "pytorch")))
+    init: str = _f("torchvision", one_of(INITS))
     model: Optional[str] = _f(None, OPTIONAL_TEXT)  # backbone=timm|torchvision: the model's name
     nodes: Optional[List[str]] = _f(None, optional(list_of(NODE, "graph nodes or timm feature indices", nonempty=True),
                                                    "the default taps"))
-    pos_embed: str = _f("keep", one_of(("keep", "zero", "shuffle")))
+    pos_embed: str = _f("keep", one_of(POS_EMBED))
     precision: str = _f("float32", one_of(("float32", "bfloat16", "float16")))  # the encoder's autocast
 
 

@@ -1,7 +1,7 @@
 """A finished job's trained readout with its backbone, applied to new images: ``posinfo.load(job_dir)``.
 
 The backbone is rebuilt from the job's result.json exactly as the job built it (posinfo.job:
-the same build_encoder arguments under the job's seed, so random weights are the same draw);
+the same backbone settings under the job's seed, so random weights are the same draw);
 its weights must load here (ImageNet weights offline: one line, no fallback). The readout is
 the job's ``readout.pt``. Features pass through the job's cache dtype (float16 by default) before
 the readout, as the job's own test features did, so a job's test images give back its predictions.
@@ -51,18 +51,12 @@ def finished_result(job_dir: Path) -> dict:
 def job_encoder(cfg, seed: int | None = None):
     """The encoder of a job's config, lazily (taps and checks, no weights), with the random weights
     the job drew: built under ``seed`` (default ``train.seed``) as posinfo.job builds it."""
-    from omegaconf import OmegaConf
+    from posinfo import encoders
 
-    from posinfo.backbones import build_encoder
-
-    bb = cfg.backbone
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.train.seed if seed is None else seed))
-        return build_encoder(str(bb.name), str(bb.weights), str(bb.padding),
-                             OmegaConf.to_container(bb.taps) if bb.taps else None, str(cfg.data.normalize), lazy=True,
-                             init=str(bb.get("init", "torchvision")), model=bb.get("model"),
-                             nodes=[str(n) for n in bb.nodes] if bb.get("nodes") else None,
-                             pos_embed=str(bb.get("pos_embed", "keep")), image_size=int(cfg.data.image_size))
+        return encoders.build(encoders.Backbone.of(cfg.backbone), str(cfg.data.normalize), int(cfg.data.image_size),
+                              lazy=True)
 
 
 def _register_module(cfg, module: Any) -> None:

@@ -1,4 +1,4 @@
-"""Any torchvision or timm model as the frozen encoder (posinfo.zoo)."""
+"""Any torchvision or timm model as the frozen encoder (posinfo.encoders.zoo)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from posinfo import cache
-from posinfo.backbones import build_encoder
+from posinfo.encoders import build_encoder
 from posinfo.errors import PosinfoError
 from posinfo.job import run
 
