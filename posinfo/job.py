@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import posinfo
-from posinfo import encoders, location, quicklook, ridge, targets
+from posinfo import embedprobe, encoders, location, quicklook, ridge, targets
 from posinfo.data import CanvasImages, ControlImages, EmbeddedImages, FolderImages, PhotoCrops, SyntheticImages
 from posinfo.errors import PosinfoError
 from posinfo.features import FeatureExtractor, FeatureSource
@@ -323,7 +323,7 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
             "normalize": str(data.normalize), "init": str(bb.get("init", "torchvision")), "model": bb.get("model"),
             "nodes": [str(n) for n in nodes] if nodes else None, "pos_embed": str(bb.get("pos_embed", "keep"))}
 
-    backbone = encoders.Backbone.of(bb)
+    backbone = encoders.Backbone.of(bb, plan.seed)
 
     def build():
         # Lazy twice over: built only if some features are not cached, and then its weights are
@@ -337,6 +337,7 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
     # features are cached under the file's digest (in the key below) needs no check.
     settings = cache_settings(cfg.cache)
     name, taps, built = encoder_taps(settings, spec, plan.size, build)
+    built = _embed_probe(cfg, backbone, built, build, result)
     precision = str(bb.get("precision", "float32"))
     extractor = FeatureExtractor(built or build, plan.feature_size, plan.device, precision)
     c = sum(t.channels for t in taps)
@@ -374,13 +375,34 @@ def _open_sources(cfg: DictConfig, plan: Plan, result: dict, progress: bool) -> 
                    synth_ds, c, key_fields, train_ds.identity(), settings, synth_kinds)
 
 
+def _embed_probe(cfg: DictConfig, backbone: encoders.Backbone, built, build, result: dict):
+    """analysis.embed_probe: how linearly the position embedding itself encodes its (x, y)
+    (posinfo.embedprobe), where the backbone's adapter has one. Returns the encoder (built here if it
+    had to be, so the features reuse it)."""
+    adapter = encoders.adapter(backbone.name)
+    if not OmegaConf.select(cfg, "analysis.embed_probe", default=True) or not adapter.may_have_pos_embed(backbone):
+        return built
+    encoder = built or build()
+    try:
+        embedding = adapter.pos_embed(encoder)  # its weights, controls applied
+    except PosinfoError as e:  # an embedding posinfo cannot lay out on a grid: the probe only is skipped
+        log.warning("analysis.embed_probe skipped: %s", e)
+        return encoder
+    if embedding is not None:
+        result["pos_embed_probe"] = embedprobe.probe(embedding.numpy())
+        log.info("position embedding probe: R² %.3f, %.2f patches off (chance %.2f)", result["pos_embed_probe"]["r2"],
+                 result["pos_embed_probe"]["distance_patches"], result["pos_embed_probe"]["chance_distance_patches"])
+    return encoder
+
+
 def _key_fields(bb: DictConfig, data: DictConfig, name: str, taps: list, plan: Plan, precision: str) -> dict:
     """What identifies the features of a backbone configuration in the cache (with the images)."""
     fields = {"backbone": name, "weights": _weights_identity(bb, plan.seed), "padding": str(bb.padding),
               "taps": [t.name for t in taps], "feature_size": plan.feature_size, "image_size": plan.size,
               "normalize": str(data.normalize)}
-    if str(bb.get("pos_embed", "keep")) != "keep":  # only then: the keys of every other entry stay as they were
-        fields["pos_embed"] = str(bb.pos_embed)
+    pos_embed = encoders.Backbone.of(bb, plan.seed).pos_embed_key()
+    if pos_embed is not None:  # only then: the keys of every other entry stay as they were
+        fields["pos_embed"] = pos_embed
     if precision != "float32":  # likewise
         fields["precision"] = precision
     return fields

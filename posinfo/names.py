@@ -22,8 +22,8 @@ BAGNETS = ("bagnet9", "bagnet17", "bagnet33")  # receptive fields of 9, 17, 33 p
 ZOO = ("timm", "torchvision")  # any model of either library (posinfo.encoders.zoo)
 BACKBONES = ("posenet", "vgg16", *RESNETS, *BAGNETS, *ZOO)  # each name's adapter: posinfo.encoders.REGISTRY
 INITS = ("torchvision", "pytorch")  # backbone.init of random weights (posinfo.encoders.paper)
-# backbone.pos_embed: controls on a token model's learned position embedding (posinfo.encoders.zoo)
-POS_EMBED = ("keep", "zero", "shuffle")
+# backbone.pos_embed: controls on a token model's learned position embedding (posinfo.encoders.posembed)
+POS_EMBED = ("keep", "zero", "shuffle", "mean", "noise", "roll")
 PADDINGS = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 CANVAS_COLORS = ("black", "white", "mean", "noise")  # data.canvas.color
 

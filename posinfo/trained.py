@@ -53,10 +53,11 @@ def job_encoder(cfg, seed: int | None = None):
     the job drew: built under ``seed`` (default ``train.seed``) as posinfo.job builds it."""
     from posinfo import encoders
 
+    seed = int(cfg.train.seed if seed is None else seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.train.seed if seed is None else seed))
-        return encoders.build(encoders.Backbone.of(cfg.backbone), str(cfg.data.normalize), int(cfg.data.image_size),
-                              lazy=True)
+        torch.manual_seed(seed)
+        return encoders.build(encoders.Backbone.of(cfg.backbone, seed), str(cfg.data.normalize),
+                              int(cfg.data.image_size), lazy=True)
 
 
 def _register_module(cfg, module: Any) -> None:

@@ -35,17 +35,25 @@ class Backbone:
     model: str | None = None
     nodes: tuple[str, ...] | None = None
     pos_embed: str = "keep"
+    seed: int = 0  # the job's seed (train.seed): what random weights and backbone.pos_embed=noise draw from
 
     @classmethod
-    def of(cls, bb: Any) -> "Backbone":
+    def of(cls, bb: Any, seed: int = 0) -> "Backbone":
         """From a composed ``cfg.backbone`` (a DictConfig or the schema's dataclass) or a dict."""
         get = bb.get if hasattr(bb, "get") else lambda k, d=None: getattr(bb, k, d)
-        values = {f.name: get(f.name, f.default) for f in fields(cls)}
+        values = {f.name: get(f.name, f.default) for f in fields(cls) if f.name != "seed"}
         values["taps"] = tuple(int(t) for t in values["taps"]) if values["taps"] else None
         values["nodes"] = tuple(str(n) for n in values["nodes"]) if values["nodes"] else None
         for k in ("name", "weights", "padding", "init", "pos_embed"):
             values[k] = str(values[k])
-        return cls(**values)
+        return cls(**values, seed=int(seed))
+
+    def pos_embed_key(self) -> str | None:
+        """backbone.pos_embed in the feature cache key: None for keep (those entries keep their keys),
+        the mode otherwise, with the seed for noise, whose draw depends on it."""
+        if self.pos_embed == "keep":
+            return None
+        return f"noise(seed={self.seed})" if self.pos_embed == "noise" else self.pos_embed
 
 
 @dataclass(frozen=True)

@@ -77,9 +77,13 @@ class Adapter:
         """{tap: what backbone.nodes takes to choose it} (posinfo.probe's taps="each")."""
         return dict(encoder.nodes)
 
+    def may_have_pos_embed(self, bb) -> bool:
+        """Whether this backbone can have a learned position embedding (a token model), asked before building it."""
+        return False
+
     def pos_embed(self, encoder: Encoder):
-        """The position embedding of a built encoder as a (rows, cols, dim) tensor, or None where the
-        model has none (only token models have one)."""
+        """The patch positions' embedding of a built encoder as a (rows, cols, dim) tensor, controls
+        applied, or None where the model has none (only token models have one)."""
         return None
 
 

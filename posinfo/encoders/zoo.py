@@ -12,9 +12,8 @@
 - Default taps: every level up to 4, else 4 evenly spaced (first and last included);
   ``backbone.taps`` picks levels by index, ``backbone.nodes`` names graph nodes (torchvision)
   or feature indices (timm) directly.
-- ``backbone.pos_embed``: ``keep``, ``zero`` (the learned position embedding set to zero after
-  loading) or ``shuffle`` (the patch positions' embeddings permuted with a fixed seed: same
-  norms, positions scrambled).
+- ``backbone.pos_embed``: ``keep``, or a control on the learned position embedding after loading:
+  ``zero``, ``shuffle``, ``mean``, ``noise`` or ``roll`` (posinfo.encoders.posembed).
 
 Weights load lazily (only when some features are not cached), like the built-in backbones.
 """
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from posinfo.encoder import Encoder, set_padding
+from posinfo.encoders import posembed
 from posinfo.encoders.base import Adapter, check_fits, check_padding_by_trial, unavailable
 from posinfo.errors import PosinfoError, reason
 from posinfo.names import POS_EMBED
@@ -41,7 +41,6 @@ from posinfo.net import fetch_problem
 log = logging.getLogger(__name__)
 
 MAX_DEFAULT_TAPS = 4
-SHUFFLE_SEED = 0
 # torchvision's transformers give tokens, not maps: timm has them with spatial outputs.
 _TV_TOKEN_MODELS = ("vit_", "swin_", "swin3d", "maxvit", "mvit", "s3d", "r3d", "r2plus1d", "mc3")
 _HEAD_PREFIXES = ("head.", "fc.", "classifier.", "heads.", "head_dist.", "last_linear.")
@@ -346,18 +345,9 @@ def _pos_embed(m: nn.Module, mode: str, model: str) -> torch.Tensor:
     return pe
 
 
-def _apply_pos_embed(m: nn.Module, mode: str, model: str) -> None:
-    if mode == "keep":
-        return
-    pe = _pos_embed(m, mode, model)
-    with torch.no_grad():
-        if mode == "zero":
-            pe.zero_()
-            return
-        prefix = 0 if getattr(m, "no_embed_class", False) else int(getattr(m, "num_prefix_tokens", 0))
-        n = pe.shape[1] - prefix
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(SHUFFLE_SEED))
-        pe[:, prefix:] = pe[:, prefix:][:, perm].clone()
+def _apply_pos_embed(m: nn.Module, mode: str, model: str, seed: int) -> None:
+    if mode != "keep":
+        posembed.apply(m, _pos_embed(m, mode, model), mode, model, seed)
 
 
 # ----------------------------------------------------------------------------- the encoder
@@ -418,8 +408,8 @@ def _build(bb, normalize: str, image_size: int, lazy: bool) -> Encoder:
     if problem:
         raise PosinfoError(problem)
     levels = _levels_timm(skeleton, model) if kind == "timm" else _levels_torchvision(skeleton, model)
-    if pos_embed != "keep":
-        _pos_embed(skeleton, pos_embed, model)  # checked before any weights are fetched
+    if pos_embed != "keep":  # checked before any weights are fetched
+        posembed.check(skeleton, _pos_embed(skeleton, pos_embed, model), pos_embed, model)
     chosen = _choose(levels, list(bb.taps) if bb.taps else bb.taps, list(bb.nodes) if bb.nodes else None, kind, model,
                      lambda: _all_nodes(skeleton))
     check_padding_by_trial(skeleton, padding, f"{kind}'s {model}")
@@ -438,7 +428,7 @@ def _build(bb, normalize: str, image_size: int, lazy: bool) -> Encoder:
 
     def materialize(b: nn.Module) -> None:
         m = _real(kind, model, make, weights, file_sd, rng_state)
-        _apply_pos_embed(m, pos_embed, model)
+        _apply_pos_embed(m, pos_embed, model, bb.seed)
         set_padding(m, padding)
         b.model = body_of(m.eval()).model
 
@@ -471,6 +461,16 @@ class ZooAdapter(Adapter):
 
     def mean_std(self, bb) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return model_mean_std(bb.name, str(bb.model))
+
+    def may_have_pos_embed(self, bb) -> bool:
+        return bb.name == "timm"  # torchvision's token models give no maps (check_model refuses them)
+
+    def pos_embed(self, encoder: Encoder) -> torch.Tensor | None:
+        """A timm token model's patch position embedding (rows × cols × dim), controls applied; the
+        weights are loaded only if the model has one (its weightless body says)."""
+        if not isinstance(encoder.body, TimmBody) or not posembed.has_embedding(encoder.body.model):
+            return None
+        return posembed.patch_grid(encoder.materialize().body.model, encoder.name)
 
 
 ADAPTER = ZooAdapter()
