@@ -22,8 +22,10 @@ BAGNETS = ("bagnet9", "bagnet17", "bagnet33")  # receptive fields of 9, 17, 33 p
 ZOO = ("timm", "torchvision")  # any model of either library (posinfo.encoders.zoo)
 BACKBONES = ("posenet", "vgg16", *RESNETS, *BAGNETS, *ZOO)  # each name's adapter: posinfo.encoders.REGISTRY
 INITS = ("torchvision", "pytorch")  # backbone.init of random weights (posinfo.encoders.paper)
-# backbone.pos_embed: controls on a token model's learned position embedding (posinfo.encoders.posembed)
-POS_EMBED = ("keep", "zero", "shuffle", "mean", "noise", "roll")
+# backbone.pos_embed: controls on a token model's learned position embedding (posinfo.encoders.posembed);
+# the first three take an embedding of any layout, the others one of a vector per token.
+POS_EMBED_ANY_LAYOUT = ("keep", "zero", "shuffle")
+POS_EMBED = (*POS_EMBED_ANY_LAYOUT, "mean", "noise", "roll")
 PADDINGS = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 CANVAS_COLORS = ("black", "white", "mean", "noise")  # data.canvas.color
 

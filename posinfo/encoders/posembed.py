@@ -33,6 +33,9 @@ import numpy as np
 import torch
 
 from posinfo.errors import PosinfoError
+from posinfo.names import POS_EMBED_ANY_LAYOUT
+
+_INSTEAD = f"use backbone.pos_embed={', '.join(POS_EMBED_ANY_LAYOUT)}"
 
 SHUFFLE_SEED = 0
 NOISE_STREAM = 0x706F73  # "pos": the noise's stream beside the job's seed (numpy SeedSequence)
@@ -73,17 +76,17 @@ def grid_of(m: torch.nn.Module, n: int, model: str) -> tuple[int, int]:
     side = math.isqrt(n)
     if side * side != n:
         raise PosinfoError(f"backbone.model={model}: its position embedding has {n} patch positions, which form no "
-                           "grid posinfo can tell: use backbone.pos_embed=keep, zero or shuffle")
+                           f"grid posinfo can tell: {_INSTEAD}")
     return side, side
 
 
 def check(m: torch.nn.Module, pe: torch.Tensor, mode: str, model: str) -> None:
     """One line if ``mode`` cannot apply to ``m``'s embedding ``pe`` (shapes only: a meta copy will do)."""
-    if mode in ("keep", "zero", "shuffle"):
+    if mode in POS_EMBED_ANY_LAYOUT:
         return
     if pe.dim() != 3 or pe.shape[0] != 1:
         raise PosinfoError(f"backbone.pos_embed={mode}: {model}'s position embedding has shape {tuple(pe.shape)}, "
-                           "not 1 × tokens × dim: use backbone.pos_embed=keep, zero or shuffle")
+                           f"not 1 × tokens × dim: {_INSTEAD}")
     if mode == "roll" and math.prod(grid_of(m, pe.shape[1] - prefix_tokens(m), model)) < 2:
         raise PosinfoError(f"backbone.pos_embed=roll: {model} has one patch position, which no roll can move: "
                            "use a larger data.image_size")
