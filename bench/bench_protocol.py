@@ -116,7 +116,7 @@ def authors_pass_s(backbone: str, weights: str, device: str, batches: int) -> fl
     """Seconds of one backbone pass over a batch of 32 images at 224 px, features to 28×28 as posinfo's."""
     import torch
 
-    from posinfo.backbones import build_encoder
+    from posinfo.encoders import build_encoder
     from posinfo.features import FeatureExtractor
     from posinfo.job import resolve_device
 

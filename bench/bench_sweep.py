@@ -169,7 +169,7 @@ def extract_only(a: argparse.Namespace) -> None:
     from hydra import compose, initialize_config_dir
 
     from posinfo import job
-    from posinfo.backbones import build_encoder
+    from posinfo.encoders import build_encoder
     from posinfo.features import CachedFeatures, FeatureExtractor
     from posinfo.sources import open_features
 

@@ -111,6 +111,7 @@ def model_spec(model: Any, weights: str) -> Spec:
     import torch
 
     from posinfo import usermodels
+    from posinfo.encoders import has_encoder
     from posinfo.names import BACKBONES
 
     if isinstance(model, (dict, torch.nn.Module)):
@@ -121,8 +122,8 @@ def model_spec(model: Any, weights: str) -> Spec:
     if not isinstance(model, str) or not model:
         raise PosinfoError(f"model={type(model).__name__}: give an nn.Module, a dict of feature maps, or a model "
                            "name (vgg16, resnet50, posenet, timm/NAME, torchvision/NAME)")
-    if model == "posenet":
-        return Spec(["backbone=posenet"], {})
+    if model in BACKBONES and not has_encoder(model):  # PosENet: no weights to name
+        return Spec([f"backbone={model}"], {})
     if model in BACKBONES and model not in MODEL_ZOOS:
         return Spec([f"backbone={model}"], {"backbone.weights": str(weights)})
     kind, _, name = model.partition("/") if model.startswith(tuple(f"{z}/" for z in MODEL_ZOOS)) else ("", "", model)
@@ -224,17 +225,10 @@ class Job:
 def _default_taps(cfg) -> Any:
     """{tap: level or node} of the configured backbone's default taps (a weightless build)."""
     def taps() -> dict:
-        enc = _encoder(typed(cfg))
-        if cfg.backbone.name in ("vgg16", *_resnets()):  # built-in backbones take levels, their taps are f<level>
-            return {name: int(name[1:]) for name in enc.nodes}
-        return dict(enc.nodes)
+        from posinfo.encoders import adapter
+
+        return adapter(cfg.backbone.name).tap_choices(_encoder(typed(cfg)))  # levels (built-in backbones) or nodes
     return taps
-
-
-def _resnets() -> tuple:
-    from posinfo.names import RESNETS
-
-    return RESNETS
 
 
 def _encoder(cfg: JobSpec):
@@ -247,6 +241,7 @@ def _encoder(cfg: JobSpec):
 def _check(job: Job, table: bool, encoders: set[str]) -> None:
     """What would stop the job, before any job runs: the schema, weights and folders, the taps (one
     weightless build per backbone configuration; ``encoders`` holds those checked)."""
+    from posinfo.encoders import has_encoder
     from posinfo.preflight import job_problems
 
     spec = job_spec(job.cfg)
@@ -257,7 +252,7 @@ def _check(job: Job, table: bool, encoders: set[str]) -> None:
     if problems:
         raise PosinfoError(problems[0])
     key = json.dumps([dataclasses.asdict(spec.backbone), spec.data.image_size])
-    if spec.backbone.name != "posenet" and key not in encoders:
+    if has_encoder(spec.backbone.name) and key not in encoders:
         _encoder(spec).describe(spec.data.image_size)
         encoders.add(key)
 

@@ -1,6 +1,6 @@
 """The frozen encoder every backbone becomes (``Encoder``: images in [0, 1] -> tap maps), and what
 all backbones share: the ImageNet statistics, backbone padding modes, reading a weights file.
-Built by posinfo.backbones (VGG16, ResNets, PosENet) and posinfo.zoo (any timm/torchvision model).
+Built by the backbone adapters (posinfo.encoders).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 
 from posinfo.errors import PosinfoError
 from posinfo.io import user_path
-from posinfo.names import NORMALIZATIONS, PADDINGS
+from posinfo.names import NORMALIZATIONS
 from posinfo.partialconv import make_partial
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,7 +45,7 @@ class Encoder(nn.Module):
     ``body`` is None for PosENet, whose "feature" is the image itself. The encoder is
     always in eval mode and never has gradients: BatchNorm statistics never move.
 
-    A lazy encoder (``build_encoder(..., lazy=True)``) holds its body on the meta device
+    A lazy encoder (``posinfo.encoders.build(..., lazy=True)``) holds its body on the meta device
     and gets its weights (``materialize``) only before its first forward pass: a job
     whose features are all in the cache never loads or initialises them. ``describe``
     reads tap shapes from a weightless meta copy either way.
@@ -135,23 +135,6 @@ class Encoder(nn.Module):
 @dataclass
 class _Skeleton:
     body: nn.Module | None  # on the meta device, eval mode
-
-
-def check_padding_any(model: nn.Module, padding: str, what: str) -> None:
-    """backbone.padding for an arbitrary model (on the meta device): a known mode, and ``none``
-    only where the architecture still runs without padding (residual sums need equal sizes)."""
-    if padding not in PADDINGS:
-        raise PosinfoError(f"unknown backbone.padding '{padding}': choose one of {', '.join(PADDINGS)}")
-    if padding != "none":
-        return
-    trial = copy.deepcopy(model)
-    set_padding(trial, "none")
-    try:
-        with torch.no_grad():
-            trial(torch.zeros(1, 3, 224, 224, device="meta"))
-    except Exception as e:
-        raise PosinfoError(f"backbone.padding=none does not work for {what} ({str(e).splitlines()[0][:100]}): "
-                           "use zeros, reflect, replicate, circular or partial") from None
 
 
 def set_padding(model: nn.Module, padding: str) -> None:

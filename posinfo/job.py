@@ -23,8 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import posinfo
-from posinfo import cache, quicklook, ridge
-from posinfo.backbones import build_encoder, overflows_float16
+from posinfo import embedprobe, encoders, quicklook, ridge
 from posinfo.data import CanvasImages, ControlImages, EmbeddedImages, FolderImages, PhotoCrops, SyntheticImages
 from posinfo.errors import PosinfoError
 from posinfo.features import FeatureExtractor, FeatureSource
@@ -34,8 +33,7 @@ from posinfo.kinds import make as make_kind
 from posinfo.metrics import summarize
 from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
                            READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
-from posinfo.names import MODULE_BACKBONE, PYTHON_DATA  # what posinfo.probe sets for Python objects
-from posinfo.names import MODEL_ZOOS
+from posinfo.names import PYTHON_DATA  # what posinfo.probe sets for Python objects
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.readout import make as make_readout
 from posinfo.schema import BackboneConfig, CacheConfig, DataConfig, InputConfig, ReadoutConfig
@@ -113,21 +111,9 @@ def cache_settings(cache_cfg: CacheConfig) -> CacheSettings:
 
 
 def _weights_identity(backbone: BackboneConfig, seed: int) -> str:
-    w = backbone.weights
-    if backbone.name in ("posenet", MODULE_BACKBONE):  # a module's weights: its content hash, in its name
-        return "none"
-    if w == "imagenet" and backbone.name in MODEL_ZOOS:
-        from posinfo.zoo import pretrained_identity
-
-        return pretrained_identity(backbone.name, backbone.model)
-    if w == "imagenet":  # torchvision's V1 weights, or a BagNet's official file
-        from posinfo.backbones import imagenet_identity
-
-        return imagenet_identity(backbone.name)
-    if w == "random":  # torchvision's rules keep the key they always had
-        init = backbone.init
-        return f"random(seed={seed})" if init == "torchvision" else f"random(seed={seed},init={init})"
-    return f"file:{cache.file_digest(user_path(w))}"
+    """The weights' part of the feature cache key: the backbone's adapter says (posinfo.encoders)."""
+    bb = encoders.Backbone.of(backbone)
+    return encoders.adapter(bb.name).identity(bb, seed)
 
 
 def _validate_inputs(inp: InputConfig) -> list[str]:
@@ -320,20 +306,21 @@ def _open_sources(cfg: JobSpec, plan: Plan, result: dict, progress: bool) -> Sou
     spec = {"name": bb.name, "padding": bb.padding, "taps": bb.taps or None, "normalize": data.normalize,
             "init": bb.init, "model": bb.model, "nodes": bb.nodes or None, "pos_embed": bb.pos_embed}
 
+    backbone = encoders.Backbone.of(bb, plan.seed)
+
     def build():
         # Lazy twice over: built only if some features are not cached, and then its weights are
         # loaded (or drawn) only before its first pass. Random weights come from the job's seed
-        # either way (build_encoder takes the RNG state at its call); the job's own RNG is untouched.
+        # either way (encoders.build takes the RNG state at its call); the job's own RNG is untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(plan.seed)
-            return build_encoder(spec["name"], bb.weights, spec["padding"], spec["taps"], spec["normalize"],
-                                 lazy=True, init=spec["init"], model=spec["model"], nodes=spec["nodes"],
-                                 pos_embed=spec["pos_embed"], image_size=plan.size)
+            return encoders.build(backbone, spec["normalize"], plan.size, lazy=True)
 
     # A weights file is checked when the encoder is built, before its first batch; a job whose
     # features are cached under the file's digest (in the key below) needs no check.
     settings = cache_settings(cfg.cache)
     name, taps, built = encoder_taps(settings, spec, plan.size, build)
+    built = _embed_probe(cfg, backbone, built, build, result)
     precision = bb.precision
     extractor = FeatureExtractor(built or build, plan.feature_size, plan.device, precision)
     c = sum(t.channels for t in taps)
@@ -356,7 +343,7 @@ def _open_sources(cfg: JobSpec, plan: Plan, result: dict, progress: bool) -> Sou
     synth_kinds = [k for k in plan.kinds if k in SYNTHETIC_KINDS]
     synth_ds = (SyntheticImages(synth_kinds, plan.size, seed=cfg.input.noise_seed, file=cfg.input.file)
                 if synth_kinds else None)
-    if settings.dtype == "float16" and overflows_float16(bb.name, bb.weights, bb.padding):
+    if settings.dtype == "float16" and not encoders.adapter(backbone.name).float16_safe(backbone):
         log.warning("%s with %s weights and %s padding: features beyond float16's range, cached as float32",
                     bb.name, bb.weights, bb.padding)
         settings = dataclasses.replace(settings, dtype="float32")
@@ -371,13 +358,34 @@ def _open_sources(cfg: JobSpec, plan: Plan, result: dict, progress: bool) -> Sou
                    synth_ds, c, key_fields, train_ds.identity(), settings, synth_kinds)
 
 
+def _embed_probe(cfg: JobSpec, backbone: encoders.Backbone, built, build, result: dict):
+    """analysis.embed_probe: how linearly the position embedding itself encodes its (x, y)
+    (posinfo.embedprobe), where the backbone's adapter has one. Returns the encoder (built here if it
+    had to be, so the features reuse it)."""
+    adapter = encoders.adapter(backbone.name)
+    if not cfg.analysis.embed_probe or not adapter.may_have_pos_embed(backbone):
+        return built
+    encoder = built or build()
+    try:
+        embedding = adapter.pos_embed(encoder)  # its weights, controls applied
+    except PosinfoError as e:  # an embedding posinfo cannot lay out on a grid: the probe only is skipped
+        log.warning("analysis.embed_probe skipped: %s", e)
+        return encoder
+    if embedding is not None:
+        result["pos_embed_probe"] = embedprobe.probe(embedding.numpy())
+        log.info("position embedding probe: R² %.3f, %.2f patches off (chance %.2f)", result["pos_embed_probe"]["r2"],
+                 result["pos_embed_probe"]["distance_patches"], result["pos_embed_probe"]["chance_distance_patches"])
+    return encoder
+
+
 def _key_fields(bb: BackboneConfig, data: DataConfig, name: str, taps: list, plan: Plan, precision: str) -> dict:
     """What identifies the features of a backbone configuration in the cache (with the images)."""
     fields = {"backbone": name, "weights": _weights_identity(bb, plan.seed), "padding": bb.padding,
               "taps": [t.name for t in taps], "feature_size": plan.feature_size, "image_size": plan.size,
               "normalize": data.normalize}
-    if bb.pos_embed != "keep":  # only then: the keys of every other entry stay as they were
-        fields["pos_embed"] = bb.pos_embed
+    pos_embed = encoders.Backbone.of(bb, plan.seed).pos_embed_key()
+    if pos_embed is not None:  # only then: the keys of every other entry stay as they were
+        fields["pos_embed"] = pos_embed
     if precision != "float32":  # likewise
         fields["precision"] = precision
     return fields

@@ -20,11 +20,14 @@ STRIPES = ("horstp", "verstp")
 TARGET_RANGES = ("unit", "signed")
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-BAGNETS = ("bagnet9", "bagnet17", "bagnet33")  # receptive fields of 9, 17, 33 px (posinfo.bagnet)
-MODEL_ZOOS = ("timm", "torchvision")  # backbone=timm|torchvision: any model of either library (posinfo.zoo)
-BACKBONES = ("posenet", "vgg16", *RESNETS, *BAGNETS, *MODEL_ZOOS)
+BAGNETS = ("bagnet9", "bagnet17", "bagnet33")  # receptive fields of 9, 17, 33 px (posinfo.encoders.bagnet)
+MODEL_ZOOS = ("timm", "torchvision")  # backbone=timm|torchvision: any model of either library (posinfo.encoders.zoo)
+BACKBONES = ("posenet", "vgg16", *RESNETS, *BAGNETS, *MODEL_ZOOS)  # each name's adapter: posinfo.encoders.REGISTRY
 INITS = ("torchvision", "pytorch")  # backbone.init: random weights drawn by torchvision's rules or PyTorch's defaults
-POS_EMBED = ("keep", "zero", "shuffle")  # backbone.pos_embed: a ViT's learned position embedding as trained, zeroed, shuffled
+# backbone.pos_embed: controls on a token model's learned position embedding (posinfo.encoders.posembed);
+# the first three take an embedding of any layout, the others one of a vector per token.
+POS_EMBED_ANY_LAYOUT = ("keep", "zero", "shuffle")
+POS_EMBED = (*POS_EMBED_ANY_LAYOUT, "mean", "noise", "roll")
 PRECISIONS = ("float32", "bfloat16", "float16")  # backbone.precision: the encoder's autocast (float32: none)
 PADDINGS = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 CANVAS_COLORS = ("black", "white", "mean", "noise")  # data.canvas.color

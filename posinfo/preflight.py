@@ -10,33 +10,16 @@ from omegaconf import DictConfig
 
 from posinfo.guards import no_effect_problems
 from posinfo.io import user_path
-from posinfo.names import MODEL_ZOOS
 
 
 def job_problems(cfg: DictConfig) -> list[str]:
     """What would stop this job, as one line each (empty: nothing found)."""
-    out: list[str] = no_effect_problems(cfg)
-    bb, data = cfg.backbone, cfg.data
-    weights = str(bb.weights)
-    zoo = bb.name in MODEL_ZOOS
-    if zoo:
-        from posinfo.errors import PosinfoError
-        from posinfo.zoo import check_model, image_size_problem
+    from posinfo import encoders
 
-        try:
-            check_model(str(bb.name), bb.get("model"))
-        except PosinfoError as e:
-            return [str(e)]
-        size = image_size_problem(str(bb.name), str(bb.model), int(data.image_size))
-        if size:
-            out.append(size)
-    if bb.name != "posenet" and weights == "imagenet":
-        problem = _pretrained_problem(str(bb.name), bb.get("model"))
-        if problem:
-            out.append(problem)
-    elif bb.name != "posenet" and weights not in ("random", "none") and not user_path(weights).is_file():
-        out.append(f"backbone.weights file '{weights}' does not exist: give a path to a "
-                   f"{'checkpoint' if zoo else 'state-dict file'}, or imagenet, or random")
+    out: list[str] = no_effect_problems(cfg)
+    data = cfg.data
+    bb = encoders.Backbone.of(cfg.backbone)
+    out += encoders.adapter(bb.name).problems(bb, int(data.image_size))  # weights reachable, the model's own checks
     if data.name == "folder":
         for key in ("train_dir", "test_dir"):
             folder = data.get(key)
@@ -46,17 +29,6 @@ def job_problems(cfg: DictConfig) -> list[str]:
     if file and not user_path(file).is_file():
         out.append(f"input.file={file}: no such file: give an existing jpg/png image, or input.file=null")
     return out
-
-
-def _pretrained_problem(name: str, model: str | None) -> str | None:
-    """Whether the pretrained weights of a built-in backbone or of a timm/torchvision model are reachable."""
-    if name in MODEL_ZOOS:
-        from posinfo.zoo import pretrained_problem
-
-        return pretrained_problem(name, str(model))
-    from posinfo.backbones import imagenet_problem
-
-    return imagenet_problem(name)
 
 
 def _missing_folder(key: str, folder: str) -> str:

@@ -198,6 +198,7 @@ class CacheConfig:
 @dataclass
 class AnalysisConfig:
     channels: bool = _f(False, BOOLEAN)
+    embed_probe: bool = _f(True, BOOLEAN)  # a token model's position embedding probed itself (posinfo.embedprobe)
 
 
 GROUPS: dict[str, type] = {

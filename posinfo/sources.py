@@ -48,7 +48,7 @@ def _versions() -> dict:
 def encoder_taps(settings: "CacheSettings", spec: dict, image_size: int,
                  build: Callable[[], Encoder]) -> tuple[str, list[Tap], Encoder | None]:
     """The encoder's name and taps (Encoder.describe) for its configuration ``spec`` (the
-    arguments of build_encoder but the weights, which do not change shapes) at
+    backbone settings but the weights, which do not change shapes) at
     ``image_size``; and the encoder if it had to be built (None when remembered).
 
     Remembered in ``cache.dir/encoders/`` with the torch, torchvision and timm versions, so

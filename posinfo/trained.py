@@ -1,7 +1,7 @@
 """A finished job's trained readout with its backbone, applied to new images: ``posinfo.load(job_dir)``.
 
 The backbone is rebuilt from the job's result.json exactly as the job built it (posinfo.job:
-the same build_encoder arguments under the job's seed, so random weights are the same draw);
+the same backbone settings under the job's seed, so random weights are the same draw);
 its weights must load here (ImageNet weights offline: one line, no fallback). The readout is
 the job's ``readout.pt``. Features pass through the job's cache dtype (float16 by default) before
 the readout, as the job's own test features did, so a job's test images give back its predictions.
@@ -53,14 +53,13 @@ def finished_result(job_dir: Path) -> dict:
 def job_encoder(cfg: JobSpec, seed: int | None = None):
     """The encoder of a job's config, lazily (taps and checks, no weights), with the random weights
     the job drew: built under ``seed`` (default ``train.seed``) as posinfo.job builds it."""
-    from posinfo.backbones import build_encoder
+    from posinfo import encoders
 
-    bb = cfg.backbone
+    seed = cfg.train.seed if seed is None else seed
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed if seed is None else seed)
-        return build_encoder(bb.name, bb.weights, bb.padding, bb.taps or None, cfg.data.normalize, lazy=True,
-                             init=bb.init, model=bb.model, nodes=bb.nodes or None, pos_embed=bb.pos_embed,
-                             image_size=cfg.data.image_size)
+        torch.manual_seed(seed)
+        return encoders.build(encoders.Backbone.of(cfg.backbone, seed), cfg.data.normalize,
+                              cfg.data.image_size, lazy=True)
 
 
 def _register_module(cfg: JobSpec, module: Any) -> None:

@@ -3,7 +3,7 @@
 
 A module cannot travel through a YAML config, so probe registers it here, in this process, under a
 key made from its content, ``<ClassName>-<16 hex digits>``, and composes ``backbone.model=<key>``;
-the backbone builder (posinfo.backbones.build_encoder) asks :func:`build` for it. The key is the
+its backbone adapter (posinfo.encoders.module) asks :func:`lookup` for it. The key is the
 module's whole cache identity (the feature cache keys on the encoder's name, ``module/<key>``),
 so it hashes everything that decides the features:
 
@@ -31,9 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from posinfo.encoder import Encoder, check_padding_any, set_padding
 from posinfo.errors import PosinfoError
-from posinfo.names import MODULE_BACKBONE
 
 log = logging.getLogger(__name__)
 
@@ -135,48 +133,3 @@ def lookup(key: str) -> nn.Module:
         raise PosinfoError(f"backbone.model={key}: no such module in this process: an nn.Module is probed from "
                            "Python (posinfo.probe(module, images)); posinfo.load(job_dir, module=...) registers it again")
     return module
-
-
-def _chosen_table(table: FeatureTable, taps: list[int] | None, nodes: list[str] | None, padding: str,
-                  normalize: str) -> dict[str, str]:
-    if padding != "zeros" or normalize != "none":
-        raise PosinfoError("precomputed feature maps have no padding to change and take no input normalisation: "
-                           "leave backbone.padding=zeros and data.normalize=none")
-    if taps:
-        raise PosinfoError("taps: feature maps are chosen by name, not level: give taps=['<name>', ...]")
-    bad = [n for n in nodes or [] if n not in table.names]
-    if bad:
-        raise PosinfoError(f"taps: no feature map named '{bad[0]}': choose from {', '.join(table.names)}")
-    return {n: n for n in (nodes or table.names)}
-
-
-def build(key: str, padding: str, taps: list[int] | None, nodes: list[str] | None, normalize: str) -> Encoder:
-    """The frozen Encoder of registered module ``key``: cut at graph nodes found as for
-    ``backbone=torchvision`` (posinfo.zoo.graph_taps), or a feature table's maps."""
-    from posinfo import zoo
-
-    module = lookup(key)
-    name = f"{MODULE_BACKBONE}/{key}"
-    nodes = [str(n) for n in nodes] if nodes else None
-    if isinstance(module, FeatureTable):
-        return Encoder(name, module, _chosen_table(module, taps, nodes, padding, normalize), normalize)
-    if normalize == "model":
-        raise PosinfoError(f"data.normalize=model uses pretrained weights' own statistics, and {key} has none: "
-                           "use data.normalize=none or imagenet")
-    skeleton = copy.deepcopy(module).to("meta")
-    what = key.rsplit("-", 1)[0]
-    try:
-        chosen = zoo.graph_taps(skeleton, taps, nodes, what)
-        check_padding_any(skeleton, padding, what)
-    except PosinfoError:
-        raise
-    except Exception as e:  # torch.fx cannot trace it, or it does not take a 3-channel image
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise PosinfoError(f"{what} cannot be traced by torch.fx to find its taps ({reason}): make its forward "
-                           "traceable, or compute its feature maps yourself and probe them: "
-                           "posinfo.probe({'tap': maps, ...}, None)") from None
-    if padding != "zeros":  # the registered copy stays as given
-        module = copy.deepcopy(module)
-        set_padding(module, padding)
-    return Encoder(name, zoo.GraphBody(module, chosen), chosen, normalize)
-

@@ -301,7 +301,7 @@ def tap_scales(w: Path, smoke: bool) -> list[list[str]]:
     """Mean |x| of each VGG16 tap over 16 embedded training images, per weights and normalisation."""
     import torch
 
-    from posinfo.backbones import build_encoder
+    from posinfo.encoders import build_encoder
     from posinfo.data import EmbeddedImages
 
     size, n = (32, 4) if smoke else (224, 16)

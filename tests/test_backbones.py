@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from posinfo.backbones import build_encoder
+from posinfo.encoders import build_encoder
 from posinfo.errors import PosinfoError
 
 
@@ -179,7 +179,7 @@ def test_lazy_imagenet_fails_loudly_when_the_weights_are_needed(monkeypatch):
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     # As where the check before the download finds the file fetchable (here it may not: it would stop first)
-    monkeypatch.setattr("posinfo.backbones.imagenet_problem", lambda name: None)
+    monkeypatch.setattr("posinfo.encoders.paper.imagenet_problem", lambda name: None)
     enc = build_encoder("vgg16", "imagenet", lazy=True)
     assert calls == [] and enc.describe(64)[0].channels == 64
     with pytest.raises(PosinfoError, match="cannot load ImageNet weights"):
@@ -190,7 +190,7 @@ def test_lazy_imagenet_fails_loudly_when_the_weights_are_needed(monkeypatch):
 @pytest.mark.parametrize(
     "kwargs,msg",
     [
-        (dict(name="resnet50", padding="none"), "backbone.padding=none is only defined for vgg16"),
+        (dict(name="resnet50", padding="none"), "backbone.padding=none does not work for resnet50"),
         (dict(name="vgg16", padding="same"), "unknown backbone.padding 'same'"),
         (dict(name="vgg16", taps=[6]), r"backbone.taps=\[6\] is not valid for vgg16"),
         (dict(name="resnet18", taps=[5]), r"backbone.taps=\[5\] is not valid for resnet18"),

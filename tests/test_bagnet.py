@@ -1,12 +1,12 @@
-"""BagNet-9/17/33 (posinfo.bagnet): taps, receptive fields, official checkpoints, offline ImageNet weights."""
+"""BagNet-9/17/33 (posinfo.encoders.bagnet): taps, receptive fields, official checkpoints, offline ImageNet weights."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from posinfo import bagnet
-from posinfo.backbones import build_encoder
+from posinfo.encoders import bagnet
+from posinfo.encoders import build_encoder
 from posinfo.errors import PosinfoError
 
 CHANNELS = [64, 256, 512, 1024, 2048]

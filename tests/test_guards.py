@@ -99,20 +99,21 @@ def test_sizes_beyond_memory_are_refused_with_an_estimate_before_anything_is_all
 
 def test_a_patch_model_refuses_an_image_size_it_cannot_cut_into_patches_before_the_job(make_cfg):
     from posinfo.preflight import job_problems
-    from posinfo.zoo import build, image_size_problem
+    from posinfo.encoders import build_encoder
+    from posinfo.encoders.zoo import image_size_problem
 
     line = ("data.image_size=100: timm's vit_tiny_patch16_224 cuts images into 16×16 patches, and 100 is no multiple "
             "of 16: use data.image_size=96 or 112")
     cfg = make_cfg("backbone=timm", "backbone.model=vit_tiny_patch16_224", "backbone.weights=random", "data.image_size=100")
     assert job_problems(cfg) == [line]
     with pytest.raises(PosinfoError) as e:  # the job itself, before its first image
-        build("timm", "vit_tiny_patch16_224", "random", "zeros", None, None, "none", True, "keep", 100)
+        build_encoder("timm", "random", model="vit_tiny_patch16_224", lazy=True, image_size=100)
     assert str(e.value) == line
     assert image_size_problem("timm", "vit_tiny_patch16_224", 96) is None
 
 
 def test_float16_on_a_cpu_is_warned_as_slow_once(caplog):
-    from posinfo.backbones import build_encoder
+    from posinfo.encoders import build_encoder
     from posinfo.features import FeatureExtractor
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from PIL import Image
 
 import posinfo.job as job_mod
 from conftest import run_sweep
-from posinfo import cache
+from posinfo import cache, encoders
 from posinfo.job import run
 
 
@@ -79,8 +79,8 @@ def test_second_job_of_a_sweep_never_runs_the_encoder(make_cfg, tmp_path, monkey
 
     monkeypatch.setattr(job_mod.FeatureExtractor, "__call__", spy)
     builds = []
-    real_build = job_mod.build_encoder
-    monkeypatch.setattr(job_mod, "build_encoder", lambda *a, **k: (builds.append(a[0]), real_build(*a, **k))[1])
+    real_build = encoders.build
+    monkeypatch.setattr(encoders, "build", lambda *a, **k: (builds.append(a[0].name), real_build(*a, **k))[1])
     common = ("backbone=vgg16", "backbone.weights=random")
     run(make_cfg(*common, "target=hor"), tmp_path / "a")
     assert sum(calls) == 16 + 4 + 3 and builds == ["vgg16"]
@@ -98,18 +98,18 @@ def test_second_job_of_a_sweep_never_runs_the_encoder(make_cfg, tmp_path, monkey
 
 def test_a_deferred_encoder_draws_the_random_weights_of_the_jobs_seed(make_cfg, tmp_path, monkeypatch):
     """The encoder is built only when a batch needs it, yet its random weights are the ones a
-    build right after seeding gives (build_encoder takes the RNG state at its call)."""
+    build right after seeding gives (encoders.build takes the RNG state at its call)."""
     common = ("backbone=resnet18", "backbone.weights=random", "input=natural")
     run(make_cfg(*common, "train.seed=0"), tmp_path / "first")  # its taps are now remembered
     built = []
-    real_build, real_open = job_mod.build_encoder, job_mod.open_features
-    monkeypatch.setattr(job_mod, "build_encoder", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    real_build, real_open = encoders.build, job_mod.open_features
+    monkeypatch.setattr(encoders, "build", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     # whatever draws from the RNG between the job's seeding and the build must not matter
     monkeypatch.setattr(job_mod, "open_features", lambda *a, **k: (torch.rand(7), real_open(*a, **k))[1])
     run(make_cfg(*common, "train.seed=3"), tmp_path / "j")  # another seed: other weights, built at the first batch
     (enc,) = built
     torch.manual_seed(3)
-    ref = real_build("resnet18", "random", lazy=True, image_size=64).materialize()
+    ref = encoders.build_encoder("resnet18", "random", lazy=True, image_size=64).materialize()
     got, want = enc.state_dict(), ref.state_dict()
     assert set(got) == set(want) and all(torch.equal(got[k].cpu(), want[k]) for k in want)
 
@@ -117,16 +117,16 @@ def test_a_deferred_encoder_draws_the_random_weights_of_the_jobs_seed(make_cfg, 
 def test_job_with_cached_features_never_loads_the_weights(make_cfg, tmp_path, monkeypatch):
     """ImageNet weights (VGG16: 528 MB) are fetched by the first job only; jobs whose
     features are all cached never load them."""
-    import posinfo.backbones as bb
+    from posinfo.encoders.paper import PaperAdapter
 
     loads = []
 
-    def fake_imagenet(name):
+    def fake_imagenet(self, name):
         loads.append(name)
         torch.manual_seed(0)
         return torchvision.models.get_model(name).state_dict()
 
-    monkeypatch.setattr(bb, "_imagenet_state_dict", fake_imagenet)
+    monkeypatch.setattr(PaperAdapter, "imagenet_state_dict", fake_imagenet)
     a = run(make_cfg("backbone=vgg16", "backbone.weights=imagenet", "target=hor"), tmp_path / "a")
     assert loads == ["vgg16"] and a["status"] == "ok"
     b = run(make_cfg("backbone=vgg16", "backbone.weights=imagenet", "target=ver"), tmp_path / "b")
@@ -135,17 +135,17 @@ def test_job_with_cached_features_never_loads_the_weights(make_cfg, tmp_path, mo
 
 def test_backbone_batchnorm_statistics_never_move(make_cfg, tmp_path, monkeypatch):
     built = []
-    real = job_mod.build_encoder
+    real = encoders.build
 
     def spy(*a, **k):
         built.append(real(*a, **k))
         return built[-1]
 
-    monkeypatch.setattr(job_mod, "build_encoder", spy)
+    monkeypatch.setattr(encoders, "build", spy)
     # uncached: the encoder runs in every training batch, the authors' way
     cfg = make_cfg("backbone=resnet18", "backbone.weights=random", "cache.enabled=false", "input=natural")
     torch.manual_seed(0)
-    enc0 = real("resnet18", "random")
+    enc0 = encoders.build_encoder("resnet18", "random")
     stats0 = {k: v.clone() for k, v in enc0.state_dict().items()}
     run(cfg, tmp_path / "job")
     after = built[0].state_dict()
@@ -299,7 +299,7 @@ def test_canvas_border_changes_the_images_and_their_cache_key_and_border_0_chang
 
 
 def test_remembered_taps_are_used_rebuilt_when_unreadable_and_skipped_without_a_cache(tmp_path):
-    from posinfo.backbones import build_encoder
+    from posinfo.encoders import build_encoder
     from posinfo.sources import CacheSettings, encoder_taps
 
     builds = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from posinfo.backbones import build_encoder
+from posinfo.encoders import build_encoder
 from posinfo.data import EmbeddedImages
 from posinfo.job import run
 

@@ -1,4 +1,4 @@
-"""Any torchvision or timm model as the frozen encoder (posinfo.zoo)."""
+"""Any torchvision or timm model as the frozen encoder (posinfo.encoders.zoo)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from posinfo import cache
-from posinfo.backbones import build_encoder
+from posinfo.encoders import build_encoder
 from posinfo.errors import PosinfoError
 from posinfo.job import run
 
@@ -105,6 +105,8 @@ def test_jobs_on_a_timm_model_record_taps_and_key_the_cache_by_model_and_pos_emb
     a = run(make_cfg(*base), tmp_path / "a", progress=False)
     assert [f["name"] for f in a["features"]] == ["blocks.0", "blocks.4", "blocks.7", "blocks.11"]
     assert a["readout_in_channels"] == 4 * 192 and a["status"] == "ok"
+    probe = a["pos_embed_probe"]  # analysis.embed_probe: a random ViT's embedding is i.i.d. draws, nothing to decode
+    assert probe["grid"] == [14, 14] and abs(probe["r2"]) < 0.2 and probe["distance_patches"] > 3
     n = len(cache.list_entries(tmp_path / "cache"))
     run(make_cfg(*base, "backbone.pos_embed=zero"), tmp_path / "b", progress=False)
     assert len(cache.list_entries(tmp_path / "cache")) == n + 2  # its own train and test entries

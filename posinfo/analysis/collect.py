@@ -18,9 +18,10 @@ from posinfo.analysis.cells import BORDER_PREFIX, INTERVAL_COLUMNS, METRICS
 from posinfo.kinds import EXTRA_METRICS, lookup
 from posinfo.analysis.intervals import per_image_intervals
 from posinfo.analysis.paper import WEIGHTS_LABEL, attach_paper, paper_weights
+from posinfo.encoders import has_encoder, label
 from posinfo.errors import PosinfoError
 from posinfo.schema import with_defaults
-from posinfo.names import INPUT_KINDS, LABEL_KEYS, MODULE_BACKBONE, NOT_JOB_DIRS, RESULT_FILE, RUN_CONTROL_KEYS, covered_by
+from posinfo.names import INPUT_KINDS, LABEL_KEYS, NOT_JOB_DIRS, RESULT_FILE, RUN_CONTROL_KEYS, covered_by
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def _tidy(jobs: list[dict]) -> pd.DataFrame:
         }
         base.update({g: ch.get(g) for g in choice_groups})
         base.update({k: _cell_value(k, f.get(k)) for k in fields})
-        if base["backbone"] == "posenet":
+        if not has_encoder(base["backbone"]):
             # No encoder: its weights, padding and taps do not exist, so never a difference between rows.
             base.update({"backbone.weights": None, "backbone.padding": None, "backbone.taps": None})
         base.update(paper_weights(cfg))
@@ -225,8 +226,7 @@ def _tidy(jobs: list[dict]) -> pd.DataFrame:
 
 def _backbone_label(bb: dict, choice: str | None) -> str | None:
     """The backbone's name; for any-model backbones the model too: ``timm/convnext_tiny``, ``module/Net-<hash>``."""
-    name = bb.get("name", choice)
-    return f"{name}/{bb['model']}" if name in ("timm", "torchvision", MODULE_BACKBONE) and bb.get("model") else name
+    return label(bb, choice)
 
 
 def _experiment_from(overrides: list[str]) -> str | None:

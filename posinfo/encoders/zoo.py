@@ -12,9 +12,8 @@
 - Default taps: every level up to 4, else 4 evenly spaced (first and last included);
   ``backbone.taps`` picks levels by index, ``backbone.nodes`` names graph nodes (torchvision)
   or feature indices (timm) directly.
-- ``backbone.pos_embed``: ``keep``, ``zero`` (the learned position embedding set to zero after
-  loading) or ``shuffle`` (the patch positions' embeddings permuted with a fixed seed: same
-  norms, positions scrambled).
+- ``backbone.pos_embed``: ``keep``, or a control on the learned position embedding after loading:
+  ``zero``, ``shuffle``, ``mean``, ``noise`` or ``roll`` (posinfo.encoders.posembed).
 
 Weights load lazily (only when some features are not cached), like the built-in backbones.
 """
@@ -32,15 +31,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from posinfo.encoder import Encoder, set_padding
+from posinfo.encoders import posembed
+from posinfo.encoders.base import Adapter, check_fits, check_padding_by_trial, unavailable
 from posinfo.errors import PosinfoError, reason
-from posinfo.names import MODEL_ZOOS as KINDS
 from posinfo.names import POS_EMBED
 from posinfo.net import fetch_problem
 
 log = logging.getLogger(__name__)
 
 MAX_DEFAULT_TAPS = 4
-SHUFFLE_SEED = 0
 # torchvision's transformers give tokens, not maps: timm has them with spatial outputs.
 _TV_TOKEN_MODELS = ("vit_", "swin_", "swin3d", "maxvit", "mvit", "s3d", "r3d", "r2plus1d", "mc3")
 _HEAD_PREFIXES = ("head.", "fc.", "classifier.", "heads.", "head_dist.", "last_linear.")
@@ -308,11 +308,11 @@ def _hf_offline() -> bool:
     return bool(constants.is_offline_mode())
 
 
-def _unavailable(kind: str, model: str, reason: str) -> str:
+def _unavailable(kind: str, model: str, why: str) -> str:
     fetch = (f"python -c \"import timm; timm.create_model('{model}', pretrained=True)\"" if kind == "timm" else
              f"python -c \"import torchvision; torchvision.models.get_model('{model}', weights='DEFAULT')\"")
-    return (f"cannot load {kind}'s pretrained weights for {model} ({reason}): download them once where there is "
-            f"network ({fetch}), or use backbone.weights=random or backbone.weights=/path/to/checkpoint")
+    return unavailable(f"{kind}'s pretrained weights for {model}", why,
+                       f"download them once where there is network ({fetch})", "/path/to/checkpoint")
 
 
 def _load_file(path: str) -> dict:
@@ -332,18 +332,8 @@ def _load_file(path: str) -> dict:
 
 def _check_keys(m: nn.Module, sd: dict, source: str, kind: str, model: str) -> dict:
     """``sd`` restricted to ``m``'s keys, after insisting that every non-head weight is there and fits."""
-    expected = m.state_dict()
-    missing = [k for k in expected if k not in sd and not k.startswith(_HEAD_PREFIXES)]
-    unexpected = [k for k in sd if k not in expected and not k.startswith(_HEAD_PREFIXES)]
-    wrong = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-        parts = [f"{what}: {show(keys)}" for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                                             ("wrong shapes", wrong)) if keys]
-        raise PosinfoError(f"backbone.weights '{source}' does not fit {kind}'s {model} ({'; '.join(parts)}): "
-                           f"give a checkpoint of that very architecture")
-    return {k: v for k, v in sd.items() if k in expected}
+    return check_fits(m.state_dict(), sd, source, f"{kind}'s {model}", "give a checkpoint of that very architecture",
+                      lambda k: not k.startswith(_HEAD_PREFIXES), _HEAD_PREFIXES)
 
 
 def _pos_embed(m: nn.Module, mode: str, model: str) -> torch.Tensor:
@@ -355,18 +345,9 @@ def _pos_embed(m: nn.Module, mode: str, model: str) -> torch.Tensor:
     return pe
 
 
-def _apply_pos_embed(m: nn.Module, mode: str, model: str) -> None:
-    if mode == "keep":
-        return
-    pe = _pos_embed(m, mode, model)
-    with torch.no_grad():
-        if mode == "zero":
-            pe.zero_()
-            return
-        prefix = 0 if getattr(m, "no_embed_class", False) else int(getattr(m, "num_prefix_tokens", 0))
-        n = pe.shape[1] - prefix
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(SHUFFLE_SEED))
-        pe[:, prefix:] = pe[:, prefix:][:, perm].clone()
+def _apply_pos_embed(m: nn.Module, mode: str, model: str, seed: int) -> None:
+    if mode != "keep":
+        posembed.apply(m, _pos_embed(m, mode, model), mode, model, seed)
 
 
 # ----------------------------------------------------------------------------- the encoder
@@ -414,12 +395,10 @@ def _real(kind: str, model: str, make: Callable[[bool], nn.Module], weights: str
     return m
 
 
-def build(kind: str, model: str, weights: str, padding: str, taps: list[int] | None, nodes: list[str] | None,
-          normalize: str, lazy: bool, pos_embed: str, image_size: int):
+def _build(bb, normalize: str, image_size: int, lazy: bool) -> Encoder:
     """The frozen Encoder of a torchvision or timm model (see the module docstring). Everything is
     checked on a weightless meta copy first; the weights come only when the encoder is first used."""
-    from posinfo.encoder import Encoder, check_padding_any, set_padding
-
+    kind, model, weights, padding, pos_embed = bb.name, bb.model, bb.weights, bb.padding, bb.pos_embed
     check_model(kind, model)
     if pos_embed not in POS_EMBED:
         raise PosinfoError(f"backbone.pos_embed={pos_embed}: must be one of {', '.join(POS_EMBED)}")
@@ -429,10 +408,11 @@ def build(kind: str, model: str, weights: str, padding: str, taps: list[int] | N
     if problem:
         raise PosinfoError(problem)
     levels = _levels_timm(skeleton, model) if kind == "timm" else _levels_torchvision(skeleton, model)
-    if pos_embed != "keep":
-        _pos_embed(skeleton, pos_embed, model)  # checked before any weights are fetched
-    chosen = _choose(levels, taps, nodes, kind, model, lambda: _all_nodes(skeleton))
-    check_padding_any(skeleton, padding, f"{kind}'s {model}")
+    if pos_embed != "keep":  # checked before any weights are fetched
+        posembed.check(skeleton, _pos_embed(skeleton, pos_embed, model), pos_embed, model)
+    chosen = _choose(levels, list(bb.taps) if bb.taps else bb.taps, list(bb.nodes) if bb.nodes else None, kind, model,
+                     lambda: _all_nodes(skeleton))
+    check_padding_by_trial(skeleton, padding, f"{kind}'s {model}")
     set_padding(skeleton, padding)
     file_sd = None
     if weights not in ("imagenet", "random"):
@@ -448,13 +428,52 @@ def build(kind: str, model: str, weights: str, padding: str, taps: list[int] | N
 
     def materialize(b: nn.Module) -> None:
         m = _real(kind, model, make, weights, file_sd, rng_state)
-        _apply_pos_embed(m, pos_embed, model)
+        _apply_pos_embed(m, pos_embed, model, bb.seed)
         set_padding(m, padding)
         b.model = body_of(m.eval()).model
 
     mean_std = model_mean_std(kind, model) if normalize == "model" else None
     encoder = Encoder(f"{kind}/{model}", body_of(skeleton), chosen, normalize, materialize, mean_std=mean_std)
     return encoder if lazy else encoder.materialize()
+
+
+class ZooAdapter(Adapter):
+    """Any timm or torchvision model (``backbone=timm|torchvision backbone.model=NAME``)."""
+
+    file_word = "checkpoint"
+
+    def build(self, bb, normalize: str, image_size: int, lazy: bool) -> Encoder:
+        return _build(bb, normalize, image_size, lazy)
+
+    def pretrained_identity(self, bb) -> str:
+        return pretrained_identity(bb.name, str(bb.model))
+
+    def pretrained_problem(self, bb) -> str | None:
+        return pretrained_problem(bb.name, str(bb.model))
+
+    def problems(self, bb, image_size: int) -> list[str]:
+        try:
+            check_model(bb.name, bb.model)
+        except PosinfoError as e:  # nothing else can be asked of a model that does not exist
+            return [str(e)]
+        size = image_size_problem(bb.name, str(bb.model), image_size)
+        return ([size] if size else []) + super().problems(bb, image_size)
+
+    def mean_std(self, bb) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return model_mean_std(bb.name, str(bb.model))
+
+    def may_have_pos_embed(self, bb) -> bool:
+        return bb.name == "timm"  # torchvision's token models give no maps (check_model refuses them)
+
+    def pos_embed(self, encoder: Encoder) -> torch.Tensor | None:
+        """A timm token model's patch position embedding (rows × cols × dim), controls applied; the
+        weights are loaded only if the model has one (its weightless body says)."""
+        if not isinstance(encoder.body, TimmBody) or not posembed.has_embedding(encoder.body.model):
+            return None
+        return posembed.patch_grid(encoder.materialize().body.model, encoder.name)
+
+
+ADAPTER = ZooAdapter()
 
 
 def _all_nodes(m: nn.Module) -> list[str]:

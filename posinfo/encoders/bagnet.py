@@ -21,14 +21,17 @@ convolutions valid), so the same weights can be probed with and without a border
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from posinfo.encoders.base import check_fits, unavailable
+from posinfo.encoders.paper import RESNET_NODES, PaperAdapter
 from posinfo.errors import PosinfoError, reason
-from posinfo.names import BAGNETS
+from posinfo.names import BAGNETS, PADDINGS
 from posinfo.net import fetch_problem
 
 log = logging.getLogger(__name__)
@@ -120,19 +123,14 @@ def weights_url(name: str) -> str:
     return _URL_BASE + _FILES[name]
 
 
-def imagenet_identity(name: str) -> str:
-    """What ``imagenet`` weights are for a BagNet (a cache-key field): the official file's name."""
-    return f"bagnet:{_FILES[name]}"
-
-
 def _hub_file(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / _FILES[name]
 
 
-def _unavailable(name: str, reason: str) -> str:
-    return (f"cannot load BagNet's ImageNet weights for {name} ({reason}): download {_FILES[name]} from "
-            f"{weights_url(name)} where there is network, then use backbone.weights=/path/to/{_FILES[name]} "
-            f"(or copy it into {_hub_file(name).parent}), or use backbone.weights=random")
+def _unavailable(name: str, why: str) -> str:
+    return unavailable(f"BagNet's ImageNet weights for {name}", why,
+                       f"download {_FILES[name]} from {weights_url(name)} where there is network (and copy it into "
+                       f"{_hub_file(name).parent})", f"/path/to/{_FILES[name]}")
 
 
 def imagenet_problem(name: str, timeout_s: float = 5.0) -> str | None:
@@ -144,6 +142,12 @@ def imagenet_problem(name: str, timeout_s: float = 5.0) -> str | None:
     return None if why is None else _unavailable(name, f"not in the torch hub cache, and {why} fetching it")
 
 
+@functools.lru_cache(maxsize=None)
+def _problem_once(name: str) -> str | None:
+    """imagenet_problem asked once per process: a sweep's preflight asks it for every job."""
+    return imagenet_problem(name)
+
+
 def imagenet_state_dict(name: str) -> dict:
     """The official ImageNet weights (fetched once into the torch hub cache, SHA-256 prefix checked)."""
     try:
@@ -153,6 +157,45 @@ def imagenet_state_dict(name: str) -> dict:
         raise PosinfoError(_unavailable(name, reason(e))) from None
 
 
-def file_fix(name: str) -> str:
-    """The fix named when a weights file does not fit a BagNet."""
-    return f"give an official BagNet checkpoint ({_FILES[name]} for {name}) or the state dict of posinfo's {name}"
+class BagNetAdapter(PaperAdapter):
+    """The BagNets: the ResNets' levels and node names on posinfo's BagNet body, the official
+    checkpoints (which may hold the classifier, and an old one lack num_batches_tracked)."""
+
+    def nodes(self, name: str) -> dict[int, str]:
+        return RESNET_NODES
+
+    def default_levels(self, name: str) -> list[int]:
+        return [1, 2, 3, 4]
+
+    def paddings(self, name: str) -> tuple[str, ...]:
+        return PADDINGS  # no residual sum breaks: a valid conv's shortcut is cut to match (Bottleneck)
+
+    def instead(self, name: str) -> str:
+        return ""  # not in torchvision
+
+    def skeleton(self, name: str) -> tuple[nn.Module, tuple[str, ...]]:
+        with torch.device("meta"):
+            return bagnet(name), USED_PREFIXES
+
+    def pretrained_identity(self, bb) -> str:
+        """The official file's name."""
+        return f"bagnet:{_FILES[bb.name]}"
+
+    def pretrained_problem(self, bb) -> str | None:
+        return _problem_once(bb.name)
+
+    def imagenet_state_dict(self, name: str) -> dict:
+        return imagenet_state_dict(name)
+
+    def check_fits(self, model: nn.Module, sd: dict, used: tuple[str, ...], source: str, name: str) -> None:
+        check_fits(model.state_dict(), sd, source, name,
+                   f"give an official BagNet checkpoint ({_FILES[name]} for {name}) or the state dict of posinfo's {name}",
+                   lambda k: k.startswith(used) and not k.endswith(OPTIONAL_SUFFIXES), IGNORED_PREFIXES)
+
+    def loadable(self, body: nn.Module, sd: dict) -> dict:
+        """A BatchNorm counter an old checkpoint lacks (optional in check_fits) is 0: eval mode never reads it."""
+        return {k: sd[k] if k in sd or not k.endswith(OPTIONAL_SUFFIXES) else torch.zeros((), dtype=torch.long)
+                for k in body.state_dict()}
+
+
+ADAPTER = BagNetAdapter()
