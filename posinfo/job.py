@@ -31,7 +31,7 @@ from posinfo.features import FeatureExtractor, FeatureSource
 from posinfo.io import atomic_path, user_path, write_json
 from posinfo.metrics import Scorer, summarize
 from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
-                           READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
+                           PROBEFREE_NPZ, PROBEFREE_PNG, READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
 from posinfo.names import MODULE_BACKBONE, PYTHON_DATA  # what posinfo.probe sets for Python objects
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.readout import make as make_readout
@@ -267,7 +267,8 @@ def _stages(cfg: DictConfig, job_dir: Path, result: dict, progress: bool, siblin
     readout = _train_or_reuse(cfg, plan, sources, job_dir, result, progress)
     timing["train_s"] = round(time.perf_counter() - t0, 3)
     channels = bool(OmegaConf.select(cfg, "analysis.channels", default=False))
-    if not channels:
+    probefree = bool(OmegaConf.select(cfg, "analysis.probefree", default=False))
+    if not (channels or probefree):
         sources.train = None  # its batch buffer: evaluation holds one batch at a time, not two
     t0 = time.perf_counter()
     rows, arrays, panels = _evaluate(readout, plan, sources, result)
@@ -276,6 +277,10 @@ def _stages(cfg: DictConfig, job_dir: Path, result: dict, progress: bool, siblin
         t0 = time.perf_counter()
         _channels(cfg, plan, sources, job_dir, result)
         timing["channels_s"] = round(time.perf_counter() - t0, 3)
+    if probefree:
+        t0 = time.perf_counter()
+        _probefree(cfg, plan, sources, job_dir, result)
+        timing["probefree_s"] = round(time.perf_counter() - t0, 3)
     if plan.device.type == "cuda":  # the job's peak, for bench/bench_protocol.py
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(plan.device) / 2**20, 1)
     _write_outputs(cfg, job_dir, result, rows, arrays, panels)
@@ -576,6 +581,20 @@ def _channels(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, resu
     ch.figure(job_dir / CHANNELS_PNG, out, scores, counts,
               f"{cfg.backbone.name} | {cfg.target.name}: position per channel")
     log.info(ch.summary_line(out))
+
+
+def _probefree(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, result: dict) -> None:
+    """analysis.probefree=true: each tap's measures on the training images' features, no readout."""
+    from posinfo import probefree as pf
+
+    taps = [(f["name"], int(f["channels"])) for f in result["features"]]
+    records, arrays = pf.measures(sources.train, taps, _prediction_batch_size(plan.device), plan.seed)
+    result["probefree"] = records
+    pf.write_npz(job_dir / PROBEFREE_NPZ, arrays)
+    backbone = result["choices"].get("backbone", cfg.backbone.name)
+    pf.figure(job_dir / PROBEFREE_PNG, records, arrays, f"{backbone} at {plan.size} px: probe-free measures per tap "
+              f"({sources.train.n} training images)")
+    log.info(pf.summary_line(records))
 
 
 def _inputs(plan: Plan, sources: Sources, predict_fn):

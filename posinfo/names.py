@@ -61,6 +61,8 @@ TRAIN_LOG = "train_log.jsonl"
 PER_IMAGE_FILE = "per_image.csv"
 CHANNELS_CSV = "channels.csv"  # analysis.channels=true: each channel's score (posinfo.channels)
 CHANNELS_PNG = "channels.png"
+PROBEFREE_NPZ = "probefree.npz"  # analysis.probefree=true: per-tap bias maps, similarity curves (posinfo.probefree)
+PROBEFREE_PNG = "probefree.png"
 READOUT_FILE = "readout.pt"
 PREDICTIONS_PNG = "predictions.png"
 PREDICTIONS_NPZ = "predictions.npz"
@@ -69,7 +71,7 @@ PREDICT_DIR = "predict"
 EVALUATIONS_DIR = "evaluations"
 # What a run leaves in its job folder (job.log and Hydra's .hydra/ aside).
 JOB_OUTPUTS = (RESULT_FILE, PER_IMAGE_FILE, READOUT_FILE, TRAIN_LOG, PREDICTIONS_PNG, PREDICTIONS_NPZ, CHANNELS_CSV,
-               CHANNELS_PNG)
+               CHANNELS_PNG, PROBEFREE_NPZ, PROBEFREE_PNG)
 # A re-run writes into STAGING_DIR and swaps its outputs in only when it succeeds; the
 # outputs it replaces go to PREVIOUS_DIR when its configuration changed; a failed re-run
 # beside an ok result leaves its result in FAILED_DIR. None of them is a job folder.

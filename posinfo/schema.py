@@ -191,6 +191,7 @@ class CacheConfig:
 @dataclass
 class AnalysisConfig:
     channels: bool = _f(False, BOOLEAN)
+    probefree: bool = _f(False, BOOLEAN)
 
 
 GROUPS: dict[str, type] = {
