@@ -100,8 +100,9 @@ WARNINGS_DIR = ".posinfo_warnings"  # each warning once per sweep (posinfo.sweep
 RUN_CONTROL_KEYS = ("force", "dry_run", "device", "name", "cache", "experiment_name", "data.num_workers", "data.identity",
                     "sweep")
 # Keys that only name something another key already holds: table6's weight files (the
-# value of backbone.weights, named by `pretraining`) and the input set's label and list.
-WEIGHT_FILE_KEYS = ("saliency_weights", "segmentation_weights", "pretrained_weights")
+# value of backbone.weights, named by `pretraining`), mind_the_pad's (its rows' backbone.weights) and the
+# input set's label and list.
+WEIGHT_FILE_KEYS = ("saliency_weights", "segmentation_weights", "pretrained_weights", "lite0_weights", "vgg16_weights")
 LABEL_KEYS = (*WEIGHT_FILE_KEYS, "input.name", "input.kinds")
 # Override keys a job folder's name leaves out besides the run-control keys and the weight
 # files: the preset, which the sweep folder's name already says. The whole list is derived
