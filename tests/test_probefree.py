@@ -123,3 +123,31 @@ def test_job_writes_probe_free_measures_per_tap(make_cfg, tmp_path):
     assert arrays[f"{recs[0]['tap']}_bias_map"].shape == (28, 28) and len(arrays[f"{recs[0]['tap']}_left_right"]) == 8
     assert (tmp_path / "job" / "probefree.png").stat().st_size > 0
     assert json.loads((tmp_path / "job" / "result.json").read_text())["probefree"] == recs
+
+
+def _job(tmp_path, name: str, lr: float, share: float) -> str:
+    rec = {"tap": "f1", "channels": 8, "input_independent_share": share, "dead_channels": 0,
+           "left_right": {"mean": lr, "low": lr - 0.1, "high": lr + 0.1}, "top_bottom": {"mean": 0.0, "low": -0.1, "high": 0.1},
+           "similarity": {"near": 0.9, "far": 0.2, "near_permuted": 0.3}}
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "result.json").write_text(json.dumps({"status": "ok", "probefree": [rec]}))
+    return str(tmp_path / name)
+
+
+def test_analysis_counts_one_set_of_features_once_and_random_seeds_as_replicates(tmp_path):
+    import pandas as pd
+
+    from posinfo.analysis.probefree import probefree_rows, to_markdown
+
+    rows = [("vgg16", "random", 0, "hor", _job(tmp_path, "r0h", 0.2, 0.1)),
+            ("vgg16", "random", 0, "ver", _job(tmp_path, "r0v", 0.2, 0.1)),  # the same features as r0h
+            ("vgg16", "random", 1, "hor", _job(tmp_path, "r1h", 0.4, 0.3)),
+            ("vgg16", "/w/vgg16.pth", 0, "hor", _job(tmp_path, "p0", -0.5, 0.6)),
+            ("vgg16", "/w/vgg16.pth", 1, "hor", _job(tmp_path, "p1", -0.5, 0.6))]  # pretrained: no seed draws them
+    df = pd.DataFrame(rows, columns=["backbone", "backbone.weights", "train.seed", "target", "job_dir"]).assign(status="ok")
+    pf = probefree_rows(df).set_index("backbone.weights")
+    assert pf.loc["random", "n"] == 2 and pf.loc["random", "left_right"] == pytest.approx(0.3)
+    assert pf.loc["random", "left_right_lo"] == pytest.approx(0.3 - 12.706 * 0.1, abs=1e-3)  # t(0.975, 1)·s/√2
+    assert pf.loc["/w/vgg16.pth", "n"] == 1 and pf.loc["/w/vgg16.pth", "left_right_lo"] == pytest.approx(-0.6)
+    md = to_markdown(pf.reset_index())
+    assert "| random | f1 | 8 | .200 [-1.071, 1.471] | .300 [-.971, 1.571] |" in md and "t over 2 seeds" in md

@@ -7,8 +7,9 @@ module per role, ``write_report`` (below) running them in order:
     intervals  t intervals over seeds, bootstrap intervals over test images, the instability rule
     tables   Table/Row per experiment, its notes, to_markdown / to_latex
     figures  the Figure-4 grid, SPC bars, SPC against feature level
+    probefree  the analysis.probefree measures per features × tap (probefree.csv, probefree.md)
 
-Arrows point one way: __init__ -> (collect, cells, tables, figures);
+Arrows point one way: __init__ -> (collect, cells, tables, figures, probefree); probefree -> cells;
 collect -> (paper, cells); tables -> (paper, cells); figures -> cells; paper -> cells;
 cells -> posinfo.names only. result.json is the only interface with the jobs: nothing here
 imports the job or torch; matplotlib and omegaconf load only when a figure is drawn or a
@@ -23,6 +24,8 @@ from typing import Iterable
 from posinfo.analysis.cells import aggregate
 from posinfo.analysis.collect import collect
 from posinfo.analysis.figures import draw_all
+from posinfo.analysis.probefree import probefree_rows
+from posinfo.analysis.probefree import to_markdown as probefree_markdown
 from posinfo.analysis.tables import make_tables, to_latex, to_markdown
 from posinfo.errors import PosinfoError
 from posinfo.io import atomic_path
@@ -56,6 +59,14 @@ def write_report(dirs: Iterable[str | Path], out: str | Path | None = None, figu
         with atomic_path(out / name) as tmp:
             tmp.write_text(text)
         written[name] = out / name
+    pf = probefree_rows(df)  # analysis.probefree=true jobs: their measures per tap
+    if not pf.empty:
+        with atomic_path(out / "probefree.csv") as tmp:
+            pf.to_csv(tmp, index=False)
+        with atomic_path(out / "probefree.md") as tmp:
+            tmp.write_text(probefree_markdown(pf))
+        written.update({"probefree.csv": out / "probefree.csv", "probefree.md": out / "probefree.md"})
+        md += "\n" + probefree_markdown(pf)
     if figures:
         for fig in draw_all(cells, out):
             written[fig.path.name] = fig.path
