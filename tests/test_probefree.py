@@ -10,20 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from posinfo.job import run
+from test_channels import FakeSource  # features held in memory, batched as a feature source
 from posinfo.probefree import _similarity_curve, accumulate, measures
 
 # The corrected input-independent share of a stationary input through a translation-equivariant
 # network is 0 in expectation; 48 noise images of 32×32 leave it within this (uncorrected: ~1/48).
 SHARE_TOLERANCE = 0.01
-
-
-class FakeSource:
-    def __init__(self, feats: torch.Tensor):
-        self.feats, self.n = feats, len(feats)
-
-    def batches(self, order, batch_size):
-        for i in range(0, len(order), batch_size):
-            yield self.feats[torch.as_tensor(order[i:i + batch_size])]
 
 
 def _features(net, images: torch.Tensor) -> torch.Tensor:
