@@ -591,7 +591,8 @@ def _probefree(cfg: DictConfig, plan: Plan, sources: Sources, job_dir: Path, res
     records, arrays = pf.measures(sources.train, taps, _prediction_batch_size(plan.device), plan.seed)
     result["probefree"] = records
     pf.write_npz(job_dir / PROBEFREE_NPZ, arrays)
-    backbone = result["choices"].get("backbone", cfg.backbone.name)
+    model = cfg.backbone.get("model")  # timm / torchvision: the model says more than the family
+    backbone = f"{cfg.backbone.name}/{model}" if model else cfg.backbone.name
     pf.figure(job_dir / PROBEFREE_PNG, records, arrays, f"{backbone} at {plan.size} px: probe-free measures per tap "
               f"({sources.train.n} training images)")
     log.info(pf.summary_line(records))
