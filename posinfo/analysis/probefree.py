@@ -94,6 +94,11 @@ def _cell(row: pd.Series, m: str) -> str:
     return fmt(row[m]) + ("" if is_missing(lo) or is_missing(hi) else f" [{fmt(lo)}, {fmt(hi)}]")
 
 
+def _text(v) -> str:
+    """A field's value as a label: whole numbers without the '.0' a column with gaps gives them."""
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
 def _distinguishing(rows: pd.DataFrame, fields: list[str]) -> list[str]:
     """The fields, in order, that each tell rows apart beyond the ones before (a weights file that
     comes with its backbone, a normalisation that comes with it, are not repeated)."""
@@ -117,7 +122,7 @@ def to_markdown(rows: pd.DataFrame) -> str:
     for _, r in rows.iterrows():
         n = int(r["n"])
         where = f"t over {n} seeds" if r["interval"] == "seeds" else "t over images"
-        lines.append("| " + " | ".join([*(str(r[f]) for f in label), str(r["tap"]), str(int(r["channels"])),
+        lines.append("| " + " | ".join([*(_text(r[f]) for f in label), str(r["tap"]), str(int(r["channels"])),
                                         *(_cell(r, m) for m in MEASURES), where]) + " |")
     lines += ["", "- input-independent share: variance over positions of the mean map over the total variance, "
                   "summed over channels, its sampling bias removed (docs/method.md, \"Probe-free measures\"); "
