@@ -31,7 +31,8 @@ from posinfo.features import FeatureExtractor, FeatureSource
 from posinfo.io import atomic_path, user_path, write_json
 from posinfo.metrics import Scorer, summarize
 from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, DEFAULT_TILES, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
-                           PROBEFREE_NPZ, PROBEFREE_PNG, READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
+                           PROBEFREE_NPZ, PROBEFREE_PNG, READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS,
+                           TRAIN_LOG, utc_now)
 from posinfo.names import MODULE_BACKBONE, PYTHON_DATA  # what posinfo.probe sets for Python objects
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.readout import make as make_readout

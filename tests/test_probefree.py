@@ -106,8 +106,8 @@ def test_similarity_against_distance_matches_every_pair_counted_by_hand():
 
 
 def test_job_writes_probe_free_measures_per_tap(make_cfg, tmp_path):
-    res = run(make_cfg("backbone=vgg16", "backbone.weights=random", "backbone.taps=[1,3]", "data.image_size=32", "data.num_train=8",
-                       "input=natural", "analysis.probefree=true"), tmp_path / "job", progress=False)
+    res = run(make_cfg("backbone=vgg16", "backbone.weights=random", "backbone.taps=[1,3]", "data.image_size=32",
+                       "data.num_train=8", "input=natural", "analysis.probefree=true"), tmp_path / "job", progress=False)
     recs = res["probefree"]
     assert [r["tap"] for r in recs] == [f["name"] for f in res["features"]]
     assert all(-1.5 < r["input_independent_share"] <= 1 and r["left_right"]["low"] <= r["left_right"]["high"] for r in recs)
@@ -119,7 +119,8 @@ def test_job_writes_probe_free_measures_per_tap(make_cfg, tmp_path):
 
 def _job(tmp_path, name: str, lr: float, share: float) -> str:
     rec = {"tap": "f1", "channels": 8, "input_independent_share": share, "dead_channels": 0,
-           "left_right": {"mean": lr, "low": lr - 0.1, "high": lr + 0.1}, "top_bottom": {"mean": 0.0, "low": -0.1, "high": 0.1},
+           "left_right": {"mean": lr, "low": lr - 0.1, "high": lr + 0.1},
+           "top_bottom": {"mean": 0.0, "low": -0.1, "high": 0.1},
            "similarity": {"near": 0.9, "far": 0.2, "near_permuted": 0.3}}
     (tmp_path / name).mkdir()
     (tmp_path / name / "result.json").write_text(json.dumps({"status": "ok", "probefree": [rec]}))
