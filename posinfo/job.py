@@ -32,7 +32,8 @@ from posinfo.kinds import Kind
 from posinfo.kinds import make as make_kind
 from posinfo.metrics import summarize
 from posinfo.names import (CHANNELS_CSV, CHANNELS_PNG, JOB_LOG, PER_IMAGE_FILE, PREDICTIONS_NPZ, PREDICTIONS_PNG,
-                           READOUT_FILE, RESULT_FILE, STAGING_DIR, SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
+                           PROBEFREE_NPZ, PROBEFREE_PNG, READOUT_FILE, RESULT_FILE, STAGING_DIR,
+                           SYNTHETIC_KINDS, TRAIN_LOG, utc_now)
 from posinfo.names import PYTHON_DATA  # what posinfo.probe sets for Python objects
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.readout import make as make_readout
@@ -244,7 +245,8 @@ def _stages(config: DictConfig, job_dir: Path, result: dict, progress: bool, sib
     timing["train_s"] = round(time.perf_counter() - t0, 3)
     channels = cfg.analysis.channels
     per_tap = cfg.target.per_tap
-    if not (channels or per_tap):
+    probefree = cfg.analysis.probefree
+    if not (channels or per_tap or probefree):
         sources.train = None  # its batch buffer: evaluation holds one batch at a time, not two
     t0 = time.perf_counter()
     rows, arrays, panels = _evaluate(readout, plan, sources, result)
@@ -257,6 +259,10 @@ def _stages(config: DictConfig, job_dir: Path, result: dict, progress: bool, sib
         t0 = time.perf_counter()
         _channels(cfg, plan, sources, job_dir, result)
         timing["channels_s"] = round(time.perf_counter() - t0, 3)
+    if probefree:
+        t0 = time.perf_counter()
+        _probefree(cfg, plan, sources, job_dir, result)
+        timing["probefree_s"] = round(time.perf_counter() - t0, 3)
     if plan.device.type == "cuda":  # the job's peak, for bench/bench_protocol.py
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(plan.device) / 2**20, 1)
     _write_outputs(cfg, job_dir, result, rows, arrays, panels, plan.kind)
@@ -601,6 +607,21 @@ def _per_tap(cfg: JobSpec, plan: Plan, sources: Sources, result: dict) -> None:
         log.info("tap %-10s %-7s %s", tap["name"], first, plan.kind.describe(entry["metrics"][first]))
         entries.append(entry)
     result["per_tap"] = entries
+
+
+def _probefree(cfg: JobSpec, plan: Plan, sources: Sources, job_dir: Path, result: dict) -> None:
+    """analysis.probefree=true: each tap's measures on the training images' features, no readout."""
+    from posinfo import probefree as pf
+
+    taps = [(f["name"], int(f["channels"])) for f in result["features"]]
+    records, arrays = pf.measures(sources.train, taps, _prediction_batch_size(plan.device), plan.seed)
+    result["probefree"] = records
+    pf.write_npz(job_dir / PROBEFREE_NPZ, arrays)
+    model = cfg.backbone.model  # timm / torchvision: the model says more than the family
+    backbone = f"{cfg.backbone.name}/{model}" if model else cfg.backbone.name
+    pf.figure(job_dir / PROBEFREE_PNG, records, arrays, f"{backbone} at {plan.size} px: probe-free measures per tap "
+              f"({sources.train.n} training images)")
+    log.info(pf.summary_line(records))
 
 
 def _inputs(plan: Plan, sources: Sources, predict_fn):

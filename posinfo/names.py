@@ -75,6 +75,8 @@ TRAIN_LOG = "train_log.jsonl"
 PER_IMAGE_FILE = "per_image.csv"
 CHANNELS_CSV = "channels.csv"  # analysis.channels=true: each channel's score (posinfo.channels)
 CHANNELS_PNG = "channels.png"
+PROBEFREE_NPZ = "probefree.npz"  # analysis.probefree=true: per-tap bias maps, similarity curves (posinfo.probefree)
+PROBEFREE_PNG = "probefree.png"
 READOUT_FILE = "readout.pt"
 PREDICTIONS_PNG = "predictions.png"
 PREDICTIONS_NPZ = "predictions.npz"
@@ -83,7 +85,7 @@ PREDICT_DIR = "predict"
 EVALUATIONS_DIR = "evaluations"
 # What a run leaves in its job folder (job.log and Hydra's .hydra/ aside).
 JOB_OUTPUTS = (RESULT_FILE, PER_IMAGE_FILE, READOUT_FILE, TRAIN_LOG, PREDICTIONS_PNG, PREDICTIONS_NPZ, CHANNELS_CSV,
-               CHANNELS_PNG)
+               CHANNELS_PNG, PROBEFREE_NPZ, PROBEFREE_PNG)
 # A re-run writes into STAGING_DIR and swaps its outputs in only when it succeeds; the
 # outputs it replaces go to PREVIOUS_DIR when its configuration changed; a failed re-run
 # beside an ok result leaves its result in FAILED_DIR. None of them is a job folder.
@@ -112,8 +114,9 @@ WARNINGS_DIR = ".posinfo_warnings"  # each warning once per sweep (posinfo.sweep
 RUN_CONTROL_KEYS = ("force", "dry_run", "device", "name", "cache", "experiment_name", "data.num_workers", "data.identity",
                     "sweep")
 # Keys that only name something another key already holds: table6's weight files (the
-# value of backbone.weights, named by `pretraining`) and the input set's label and list.
-WEIGHT_FILE_KEYS = ("saliency_weights", "segmentation_weights", "pretrained_weights")
+# value of backbone.weights, named by `pretraining`), mind_the_pad's (its rows' backbone.weights) and the
+# input set's label and list.
+WEIGHT_FILE_KEYS = ("saliency_weights", "segmentation_weights", "pretrained_weights", "lite0_weights", "vgg16_weights")
 LABEL_KEYS = (*WEIGHT_FILE_KEYS, "input.name", "input.kinds")
 # Override keys a job folder's name leaves out besides the run-control keys and the weight
 # files: the preset, which the sweep folder's name already says. The whole list is derived

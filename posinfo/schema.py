@@ -199,6 +199,7 @@ class CacheConfig:
 class AnalysisConfig:
     channels: bool = _f(False, BOOLEAN)
     embed_probe: bool = _f(True, BOOLEAN)  # a token model's position embedding probed itself (posinfo.embedprobe)
+    probefree: bool = _f(False, BOOLEAN)
 
 
 GROUPS: dict[str, type] = {

@@ -18,10 +18,11 @@ from conftest import CONF, run_sweep
 from posinfo.sweepgrid import expand as expand_grid
 
 PRESETS = ["quickstart", "table1", "table2a", "table2b", "table3", "table4", "table6", "canvas", "padding",
-           "vit_pos_embed", "modern_cnns", "bagnets"]
+           "vit_pos_embed", "modern_cnns", "bagnets", "mind_the_pad"]
 PADDING_MODES = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 WEIGHTS = ["saliency_weights=/w/sod.pt", "segmentation_weights=/w/ss.pt"]
 TARGETS3 = ("hor", "gau", "horstp")
+MTP_WEIGHTS = ["lite0_weights=/w/lite0.pth", "vgg16_weights=/w/vgg16.pth"]
 
 
 def _expand(preset: str, cli: tuple[str, ...]) -> list[list[str]]:
@@ -188,6 +189,28 @@ def test_table6_without_weight_files_names_the_key_to_set(given, missing):
     assert missing_values_error(compose_preset("table6", *WEIGHTS)) is None
 
 
+def test_mind_the_pad_grid_is_both_networks_at_every_size_with_probe_free_measures():
+    jobs = {frozenset(o for o in job if not o.startswith(("lite0_weights=", "vgg16_weights=")))
+            for job in expand("mind_the_pad", *MTP_WEIGHTS)}
+    assert jobs == {frozenset({f"+experiment/mind_the_pad={n}", f"data.image_size={size}", f"target={t}", "train.seed=0"})
+                    for n in ("lite0", "vgg16") for size in range(220, 229) for t in ("hor", "ver")}
+    configs = job_configs("mind_the_pad", *MTP_WEIGHTS, "data.image_size=224")  # one size resolved: the rows' settings
+    got = {(c["backbone"]["name"], c["backbone"]["model"], c["backbone"]["weights"], c["data"]["normalize"],
+            c["target"]["name"]) for c in configs}
+    nets = {("timm", "tf_efficientnet_lite0", "/w/lite0.pth", "model"), ("vgg16", None, "/w/vgg16.pth", "imagenet")}
+    assert len(configs) == len(got) == 4 and got == {(*n, t) for n in nets for t in ("hor", "ver")}
+    assert all(c["analysis"]["probefree"] and c["backbone"]["padding"] == "zeros" and c["train"]["seed"] == 0
+               and c["input"]["kinds"] == ["natural"] for c in configs)
+
+
+def test_mind_the_pad_without_weight_files_names_the_keys_to_set():
+    from posinfo.schema import missing_values_error
+
+    assert missing_values_error(compose_preset("mind_the_pad", MTP_WEIGHTS[1])) == (
+        "missing required value(s) lite0_weights: set them on the command line, e.g. lite0_weights=/path/to/...")
+    assert missing_values_error(compose_preset("mind_the_pad", *MTP_WEIGHTS)) is None
+
+
 def test_command_line_overrides_win_over_the_preset():
     keys = {key(c) for c in job_configs("table2a", "target=gau", "backbone=resnet18")}
     assert keys == grid(["resnet18"], ["gau"], depths=(1, 2, 3))
@@ -235,10 +258,13 @@ E2E_EXTRA = {
                     "data.image_size=64"],
     # the widest receptive field against the reference: the other BagNets differ only in kernel sizes
     "bagnets": ["backbone=bagnet33,resnet50", "target=hor"],
+    # one target; backbone.weights=random (TINY) stands in for the two files
+    "mind_the_pad": [*MTP_WEIGHTS, "target=hor"],
 }
 # VGG16 without padding needs >= 196 px to keep f5 (Table 4's taps shrink to 2 px at 224).
 # BagNet-33's valid 3×3 convs need >= 41 px to keep a 1×1 layer4.
-IMAGE_SIZE = {"table4": "data.image_size=224", "bagnets": "data.image_size=48"}
+# mind_the_pad sweeps the size itself: one size runs its code paths (its test counts its jobs with it).
+IMAGE_SIZE = {"table4": "data.image_size=224", "bagnets": "data.image_size=48", "mind_the_pad": "data.image_size=32"}
 
 
 def run_preset(preset: str, sweep_dir: Path, *extra: str):
@@ -258,7 +284,7 @@ def run_preset(preset: str, sweep_dir: Path, *extra: str):
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "table6"] + ["table6"])
 def test_preset_runs_end_to_end_and_analyzes(preset, tmp_path):
     extra = [*E2E_EXTRA.get(preset, []), "train.seed=0"]  # one seed of the three: seconds, not minutes
-    n_jobs = len(expand(preset, *extra))
+    n_jobs = len(expand(preset, *extra, *[IMAGE_SIZE[preset]] * (preset in IMAGE_SIZE)))
     sweep_dir = tmp_path / preset
     r = run_preset(preset, sweep_dir, *extra)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
@@ -272,6 +298,9 @@ def test_preset_runs_end_to_end_and_analyzes(preset, tmp_path):
     df = read_results_csv(written["results.csv"])
     assert set(df.status) == {"ok"} and df.job_dir.nunique() == n_jobs
     assert "## " in (tmp_path / "analysis" / "tables.md").read_text()
+    if preset == "mind_the_pad":  # analysis.probefree=true: its measures, and their table
+        assert all(res["probefree"] for res in results)
+        assert "left − right" in (tmp_path / "analysis" / "probefree.md").read_text()
 
 
 @pytest.mark.slow

@@ -8,9 +8,10 @@ module per role, ``write_report`` (below) running them in order:
     tables   Table/Row per experiment, its notes, to_markdown / to_latex
     figures  the Figure-4 grid, SPC bars, SPC against feature level, the per-tap depth curves
     depth    target.per_tap: each tap's probe scores folded over seeds (per_tap.csv, a tables.md section)
+    probefree  the analysis.probefree measures per features × tap (probefree.csv, probefree.md)
 
-Arrows point one way: __init__ -> (collect, cells, tables, figures, depth); depth -> (cells, intervals);
-collect -> (paper, cells); tables -> (paper, cells); figures -> cells; paper -> cells;
+Arrows point one way: __init__ -> (collect, cells, tables, figures, depth, probefree); depth -> (cells, intervals);
+probefree -> cells; collect -> (paper, cells); tables -> (paper, cells); figures -> cells; paper -> cells;
 cells -> posinfo.names and posinfo.kinds (torch-free) only. result.json is the only interface with the jobs: nothing here
 imports the job or torch; matplotlib and omegaconf load only when a figure is drawn or a
 .hydra / multirun.yaml file is read.
@@ -26,6 +27,8 @@ from posinfo.analysis.collect import collect
 from posinfo.analysis.depth import per_tap
 from posinfo.analysis.depth import to_markdown as depth_markdown
 from posinfo.analysis.figures import depth_curve, draw_all
+from posinfo.analysis.probefree import probefree_rows
+from posinfo.analysis.probefree import to_markdown as probefree_markdown
 from posinfo.analysis.tables import make_tables, to_latex, to_markdown
 from posinfo.errors import PosinfoError
 from posinfo.io import atomic_path
@@ -65,6 +68,14 @@ def write_report(dirs: Iterable[str | Path], out: str | Path | None = None, figu
         with atomic_path(out / name) as tmp:
             tmp.write_text(text)
         written[name] = out / name
+    pf = probefree_rows(df)  # analysis.probefree=true jobs: their measures per tap
+    if not pf.empty:
+        with atomic_path(out / "probefree.csv") as tmp:
+            pf.to_csv(tmp, index=False)
+        with atomic_path(out / "probefree.md") as tmp:
+            tmp.write_text(probefree_markdown(pf))
+        written.update({"probefree.csv": out / "probefree.csv", "probefree.md": out / "probefree.md"})
+        md += "\n" + probefree_markdown(pf)
     if figures:
         figs = draw_all(cells, out) + [f for exp, g in taps.groupby("experiment")
                                         if (f := depth_curve(g, out / f"{exp}_depth.png")) is not None]
