@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from posinfo.errors import PosinfoError
-from posinfo.analysis import write_report
+from posinfo.report import write_report
 from posinfo.io import quiet_closed_pipe
 
 

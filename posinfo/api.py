@@ -7,7 +7,7 @@ folder, result.json). Python objects that a YAML file cannot hold are registered
 and named in the config by a content hash: an ``nn.Module`` or a dict of feature maps
 (posinfo.usermodels, ``backbone.name=module``) and images given as a tensor, files or a Dataset
 (posinfo.userdata, ``data.name=python``). The table is analyze.py's ``results.csv`` rows of those
-jobs (posinfo.analysis.collect), one row per metric.
+jobs (posinfo.report.collect), one row per metric.
 """
 
 from __future__ import annotations
@@ -304,10 +304,10 @@ def run_jobs(jobs: list[Job], force: bool, progress: bool) -> None:
 
 
 def table(jobs: list[Job]):
-    """results.csv's rows of ``jobs`` (posinfo.analysis.collect), one row per metric: COLUMNS."""
+    """results.csv's rows of ``jobs`` (posinfo.report.collect), one row per metric: COLUMNS."""
     import pandas as pd
 
-    from posinfo.analysis.collect import collect
+    from posinfo.report.collect import collect
     from posinfo.kinds import MapKind, lookup
 
     wide = collect([j.dir for j in jobs])

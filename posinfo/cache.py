@@ -25,7 +25,7 @@ dtype, ...). Files in the cache directory:
     an entry being written. Left behind only by a crash; ignored by readers and
     deleted by the next process that takes the entry's lock.
 ``readouts/<key>.pt``
-    the readout store (posinfo.sources.ReadoutStore): trained readouts, reused by
+    the readout store (posinfo.readoutstore.ReadoutStore): trained readouts, reused by
     jobs that differ only in their evaluation input, keyed also by the identity of
     the entry they were trained on (``content_id``), so a rebuilt entry serves none
     of the readouts of its earlier build. Listed by ``ls``, removed by ``clear``.
@@ -78,7 +78,7 @@ _META_SUFFIX = ".json"
 _LOCK_SUFFIX = ".lock"
 _STAMP_SUFFIX = ".verified"  # which sweep last checked the entry, and the file it checked
 _TMP_MARK = ".tmp"
-READOUTS_DIR = "readouts"  # the readout store (posinfo.sources.ReadoutStore)
+READOUTS_DIR = "readouts"  # the readout store (posinfo.readoutstore.ReadoutStore)
 ENCODERS_DIR = "encoders"  # each encoder configuration's taps (posinfo.sources.encoder_taps)
 CHECKSUM_CHUNK_BYTES = 64 << 20
 _VERIFIED: set[str] = set()  # data files this process has checked against their checksum (or written)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from posinfo.analysis.intervals import t_interval
+from posinfo.report.intervals import t_interval
 
 log = logging.getLogger(__name__)
 

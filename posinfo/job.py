@@ -38,7 +38,8 @@ from posinfo.names import PYTHON_DATA  # what posinfo.probe sets for Python obje
 from posinfo.readout import Standardize, build_readout, output_size
 from posinfo.readout import make as make_readout
 from posinfo.schema import BackboneConfig, CacheConfig, DataConfig, InputConfig, ReadoutConfig
-from posinfo.sources import CacheSettings, ReadoutStore, blame_features, encoder_taps, open_features
+from posinfo.readoutstore import ReadoutStore, blame_features
+from posinfo.sources import CacheSettings, encoder_taps, open_features
 from posinfo.spec import JobSpec, job_spec
 from posinfo.train import fit_many, outcome, resolve_steps
 

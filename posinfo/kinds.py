@@ -419,7 +419,7 @@ class SplitLoss:
 KINDS: dict[str, type[Kind]] = {k.name: k for k in (MapKind, CellKind, RowColKind, XYKind)}
 
 
-# results.csv's measured columns beyond the map's (posinfo.analysis.cells), and the bootstrap interval
+# results.csv's measured columns beyond the map's (posinfo.report.cells), and the bootstrap interval
 # columns of every kind, in a fixed order: the kinds' own, declared once above.
 EXTRA_METRICS = tuple(dict.fromkeys(m for k in KINDS.values() for m in k.metrics if m not in MapKind.metrics))
 BOOTSTRAPPED = tuple(dict.fromkeys(m for k in KINDS.values() for m in k.bootstrapped))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posinfo.analysis.intervals import t_interval
+from posinfo.report.intervals import t_interval
 from posinfo.io import atomic_path
 
 log = logging.getLogger(__name__)

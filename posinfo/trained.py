@@ -171,7 +171,7 @@ class Trained:
         """The job's metrics on ``images``: as result.json's per-input metrics (SPC, MAE, border MAE;
         or the grid accuracies), with 95% bootstrap intervals over the images (``<metric>_lo``/``_hi``)
         and ``per_image`` rows."""
-        from posinfo.analysis.intervals import bootstrap_interval
+        from posinfo.report.intervals import bootstrap_interval
 
         ds = self.images(images)
         metrics, per_image = self.score(self.outputs(ds))

@@ -8,7 +8,7 @@ PosENet, with the controls and a learning curve; writes docs/solvers.md.
 
 Every job runs through ``sweep.py -m`` (one sweep folder per part under ``--out``, default
 outputs/solver_study), so it resumes, caches features (every part on one backbone reads the
-same cache entries) and reuses trained readouts; the cells come from posinfo.analysis, as in
+same cache entries) and reuses trained readouts; the cells come from posinfo.report, as in
 scripts/study.py, whose helpers this script shares. Random weights run three seeds, each its
 own network; a ridge readout on trained weights has no seed and counts once (its interval
 is the bootstrap over test images). The weights are the shared files of ``--weights``

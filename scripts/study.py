@@ -9,7 +9,7 @@ normalisation, channel standardisation and tap scales; 3 seeds, 95% intervals ev
 
 Every job runs through ``sweep.py -m`` (one sweep folder per part under ``--out``, default
 outputs/study), so it resumes, caches features and reuses trained readouts like any sweep;
-the tables come from posinfo.analysis (the same collection and intervals as analyze.py).
+the tables come from posinfo.report (the same collection and intervals as analyze.py).
 The weights are the two trained VGG16 files of ``--weights`` (default: $POSINFO_TEST_WEIGHTS,
 else ../shared/weights). About 2 h on a 2-core CPU, the paper-step part a third of it.
 """
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from posinfo.errors import PosinfoError  # noqa: E402
-from posinfo.analysis.paper import paper_table  # noqa: E402
+from posinfo.report.paper import paper_table  # noqa: E402
 from posinfo.names import CONTROL_KINDS, PAPER_STEPS, SYNTHETIC_KINDS  # noqa: E402
 
 
@@ -187,8 +187,8 @@ def load_cells(out: Path, names: list[str]):
     """One aggregated cell per (part, configuration, input), with seeds' intervals."""
     import pandas as pd
 
-    from posinfo.analysis.cells import aggregate
-    from posinfo.analysis.collect import collect
+    from posinfo.report.cells import aggregate
+    from posinfo.report.collect import collect
 
     frames = []
     for name in names:
@@ -393,7 +393,7 @@ def figure_controls(cells, parts_: list[str], target: str, path: Path, title: st
 
 def section_border(cells, figs: Path) -> list[str]:
     """Where the position is known: MAE per distance-to-the-border bin (main part, hor, natural)."""
-    from posinfo.analysis.cells import border_columns
+    from posinfo.report.cells import border_columns
 
     g = cells[(cells.part.isin(["main", "posenet"])) & (cells.target == "hor") & (cells.input == "natural")]
     cols = border_columns(g) if not g.empty else []

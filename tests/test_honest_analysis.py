@@ -10,10 +10,10 @@ import logging
 
 import pytest
 
-from posinfo.analysis import figures
-from posinfo.analysis.cells import aggregate
-from posinfo.analysis.collect import collect
-from posinfo.analysis.tables import make_tables, to_markdown
+from posinfo.report import figures
+from posinfo.report.cells import aggregate
+from posinfo.report.collect import collect
+from posinfo.report.tables import make_tables, to_markdown
 from test_report import base_config, make_job, table_rows  # noqa: F401  (base_config: a fixture)
 
 
@@ -27,7 +27,7 @@ def test_one_seed_in_two_folders_is_counted_once_with_a_warning_naming_both(tmp_
     a = make_job(tmp_path / "s", base_config, seed=0, spc=0.5, folder="a")
     b = make_job(tmp_path / "s", base_config, seed=0, spc=0.5, folder="b,cache.memory=host")
     make_job(tmp_path / "s", base_config, seed=1, spc=0.7, folder="c")
-    with caplog.at_level(logging.WARNING, logger="posinfo.analysis.cells"):
+    with caplog.at_level(logging.WARNING, logger="posinfo.report.cells"):
         cells, md = _report(tmp_path / "s")
     assert len(cells) == 1 and cells.n_ok.iloc[0] == 2 and cells.seeds.iloc[0] == [0, 1]  # seeds 0 and 1, not 0, 0, 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -139,7 +139,7 @@ def test_rowcol_on_a_zero_padded_cnn_decodes_position_and_scores_each_tap(make_c
 
 def test_per_tap_is_scored_over_depth_by_the_analysis(make_cfg, tmp_path):
     """analyze: the per-tap scores become per_tap.csv, a tables.md section and a depth figure."""
-    from posinfo.analysis import write_report
+    from posinfo.report import write_report
     from posinfo.job import run
 
     for seed in (0, 1):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from posinfo import location
-from posinfo.analysis import figures
-from posinfo.analysis.cells import aggregate
-from posinfo.analysis.collect import collect
+from posinfo.report import figures
+from posinfo.report.cells import aggregate
+from posinfo.report.collect import collect
 from posinfo.errors import PosinfoError
 from posinfo.job import run
 

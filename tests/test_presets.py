@@ -291,8 +291,8 @@ def test_preset_runs_end_to_end_and_analyzes(preset, tmp_path):
     results = [json.loads(p.read_text()) for p in sweep_dir.rglob("result.json")]
     assert len(results) == n_jobs and all(res["status"] == "ok" for res in results)
 
-    from posinfo.analysis import write_report
-    from posinfo.analysis.collect import read_results_csv
+    from posinfo.report import write_report
+    from posinfo.report.collect import read_results_csv
 
     written = write_report([sweep_dir], tmp_path / "analysis", echo=False)
     df = read_results_csv(written["results.csv"])

@@ -130,7 +130,7 @@ def _job(tmp_path, name: str, lr: float, share: float) -> str:
 def test_analysis_counts_one_set_of_features_once_and_random_seeds_as_replicates(tmp_path):
     import pandas as pd
 
-    from posinfo.analysis.probefree import probefree_rows, to_markdown
+    from posinfo.report.probefree import probefree_rows, to_markdown
 
     rows = [("vgg16", "random", 0, "hor", _job(tmp_path, "r0h", 0.2, 0.1)),
             ("vgg16", "random", 0, "ver", _job(tmp_path, "r0v", 0.2, 0.1)),  # the same features as r0h

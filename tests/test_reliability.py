@@ -122,7 +122,7 @@ def test_a_corrupt_stored_readout_is_retrained_with_one_warning(make_cfg, tmp_pa
     first = _job(make_cfg, tmp_path, "a")
     (entry,) = cache.list_readouts(tmp_path / "cache")
     entry.write_bytes(entry.read_bytes()[:100])  # truncated
-    with caplog.at_level(logging.WARNING, logger="posinfo.sources"):
+    with caplog.at_level(logging.WARNING, logger="posinfo.readoutstore"):
         again = _job(make_cfg, tmp_path, "b")
     assert again["status"] == "ok" and again["readout_reused"] is False
     assert [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()][0].endswith("retraining it")
@@ -134,7 +134,7 @@ def test_a_readout_store_that_cannot_be_written_only_disables_storing(make_cfg, 
     _job(make_cfg, tmp_path, "a")  # the features are cached
     shutil.rmtree(tmp_path / "cache" / "readouts")
     (tmp_path / "cache" / "readouts").write_text("not a folder")  # as unwritable as a read-only mount, even for root
-    with caplog.at_level(logging.WARNING, logger="posinfo.sources"):
+    with caplog.at_level(logging.WARNING, logger="posinfo.readoutstore"):
         res = _job(make_cfg, tmp_path, "b")
     assert res["status"] == "ok"
     assert any("cannot store the trained readout" in r.getMessage() for r in caplog.records)
@@ -215,7 +215,7 @@ def test_output_off_a_terminal_has_no_progress_bars(tmp_path):
 
 
 def test_analyze_reads_a_result_whose_metrics_entry_is_null(tmp_path):
-    from posinfo.analysis.collect import collect
+    from posinfo.report.collect import collect
 
     job = tmp_path / "j"
     job.mkdir()

@@ -1,4 +1,4 @@
-"""analyze.py / posinfo.analysis on job directories fabricated in the documented layout.
+"""analyze.py / posinfo.report on job directories fabricated in the documented layout.
 
 ``make_job`` writes result.json, per_image.csv and predictions.npz as docs/architecture.md
 describes, with a config composed from conf/ (so its shape is the real one).
@@ -20,10 +20,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import CONF, ROOT
-from posinfo.analysis import figures, write_report
-from posinfo.analysis.cells import aggregate, fmt
-from posinfo.analysis.collect import collect, read_results_csv
-from posinfo.analysis.tables import make_tables, to_markdown
+from posinfo.report import figures, write_report
+from posinfo.report.cells import aggregate, fmt
+from posinfo.report.collect import collect, read_results_csv
+from posinfo.report.tables import make_tables, to_markdown
 
 ALL = ("natural", "black", "white", "noise")
 FLOORS = {"hor": 0.2511, "ver": 0.2511, "gau": 0.1972, "horstp": 0.3173, "verstp": 0.3173}
@@ -392,7 +392,7 @@ def test_analyze_cli_writes_everything_and_prints_the_tables(tmp_path, base_conf
 
 
 def test_expected_jobs_of_a_grid_given_only_on_the_command_line(tmp_path):
-    from posinfo.analysis.collect import expected_jobs
+    from posinfo.report.collect import expected_jobs
 
     (tmp_path / "multirun.yaml").write_text(
         "hydra:\n  sweeper:\n    params: null\n  overrides:\n    task: [backbone=posenet, 'target=hor,gau', 'readout.padding=0,1']\n"
@@ -424,7 +424,7 @@ def test_seeds_that_disagree_by_more_than_a_tenth_mark_the_cell_unstable_with_th
 
 
 def test_bootstrap_interval_of_one_run_over_its_test_images():
-    from posinfo.analysis.intervals import bootstrap_interval
+    from posinfo.report.intervals import bootstrap_interval
 
     x = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     lo, hi = bootstrap_interval(list(x) + [float("nan")])  # NaN (constant predictions) dropped

@@ -277,7 +277,7 @@ def test_loss_at_changes_the_readout_stores_key(make_cfg, tmp_path):
 def test_a_seed_free_ridge_cell_counts_once_and_a_random_backbone_keeps_its_seeds():
     import pandas as pd
 
-    from posinfo.analysis.cells import seed_free_once
+    from posinfo.report.cells import seed_free_once
 
     def rows(weights, backbone="vgg16", solver="ridge"):
         return pd.DataFrame({"train.seed": [2, 0, 1], "readout.solver": solver, "backbone.weights": weights,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from posinfo.analysis.cells import as_text, border_columns, label_cells, sort_key
+from posinfo.report.cells import as_text, border_columns, label_cells, sort_key
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _bars(g: pd.DataFrame, path: Path, metric: str, name: str) -> Figure | None:
         ax.bar(xs, [r[metric] for r in rows], bw * 0.9, yerr=err if err.any() else None, color=colors(j % colors.N),
                label=c, error_kw={"elinewidth": 0.6, "capsize": 1})
         # The paper's value only beside a bar of the paper's own configuration, weights included
-        # (posinfo.analysis.paper attaches it to no other cell), as in the tables.
+        # (posinfo.report.paper attaches it to no other cell), as in the tables.
         px = [(x, r.paper_spc) for x, r in zip(xs, rows) if has_paper and not math.isnan(r.paper_spc)]
         if px:
             # a black tick as wide as the bar
@@ -392,7 +392,7 @@ def spc_vs_border(g: pd.DataFrame, path: Path) -> Figure | None:
 
 
 def depth_curve(df: pd.DataFrame, path: Path) -> Figure | None:
-    """target.per_tap (posinfo.analysis.depth): the kind's headline metric against the tap, a line per
+    """target.per_tap (posinfo.report.depth): the kind's headline metric against the tap, a line per
     configuration and input with its interval over seeds shaded, a panel per target; chance dashed."""
     if df.empty:
         return None

@@ -1,7 +1,7 @@
 """Scores over depth: the per-tap probes of ``target.per_tap`` (result.json's ``per_tap``), one
 probe per tap on that tap's features alone, folded over seeds into a mean with its 95% interval,
 as a table (``per_tap.csv``, a section of tables.md); its figure is figures.depth_curve.
-Imports posinfo.analysis.cells and intervals."""
+Imports posinfo.report.cells and intervals."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from posinfo.analysis.cells import fmt, label_cells
-from posinfo.analysis.intervals import t_interval
+from posinfo.report.cells import fmt, label_cells
+from posinfo.report.intervals import t_interval
 from posinfo.kinds import lookup
 from posinfo.names import RESULT_FILE
 

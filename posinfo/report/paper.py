@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from posinfo.analysis.cells import is_missing, n_values
+from posinfo.report.cells import is_missing, n_values
 from posinfo.names import POS_EMBED
 
 PAPER_TABLES = ("table1", "table2a", "table2b", "table3", "table4", "table6")

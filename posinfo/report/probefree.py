@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from posinfo.analysis.cells import REPLICATE_FIELDS, config_fields, fmt, is_missing, n_values, sort_key
-from posinfo.analysis.intervals import t_interval
+from posinfo.report.cells import REPLICATE_FIELDS, config_fields, fmt, is_missing, n_values, sort_key
+from posinfo.report.intervals import t_interval
 from posinfo.names import RESULT_FILE
 
 # Config fields that never change the features: what the readout is trained on and how.

@@ -1,7 +1,7 @@
 """Tidy rows -> cells: one row per configuration × input, replicates (seeds) folded into
 a mean with its 95% interval, each cell labelled for a table row or a figure bar; with the value helpers
 (missing values, natural sort order, the paper's number style) that the paper, tables and
-figures modules share. Imports only posinfo.analysis.intervals: every other module may import it."""
+figures modules share. Imports only posinfo.report.intervals: every other module may import it."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from posinfo.analysis.intervals import t_interval, unstable
+from posinfo.report.intervals import t_interval, unstable
 from posinfo.kinds import EXTRA_METRICS, INTERVAL_COLUMNS, lookup
 from posinfo.names import BACKBONES, INPUT_KINDS, PADDINGS, STRIPES, TARGETS
 
 log = logging.getLogger(__name__)
 
 # The measured columns of results.csv: aggregated over replicates, never part of a configuration.
-# A job's interval columns are the bootstrap over its test images (posinfo.analysis.intervals).
+# A job's interval columns are the bootstrap over its test images (posinfo.report.intervals).
 # Both, and the metrics of the kinds other than maps (e.g. target=grid's accuracies), come from the kinds.
 METRICS = ("spc", "mae", "n_images", "n_nan", "floor_mae", "converged", *INTERVAL_COLUMNS, *EXTRA_METRICS)
 # results.csv's border profile: MAE per border-distance bin, border_mae_1 (outer ring) … (job: result.json).

@@ -22,14 +22,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from posinfo.analysis.cells import aggregate
-from posinfo.analysis.collect import collect
-from posinfo.analysis.depth import per_tap
-from posinfo.analysis.depth import to_markdown as depth_markdown
-from posinfo.analysis.figures import depth_curve, draw_all
-from posinfo.analysis.probefree import probefree_rows
-from posinfo.analysis.probefree import to_markdown as probefree_markdown
-from posinfo.analysis.tables import make_tables, to_latex, to_markdown
+from posinfo.report.cells import aggregate
+from posinfo.report.collect import collect
+from posinfo.report.depth import per_tap
+from posinfo.report.depth import to_markdown as depth_markdown
+from posinfo.report.figures import depth_curve, draw_all
+from posinfo.report.probefree import probefree_rows
+from posinfo.report.probefree import to_markdown as probefree_markdown
+from posinfo.report.tables import make_tables, to_latex, to_markdown
 from posinfo.errors import PosinfoError
 from posinfo.io import atomic_path
 

@@ -14,10 +14,10 @@ from typing import Any, Iterable
 import pandas as pd
 
 from posinfo import sweepgrid
-from posinfo.analysis.cells import BORDER_PREFIX, INTERVAL_COLUMNS, METRICS
+from posinfo.report.cells import BORDER_PREFIX, INTERVAL_COLUMNS, METRICS
 from posinfo.kinds import EXTRA_METRICS, lookup
-from posinfo.analysis.intervals import per_image_intervals
-from posinfo.analysis.paper import WEIGHTS_LABEL, attach_paper, paper_weights
+from posinfo.report.intervals import per_image_intervals
+from posinfo.report.paper import WEIGHTS_LABEL, attach_paper, paper_weights
 from posinfo.encoders import has_encoder, label
 from posinfo.errors import PosinfoError
 from posinfo.schema import with_defaults

@@ -13,9 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from posinfo.analysis.cells import as_text, fmt, fmt_paper, is_missing, label_cells, sort_key
-from posinfo.analysis.intervals import BOOTSTRAP_RESAMPLES, UNSTABLE_SPC
-from posinfo.analysis.paper import PAPER, PAPER_TABLES, protocol_deviations
+from posinfo.report.cells import as_text, fmt, fmt_paper, is_missing, label_cells, sort_key
+from posinfo.report.intervals import BOOTSTRAP_RESAMPLES, UNSTABLE_SPC
+from posinfo.report.paper import PAPER, PAPER_TABLES, protocol_deviations
 from posinfo.kinds import KINDS, MapKind, lookup
 from posinfo.names import CONVERGED_REL_CHANGE, STRIPES
 
