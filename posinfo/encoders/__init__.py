@@ -20,21 +20,26 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from posinfo.errors import PosinfoError
+from posinfo.schema import BackboneConfig
 from posinfo.names import BACKBONES, BAGNETS, MODEL_ZOOS, MODULE_BACKBONE, RESNETS
+
+
+# The defaults are the schema's, declared there once (posinfo.schema.BackboneConfig).
+_SCHEMA = {f.name: f.default for f in fields(BackboneConfig)}
 
 
 @dataclass(frozen=True)
 class Backbone:
-    """The backbone config group as one plain object (``backbone.*``; defaults as in posinfo.schema)."""
+    """The backbone config group as one plain object (``backbone.*``), its defaults the schema's."""
 
     name: str
-    weights: str = "imagenet"
-    padding: str = "zeros"
-    taps: tuple[int, ...] | None = None
-    init: str = "torchvision"
-    model: str | None = None
-    nodes: tuple[str, ...] | None = None
-    pos_embed: str = "keep"
+    weights: str = _SCHEMA["weights"]
+    padding: str = _SCHEMA["padding"]
+    taps: tuple[int, ...] | None = _SCHEMA["taps"]
+    init: str = _SCHEMA["init"]
+    model: str | None = _SCHEMA["model"]
+    nodes: tuple[str, ...] | None = _SCHEMA["nodes"]
+    pos_embed: str = _SCHEMA["pos_embed"]
     seed: int = 0  # the job's seed (train.seed): what random weights and backbone.pos_embed=noise draw from
 
     @classmethod
