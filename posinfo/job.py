@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import posinfo
-from posinfo import embedprobe, encoders, quicklook, ridge
+from posinfo import embedprobe, encoders, placement, quicklook, ridge
 from posinfo.data import CanvasImages, ControlImages, EmbeddedImages, FolderImages, PhotoCrops, SyntheticImages
 from posinfo.errors import PosinfoError
 from posinfo.features import FeatureExtractor, FeatureSource
@@ -247,11 +247,13 @@ def _stages(config: DictConfig, job_dir: Path, result: dict, progress: bool, sib
     channels = cfg.analysis.channels
     per_tap = cfg.target.per_tap
     probefree = cfg.analysis.probefree
-    if not (channels or per_tap or probefree):
+    if not (channels or per_tap or probefree or plan.kind.pooled):  # the shuffle control reads it again
         sources.train = None  # its batch buffer: evaluation holds one batch at a time, not two
     t0 = time.perf_counter()
     rows, arrays, panels = _evaluate(readout, plan, sources, result)
     timing["eval_s"] = round(time.perf_counter() - t0, 3)
+    if plan.kind.pooled:
+        _shuffled_control(cfg, plan, sources, result)
     if per_tap:
         t0 = time.perf_counter()
         _per_tap(cfg, plan, sources, result)
@@ -303,7 +305,20 @@ def _validate(cfg: JobSpec, result: dict) -> Plan:
     solver = ro.solver
     if solver == "ridge":
         ridge.check(ro.depth, kind)
+    if kind.pooled:
+        _check_pooled(cfg, inputs)
     return Plan(device, inputs, kind, tr.seed, size, fs, train_kwargs, solver, tr.loss_at)
+
+
+def _check_pooled(cfg: JobSpec, inputs) -> None:
+    """A placement target is read by the convex logistic readout of pooled features, on natural images."""
+    if cfg.readout.solver != "ridge":
+        raise PosinfoError(f"readout.solver={cfg.readout.solver} with target={cfg.target.name}: its readout is the "
+                           "certified-optimal logistic regression of pooled features (a convex fit, like ridge); "
+                           "use readout.solver=ridge")
+    if list(inputs) != ["natural"]:
+        raise PosinfoError(f"input.kinds={list(inputs)} with target={cfg.target.name}: only natural images are placed "
+                           "on the canvas; use input=natural")
 
 
 def _open_sources(cfg: JobSpec, plan: Plan, result: dict, progress: bool) -> Sources:
@@ -339,8 +354,8 @@ def _open_sources(cfg: JobSpec, plan: Plan, result: dict, progress: bool) -> Sou
              plan.feature_size, plan.feature_size)
     key_fields = _key_fields(bb, data, name, taps, plan, precision)
     num_workers = resolve_num_workers(data.num_workers, plan.device)
-    train_ds = make_dataset(data, "train")
-    test_ds = make_dataset(data, "test") if any(k not in SYNTHETIC_KINDS for k in plan.kinds) else None
+    train_ds = plan.kind.place(make_dataset(data, "train"), "train")  # a placement kind: onto its canvas
+    test_ds = plan.kind.place(make_dataset(data, "test"), "test") if any(k not in SYNTHETIC_KINDS for k in plan.kinds) else None
     counts = {split: ds.counts for split, ds in (("train", train_ds), ("test", test_ds)) if hasattr(ds, "counts")}
     if counts:  # folder data: images read, unreadable ones skipped, files of other types ignored
         result["images"] = counts
@@ -410,7 +425,9 @@ def _store(cfg: JobSpec, plan: Plan, sources: Sources) -> ReadoutStore | None:
         readout.pop("standardize", None)  # ridge always standardises (readout.make)
         train = {"solver": plan.solver, "padding": "raw"}  # zeros around the raw features (LinearReadout)
     target = dataclasses.asdict(cfg.target)
-    target.pop("per_tap", None)  # the per-tap probes are not stored; the job's readout keeps its key
+    target.pop("per_tap", None)
+    if not plan.kind.pooled:  # target.layout means nothing to them: their readouts keep their keys
+        target.pop("layout", None)  # the per-tap probes are not stored; the job's readout keeps its key
     # A job that differs only in its evaluation input reuses the trained readout.
     return ReadoutStore.for_training(sources.train, settings, {
         **sources.key_fields, "images": sources.train_images, "dtype": settings.dtype,
@@ -440,6 +457,8 @@ def _train_together(cfg: JobSpec, plan: Plan, sources: Sources, siblings: list[D
     the features and training order; what is stored is keyed by the features actually used,
     so a sibling that differs anyway only misses its entry and trains alone. A readout that
     diverges is not stored: its own job trains it again and fails alone."""
+    if plan.kind.pooled:  # its labels belong to its own placed images: it trains alone
+        return
     own = _store(cfg, plan, sources)
     if own is None or own.holds() or not own.can_store():
         return  # no store (features not cached, or read-only), or already trained: nothing to gain
@@ -451,7 +470,8 @@ def _train_together(cfg: JobSpec, plan: Plan, sources: Sources, siblings: list[D
         except Exception as e:  # noqa: BLE001  its own job reports it
             log.debug("sibling not fused: %s", e)
             continue
-        if (p.train_kwargs, p.device, p.size, p.feature_size) != (plan.train_kwargs, plan.device, plan.size, plan.feature_size):
+        if p.kind.pooled or (p.train_kwargs, p.device, p.size, p.feature_size) != (plan.train_kwargs, plan.device,
+                                                                                     plan.size, plan.feature_size):
             continue
         store = _store(sib, p, sources)
         if store is not None and store.path not in members and not store.holds():
@@ -479,7 +499,7 @@ def _fit_group(readouts: list[torch.nn.Module], jobs: list[tuple[JobSpec, Plan]]
     the closed-form ones in one pass per readout geometry (posinfo.ridge). Each readout's
     history, or the error that stopped it."""
     out: list = [None] * len(readouts)
-    sgd = [i for i, (_, p) in enumerate(jobs) if p.solver == "sgd"]
+    sgd = [i for i, (_, p) in enumerate(jobs) if p.solver == "sgd" and not p.kind.pooled]
     if sgd:
         plan = jobs[sgd[0]][1]
         hists = fit_many([readouts[i] for i in sgd], train, [jobs[i][1].loss() for i in sgd],
@@ -487,9 +507,13 @@ def _fit_group(readouts: list[torch.nn.Module], jobs: list[tuple[JobSpec, Plan]]
                          **plan.train_kwargs)
         for i, h in zip(sgd, hists):
             out[i] = h
+    for i, (c, p) in enumerate(jobs):
+        if p.kind.pooled:  # posinfo.placement: the logistic readout of pooled features
+            out[i] = placement.fit_readout(readouts[i], train, train.n, p.kind.labels_of["train"], p.kind.outputs,
+                                           c.readout.ridge_folds, p.train_kwargs["batch_size"])
     geometries: dict[tuple, list[int]] = {}
     for i, (c, p) in enumerate(jobs):
-        if p.solver == "ridge":
+        if p.solver == "ridge" and not p.kind.pooled:
             geometries.setdefault((c.readout.kernel, c.readout.padding, c.readout.ridge_folds), []).append(i)
     for (kernel, padding, folds), idx in geometries.items():
         plan = jobs[idx[0]][1]
@@ -507,9 +531,9 @@ def _fit_group(readouts: list[torch.nn.Module], jobs: list[tuple[JobSpec, Plan]]
 def _training_outcome(history: list[dict]) -> dict | None:
     """result.json's ``training``: how SGD ended (train.outcome), or the closed form's fit."""
     last = history[-1]
-    if last.get("solver") == "ridge":
+    if last.get("solver") in ("ridge", "logistic"):
         keep = ("solver", "lambda", "lambda_rel", "lambdas_skipped", "folds", "cv", "val_loss", "weights", "pass_s",
-                "seconds")
+                "seconds", "gap_bound", "gap_tolerance", "iterations")
         return {"converged": True, "final_loss": last["loss"], **{k: last[k] for k in keep if k in last}}
     step_losses = [v for h in history for v in h.get("step_losses", [])]
     return outcome(step_losses) if step_losses else None  # None: reused from before steps were logged
@@ -546,6 +570,8 @@ def _train_or_reuse(cfg: JobSpec, plan: Plan, sources: Sources, job_dir: Path, r
 def _new_readout(channels: int, ro: ReadoutConfig, plan: Plan) -> torch.nn.Module:
     """An untrained readout on ``channels`` channels, initialised from the job's seed."""
     torch.manual_seed(plan.seed)
+    if plan.kind.pooled:
+        return placement.PooledReadout(channels, plan.kind.outputs).to(plan.device)
     return make_readout(channels, ro.kernel, ro.depth, ro.padding, plan.feature_size, plan.kind.outputs, ro.standardize,
                         plan.solver).to(plan.device)
 
@@ -608,6 +634,18 @@ def _per_tap(cfg: JobSpec, plan: Plan, sources: Sources, result: dict) -> None:
         log.info("tap %-10s %-7s %s", tap["name"], first, plan.kind.describe(entry["metrics"][first]))
         entries.append(entry)
     result["per_tap"] = entries
+
+
+def _shuffled_control(cfg: JobSpec, plan: Plan, sources: Sources, result: dict) -> None:
+    """target=placement: the channel-shuffle control, on the natural test images (posinfo.placement)."""
+    src, ds = sources.tests["natural"]
+    k = plan.kind
+    acc = placement.shuffled_control(sources.train, src, sources.train.n, len(ds), k.labels_of["train"],
+                                     k.labels_of["test"], k.outputs, cfg.readout.ridge_folds, plan.seed)
+    result["metrics"]["natural"].update({"shuffled_accuracy": acc["acc"], "shuffled_accuracy_lo": acc["acc_lo"],
+                                         "shuffled_accuracy_hi": acc["acc_hi"]})
+    log.info("natural channels shuffled: accuracy %.3f [%.3f, %.3f] (chance %.3f)", acc["acc"], acc["acc_lo"],
+             acc["acc_hi"], k.floor()["chance"])
 
 
 def _probefree(cfg: JobSpec, plan: Plan, sources: Sources, job_dir: Path, result: dict) -> None:

@@ -29,7 +29,8 @@ from posinfo.errors import PosinfoError
 from posinfo.names import MAP_TARGETS
 
 # The kind of each target name (posinfo.names.TARGETS): the one place a name decides it.
-TARGET_KINDS = {**{t: "map" for t in MAP_TARGETS}, "grid": "cells", "rowcol": "rowcol", "xy": "xy"}
+TARGET_KINDS = {**{t: "map" for t in MAP_TARGETS}, "grid": "cells", "rowcol": "rowcol", "xy": "xy",
+                "placement": "placement"}
 
 
 # by_norm: the share of positions, by feature norm, scored apart (Darcet et al.: ~2% high-norm tokens).
@@ -56,6 +57,9 @@ class Kind:
     # Why readout.solver=ridge (least squares against a map, posinfo.ridge) cannot fit it; None: it can.
     ridge_refusal: ClassVar[str | None] = None
     outputs: int | None = None  # the head: None = one map (BN, sigmoid), else this many linear outputs
+    # Read from globally pooled features by the convex logistic readout (posinfo.placement), one
+    # label per image; False: a readout over positions, trained by readout.solver.
+    pooled: ClassVar[bool] = False
 
     def __init__(self, target: str, size: int, out_size: int):
         self.target, self.size, self.out_size = target, size, out_size
@@ -64,6 +68,10 @@ class Kind:
     def bind(cls, target: Any, size: int, out_size: int) -> "Kind":
         """This kind for a job's ``target`` group (name, range, cells…); a kind with options reads them."""
         return cls(str(target.name), size, out_size)
+
+    def place(self, dataset, split: str):
+        """The images this kind is scored on: the job's own (a placement kind moves them onto a canvas)."""
+        return dataset
 
     def _rows(self, sc, **extra) -> tuple[list[tuple], dict]:
         """Per-image rows and the means of an images × columns array, with the floor and the image count."""
@@ -404,6 +412,69 @@ class XYKind(Kind):
         return {}  # positions, not pixels: no border-distance profile
 
 
+class PlacementKind(Kind):
+    """target=placement (posinfo.placement): each image shrunk into one cell of a black canvas
+    (target.layout grid: a target.cells² grid, GAPNet; diagonal: top-left or bottom-right, 4QI),
+    its cell named from globally pooled features by the certified-optimal logistic readout.
+    Per image: whether the cell is named right; the channel-shuffle control beside it."""
+
+    name = "placement"
+    columns = ("accuracy", "label", "predicted")
+    metrics = ("accuracy", "chance", "shuffled_accuracy")
+    shown, labels, headline = ("accuracy", "shuffled_accuracy"), ("acc", "shuffled"), "accuracy"
+    bootstrapped = ("accuracy",)
+    floor_key = "chance"
+    floors = {"accuracy": "chance", "shuffled_accuracy": "chance"}
+    pooled = True
+    note = ("placement (GAPNet / 4QI): the two numbers are the share of test images whose cell is named right from "
+            "globally pooled features, and the same with each image's channels shuffled (the readout refit); its "
+            "'floor' row is chance, 1/classes (docs/method.md, \"Placement tasks\").")
+
+    def __init__(self, target: str, size: int, out_size: int, layout: str, cells: int):
+        from posinfo import placement
+
+        super().__init__(target, size, out_size)
+        self.layout, self.cells = layout, cells
+        self.outputs = placement.classes(layout, cells)  # validates
+        self.labels_of: dict[str, Any] = {}
+        self.display = placement.cell_map(layout, cells, size)
+
+    @classmethod
+    def bind(cls, target: Any, size: int, out_size: int) -> "PlacementKind":
+        return cls(str(target.name), size, out_size, str(target.layout), int(target.cells))
+
+    def place(self, dataset, split: str):
+        from posinfo import placement
+
+        placed = placement.PlacedImages(dataset, self.layout, self.cells, seed=placement.SPLIT_SEEDS[split])
+        self.labels_of[split] = placed.labels
+        return placed
+
+    def score(self, outputs) -> tuple[list[tuple], dict]:
+        import numpy as np
+
+        label = np.asarray(self.labels_of["test"])[: len(outputs)]
+        pred = outputs.argmax(dim=1).numpy()
+        rows, metrics = self._rows(np.stack([(pred == label).astype(float), label, pred], axis=1).astype(np.float64))
+        for name in ("label", "predicted"):  # per-image facts, not scores: no mean in result.json
+            metrics.pop(name)
+        return rows, metrics
+
+    def picture(self, outputs):
+        from posinfo import placement
+
+        return placement.cell_pictures(self.layout, self.cells, self.size, outputs.argmax(dim=1).tolist())
+
+    def floor(self) -> dict:
+        return {"chance": 1.0 / self.outputs}
+
+    def describe(self, m: dict) -> str:
+        return f"placement accuracy {m['accuracy']:.3f} (chance {m['chance']:.3f})  ({m['n_images']} images)"
+
+    def border_profile(self) -> dict:
+        return {}  # one class per image: no border-distance profile
+
+
 class SplitLoss:
     """A loss computed by ``fn`` on the raw output; it never shares a GEMM with map readouts."""
 
@@ -416,7 +487,7 @@ class SplitLoss:
         return self.fn(out)
 
 
-KINDS: dict[str, type[Kind]] = {k.name: k for k in (MapKind, CellKind, RowColKind, XYKind)}
+KINDS: dict[str, type[Kind]] = {k.name: k for k in (MapKind, CellKind, RowColKind, XYKind, PlacementKind)}
 
 
 # results.csv's measured columns beyond the map's (posinfo.report.cells), and the bootstrap interval

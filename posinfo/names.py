@@ -15,7 +15,7 @@ from pathlib import Path
 
 MAP_TARGETS = ("hor", "ver", "gau", "horstp", "verstp")  # position maps (posinfo.targets); their kind: posinfo.kinds
 # grid: the location target (posinfo.location); rowcol, xy: the per-position probes (posinfo.kinds)
-TARGETS = (*MAP_TARGETS, "grid", "rowcol", "xy")
+TARGETS = (*MAP_TARGETS, "grid", "rowcol", "xy", "placement")  # placement: which cell of a canvas (posinfo.placement)
 STRIPES = ("horstp", "verstp")
 TARGET_RANGES = ("unit", "signed")
 

@@ -24,6 +24,10 @@ from posinfo.errors import PosinfoError
 from posinfo.names import PLACEMENT_LAYOUTS as LAYOUTS
 
 
+# Each split's classes come from its own permutation: test labels are not a copy of the training ones.
+SPLIT_SEEDS = {"train": 0, "test": 1}
+
+
 def classes(layout: str, cells: int) -> int:
     if layout not in LAYOUTS:
         raise PosinfoError(f"data.placement.layout={layout}: choose one of {', '.join(LAYOUTS)}")
@@ -41,6 +45,25 @@ def cell_rc(layout: str, cells: int, label: int) -> tuple[int, int, int]:
     return label // cells, label % cells, cells
 
 
+def cell_pictures(layout: str, cells: int, size: int, named: list[int]) -> np.ndarray:
+    """size×size float32 pictures: 1 on the cell named, 0 elsewhere (predictions.png)."""
+    out = np.zeros((len(named), size, size), np.float32)
+    for j, label in enumerate(named):
+        r, c, side = cell_rc(layout, cells, int(label))
+        cell = size // side
+        out[j, r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = 1.0
+    return out
+
+
+def cell_map(layout: str, cells: int, size: int) -> np.ndarray:
+    """Each class's cell drawn at its class index over the canvas, scaled to [0, 1] (the 'target' panel)."""
+    k = classes(layout, cells)
+    out = np.zeros((size, size), np.float32)
+    for label in range(k):
+        out += cell_pictures(layout, cells, size, [label])[0] * (label + 1) / k
+    return out
+
+
 def labels(n: int, layout: str, cells: int, seed: int = 0) -> np.ndarray:
     k = classes(layout, cells)
     return np.random.default_rng(seed).permutation(n) % k
@@ -54,6 +77,7 @@ class PlacedImages(torch.utils.data.Dataset):
         self.base, self.layout, self.cells, self.seed = base, layout, cells, seed
         self.classes = classes(layout, cells)
         self.labels = labels(len(base), layout, cells, seed)
+        self.names = list(base.names)  # each image keeps its name: per_image.csv rows match the base set's
 
     def __len__(self) -> int:
         return len(self.base)
@@ -103,3 +127,42 @@ def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: 
     hit = shuffled.predict(logistic.shuffle_channels(test_x, seed + 1)) == test_y
     out["shuffled"] = _accuracy(hit)
     return out
+
+
+class PooledReadout(torch.nn.Module):
+    """Globally pooled features, standardised with the training images' statistics, read by a linear
+    map to one logit per class: the placement readout, fitted by :func:`fit_readout`."""
+
+    def __init__(self, channels: int, n_classes: int):
+        super().__init__()
+        for name, shape in (("mean", (channels,)), ("std", (channels,)), ("weight", (n_classes, channels)),
+                            ("bias", (n_classes,))):
+            self.register_buffer(name, torch.zeros(shape, dtype=torch.float64))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        z = (feats.to(torch.float64).mean(dim=(2, 3)) - self.mean) / self.std
+        return z @ self.weight.T + self.bias
+
+
+def fit_readout(readout: PooledReadout, source, n: int, train_labels: np.ndarray, n_classes: int, folds: int,
+                batch_size: int = 64) -> list[dict]:
+    """Fit ``readout`` on the training images' pooled features (posinfo.logistic); its history record."""
+    from posinfo import logistic
+
+    fitted = logistic.fit(pooled(source, n, batch_size), train_labels, n_classes, n_folds=folds)
+    with torch.no_grad():
+        for name in ("mean", "std", "weight", "bias"):
+            getattr(readout, name).copy_(getattr(fitted, name))
+    return [{**fitted.record, "loss": fitted.record["final_loss"]}]
+
+
+def shuffled_control(train_source, test_source, n_train: int, n_test: int, train_labels: np.ndarray,
+                     test_labels: np.ndarray, n_classes: int, folds: int, seed: int, batch_size: int = 64) -> dict:
+    """The channel-shuffle control: each image's pooled channels in their own random order, the
+    readout refit on them; accuracy on the test images with its bootstrap interval."""
+    from posinfo import logistic
+
+    train_x = logistic.shuffle_channels(pooled(train_source, n_train, batch_size), seed)
+    test_x = logistic.shuffle_channels(pooled(test_source, n_test, batch_size), seed + 1)
+    fitted = logistic.fit(train_x, train_labels, n_classes, n_folds=folds)
+    return _accuracy(fitted.predict(test_x) == np.asarray(test_labels))

@@ -26,7 +26,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from posinfo.errors import PosinfoError
 from posinfo.guards import memory_problems, no_effect_problems
-from posinfo.names import (BACKBONES, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, FEATURE_MEMORY,
+from posinfo.names import (BACKBONES, PLACEMENT_LAYOUTS, CACHE_DTYPES, CANVAS_COLORS, DATA_SOURCES, DEFAULT_TILES, FEATURE_MEMORY,
                            FOLDER_NAMED_ELSEWHERE, IDENTITY_MODES, INITS, INPUT_KINDS, LOSS_AT, MODULE_BACKBONE,
                            NORMALIZATIONS, PADDINGS, POS_EMBED, PRECISIONS, PYTHON_DATA, RUN_CONTROL_KEYS, SOLVERS,
                            STANDARDIZE, TARGET_RANGES, TARGETS, WEIGHT_FILE_KEYS, covered_by, default_cache_dir,
@@ -118,6 +118,7 @@ class TargetConfig:
     name: str = _f(MISSING, one_of(TARGETS))
     range: str = _f("unit", one_of(TARGET_RANGES))
     cells: int = _f(7, integer(2))  # target=grid: cells per side
+    layout: str = _f("grid", one_of(PLACEMENT_LAYOUTS))  # target=placement: grid (target.cells² cells) or diagonal (4QI)
     # A probe per tap too, each on its tap's features alone (a curve over depth; true in rowcol/xy's YAML).
     per_tap: bool = _f(False, BOOLEAN)
 

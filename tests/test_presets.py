@@ -18,7 +18,7 @@ from conftest import CONF, run_sweep
 from posinfo.sweepgrid import expand as expand_grid
 
 PRESETS = ["quickstart", "table1", "table2a", "table2b", "table3", "table4", "table6", "canvas", "padding",
-           "vit_pos_embed", "modern_cnns", "bagnets", "mind_the_pad"]
+           "vit_pos_embed", "modern_cnns", "bagnets", "mind_the_pad", "gapnet", "kayhan_4qi"]
 PADDING_MODES = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 WEIGHTS = ["saliency_weights=/w/sod.pt", "segmentation_weights=/w/ss.pt"]
 TARGETS3 = ("hor", "gau", "horstp")
@@ -260,6 +260,9 @@ E2E_EXTRA = {
     "bagnets": ["backbone=bagnet33,resnet50", "target=hor"],
     # one target; backbone.weights=random (TINY) stands in for the two files
     "mind_the_pad": [*MTP_WEIGHTS, "target=hor"],
+    # the first two levels: VGG16 without padding keeps them at 32 px
+    "gapnet": ["backbone.taps=[1,2]"],
+    "kayhan_4qi": ["backbone.taps=[1,2]"],
 }
 # VGG16 without padding needs >= 196 px to keep f5 (Table 4's taps shrink to 2 px at 224).
 # BagNet-33's valid 3×3 convs need >= 41 px to keep a 1×1 layer4.
