@@ -93,3 +93,36 @@ def test_pooled_features_name_the_cell_with_zero_padding_and_not_with_circular_p
         out[mode] = placement.probe(tr_x, tr_y, te_x, te_y, 9, folds=3)
     assert out["zeros"]["acc"] > 0.5 and out["zeros"]["shuffled"]["acc"] < 0.35
     assert out["circular"]["acc"] < 0.3 and out["zeros"]["chance"] == pytest.approx(1 / 9)
+
+
+def test_a_placement_job_names_the_cell_from_a_padded_cnn_and_not_from_the_image_alone(make_cfg, tmp_path):
+    """target=placement end to end: PosENet's "features" are the image itself, whose pooled colour says
+    nothing about where it sits; a random VGG16 with zero padding names the cell, and its channel-shuffled
+    control does not."""
+    from posinfo.job import run
+
+    common = ("target=placement", "readout.solver=ridge", "input=natural", "data.num_train=45", "data.num_test=18",
+              "data.image_size=48")
+    flat = run(make_cfg("backbone=posenet", *common), tmp_path / "posenet", progress=False)
+    vgg = run(make_cfg("backbone=vgg16", "backbone.weights=random", "backbone.taps=[3]", *common), tmp_path / "vgg",
+              progress=False)
+    assert flat["status"] == vgg["status"] == "ok"
+    m, f = vgg["metrics"]["natural"], flat["metrics"]["natural"]
+    assert m["chance"] == pytest.approx(1 / 9) and f["accuracy"] < 0.3
+    assert m["accuracy"] > 0.6 and m["shuffled_accuracy"] < 0.35
+    assert vgg["training"]["solver"] == "logistic" and vgg["training"]["gap_bound"] <= logistic.GAP_TOLERANCE
+    rows = (tmp_path / "vgg" / "per_image.csv").read_text().splitlines()
+    assert rows[0] == "input,image,accuracy,label,predicted" and len(rows) == 19
+
+
+@pytest.mark.parametrize("override, message", [
+    ("readout.solver=sgd", "readout.solver=sgd with target=placement"),
+    ("input=all", "with target=placement: only natural images are placed"),
+])
+def test_a_placement_job_refuses_what_it_cannot_do_in_one_line(make_cfg, tmp_path, override, message):
+    from posinfo.job import run
+
+    with pytest.raises(PosinfoError, match=message) as e:
+        run(make_cfg("backbone=posenet", "target=placement", "readout.solver=ridge", "input=natural", override),
+            tmp_path / "job", progress=False)
+    assert "\n" not in str(e.value)
