@@ -123,10 +123,18 @@ def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: 
            "per_class": [float((fitted.predict(test_x[test_y == c]) == c).mean()) if (test_y == c).any() else None
                          for c in range(n_classes)],
            "training": fitted.record}
-    shuffled = logistic.fit(logistic.shuffle_channels(train_x, seed), train_y, n_classes, n_folds=folds)
-    hit = shuffled.predict(logistic.shuffle_channels(test_x, seed + 1)) == test_y
-    out["shuffled"] = _accuracy(hit)
+    out["shuffled"] = _shuffled_accuracy(train_x, train_y, test_x, test_y, n_classes, folds, seed)
     return out
+
+
+def _shuffled_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                       n_classes: int, folds: int, seed: int) -> dict:
+    """The channel-shuffle control on pooled features: each image's channels in their own random order
+    (train and test drawn apart), the readout refit; test accuracy with its bootstrap interval."""
+    from posinfo import logistic
+
+    fitted = logistic.fit(logistic.shuffle_channels(train_x, seed), train_y, n_classes, n_folds=folds)
+    return _accuracy(fitted.predict(logistic.shuffle_channels(test_x, seed + 1)) == np.asarray(test_y))
 
 
 class PooledReadout(torch.nn.Module):
@@ -160,9 +168,5 @@ def shuffled_control(train_source, test_source, n_train: int, n_test: int, train
                      test_labels: np.ndarray, n_classes: int, folds: int, seed: int, batch_size: int = 64) -> dict:
     """The channel-shuffle control: each image's pooled channels in their own random order, the
     readout refit on them; accuracy on the test images with its bootstrap interval."""
-    from posinfo import logistic
-
-    train_x = logistic.shuffle_channels(pooled(train_source, n_train, batch_size), seed)
-    test_x = logistic.shuffle_channels(pooled(test_source, n_test, batch_size), seed + 1)
-    fitted = logistic.fit(train_x, train_labels, n_classes, n_folds=folds)
-    return _accuracy(fitted.predict(test_x) == np.asarray(test_labels))
+    return _shuffled_accuracy(pooled(train_source, n_train, batch_size), train_labels,
+                              pooled(test_source, n_test, batch_size), test_labels, n_classes, folds, seed)
