@@ -56,10 +56,13 @@ class Scale:
     n_test: int = 100
     n_curve: str = "1000,500,250"  # largest first: its features serve the smaller sets (and the main parts' 500)
     inputs: str = "natural"  # controls: natural, shuffled, rotated (3× the test extraction)
+    control_targets: str = "hor,gau,horstp"  # the controls part: the optimal readout on every input
+    n_photos: int = 240  # crops of the 14 training photographs (data=photos; its 60 test crops)
     extra: tuple[str, ...] = ()
 
 
 SMOKE = Scale(seeds="0,1", targets="hor", n_train=12, n_test=4, n_curve="12,8", inputs="controls",
+              control_targets="hor,horstp", n_photos=8,
               extra=("data.image_size=64", "train.epochs=2", "train.batch_size=4", "train.lr_milestones=[1]",
                      "readout.ridge_folds=2", "device=cpu"))
 
@@ -84,6 +87,16 @@ def parts(w: Path, s: Scale) -> list[Part]:
     # dominate, about 45 Cholesky factorisations).
     out += [Part(f"vgg16_{v}", f"VGG16 ImageNet/edge/random, {VARIANTS[v]}", [*vgg, *common, *_OVERRIDES[v]])
             for v in ("ridge1", "sgd", "sgd_std")]
+    # The controls under the optimal readout (every target, natural / shuffled / rotated), and the
+    # photographs with both solvers: cheap beside the above, on features the parts above cached.
+    out.append(Part("vgg16c_ridge1", f"VGG16 ImageNet/edge/random, controls, {VARIANTS['ridge1']}",
+                    [*vgg, f"target={s.control_targets}", "input=controls", *common[2:], *_OVERRIDES["ridge1"]]))
+    photos = ["data=photos", f"target={s.targets}", "input=natural", f"data.num_train={s.n_photos}",
+              f"train.seed={s.seeds}"]
+    out += [Part(f"photos_{v}", f"photographs: VGG16 ImageNet/edge/random, {VARIANTS[v]}",
+                 [*vgg, *photos, *_OVERRIDES[v]]) for v in ("ridge1", "sgd")]
+    out += [Part(f"photolite0_{v}", f"photographs: EfficientNet-Lite0 ImageNet/random, {VARIANTS[v]}",
+                 [*eff, *photos, *_OVERRIDES[v]]) for v in ("ridge1", "ridge3", "sgd")]
     smallest = s.n_curve.split(",")[-1]
     out.append(Part("curve_ridge3", f"ImageNet VGG16, hor, N = {smallest}, {VARIANTS['ridge3']}",
                     [*curve[:4], f"data.num_train={smallest}", *curve[5:], *_OVERRIDES["ridge3"]]))
