@@ -358,7 +358,6 @@ class XYKind(Kind):
     bootstrapped = ("r2", "distance_px")
     floor_key = "floor_px"
     floors = {"r2": 0.0, "distance_px": "floor_px"}
-    ridge_refusal = "its targets live at the readout's own resolution, and the closed form fits maps at the image's"
     splits_by_norm = True
     note = ("xy (per-position probe): the two numbers are R² of the predicted normalised (x, y) of each readout "
             "position and the mean distance in pixels of the input image to the true position; its 'floor' row is "
@@ -372,6 +371,11 @@ class XYKind(Kind):
         centre = (torch.arange(out_size, dtype=torch.float32) + 0.5) / out_size
         self.xy = torch.stack([centre[None, :].expand(out_size, out_size), centre[:, None].expand(out_size, out_size)])
         self.display = self.xy[0].numpy() * 0.5 + self.xy[1].numpy() * 0.5
+
+    def goal(self):
+        """What the closed-form readout fits (posinfo.ridge): the x and the y map, at the readout's
+        own resolution (no upsampling: each output position against its own coordinates)."""
+        return self.xy
 
     def loss(self, at: str, device):
         import torch.nn.functional as F

@@ -217,7 +217,8 @@ def build_readout(in_channels: int, kernel: int = 3, depth: int = 1, padding: in
 
 class LinearReadout(nn.Sequential):
     """The closed-form readout (``readout.solver=ridge``, posinfo.ridge): one k×k convolution
-    C→1 with a linear output (no BatchNorm, no sigmoid) on channel-standardised features. Its
+    C→1 (C→``outputs``: one least-squares problem per output map, e.g. target=xy's x and y) with
+    a linear output (no BatchNorm, no sigmoid) on channel-standardised features. Its
     state_dict stores the statistics and the weights.
 
     The padding is the paper's: zeros around the raw features, standardised with them (a
@@ -225,8 +226,9 @@ class LinearReadout(nn.Sequential):
     mean instead, and on PosENet, whose only position signal is the contrast between the
     image and its zero padding, that removed the signal (hor SPC −.02 against SGD's .37)."""
 
-    def __init__(self, in_channels: int, kernel: int, padding: int):
-        super().__init__(Standardize(in_channels), OneMapConv2d(in_channels, kernel, padding=0))
+    def __init__(self, in_channels: int, kernel: int, padding: int, outputs: int = 1):
+        conv = OneMapConv2d(in_channels, kernel, padding=0) if outputs == 1 else nn.Conv2d(in_channels, outputs, kernel)
+        super().__init__(Standardize(in_channels), conv)
         self.pad = padding
         nn.init.zeros_(self[1].weight)
         nn.init.zeros_(self[1].bias)
@@ -246,7 +248,7 @@ def make(in_channels: int, kernel: int, depth: int, padding: int, in_size: int, 
     always standardised (its penalty must not depend on their scales)."""
     readout = build_readout(in_channels, kernel, depth, padding, in_size, classes)  # validates
     if solver == "ridge":
-        return LinearReadout(in_channels, kernel, padding)
+        return LinearReadout(in_channels, kernel, padding, classes or 1)
     if standardize == "channel":  # its statistics come from the training features
         return nn.Sequential(Standardize(in_channels), readout)
     return readout

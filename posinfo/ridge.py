@@ -221,9 +221,12 @@ def fold_of(n: int, n_folds: int) -> np.ndarray:
 
 def fit(readouts: list[LinearReadout], source, maps: list[torch.Tensor], *, kernel: int, padding: int,
         feature_size: int, folds: int, batch_size: int, progress: bool = True) -> list[list[dict]]:
-    """Fit each LinearReadout (standardisation already set, all equal) to its target map by
-    ridge with a cross-validated penalty; one pass over ``source``'s features serves all.
-    Returns each readout's history: one record, as :func:`posinfo.train.fit` returns one per epoch."""
+    """Fit each LinearReadout (standardisation already set, all equal) to its target map (S×S),
+    or to its maps (T×S×S, one per output: target=xy) by ridge, each map its own cross-validated
+    penalty; one pass over ``source``'s features serves all. A map S×S whose side is the
+    readout's output side is fitted there (U is the identity). Returns each readout's history:
+    one record, as :func:`posinfo.train.fit` returns one per epoch (a readout of several
+    outputs: its maps' mean losses, and their penalties as lists)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -233,32 +236,46 @@ def fit(readouts: list[LinearReadout], source, maps: list[torch.Tensor], *, kern
                            f"data.num_train gives {n}: lower readout.ridge_folds (>= 2) or use more images")
     side = feature_size + 2 * padding - kernel + 1
     size = maps[0].shape[-1]
+    stacks = [m.reshape(-1, size, size) for m in maps]  # each readout's maps, T_i × S × S
     bar = tqdm(total=n, desc="ridge: normal equations", unit="img", leave=False, disable=None if progress else True)
     sums = moments(source.batches(np.arange(n), batch_size), fold_of(n, folds), folds, kernel, (side, side), size,
                    readouts[0].features, bar.update)
     bar.close()
     t_pass = time.perf_counter() - t0
     device = sums[0].h.device
-    fits = solve(sums, [m.to(device) for m in maps], Upsampling.of(side, side, size, device=device))
+    fits = solve(sums, [t.to(device) for st in stacks for t in st], Upsampling.of(side, side, size, device=device))
     seconds = round(time.perf_counter() - t0, 3)
-    histories = []
-    for readout, res in zip(readouts, fits):
+    histories, at = [], 0
+    for readout, st in zip(readouts, stacks):
+        res, at = fits[at : at + len(st)], at + len(st)
+        theta = torch.stack([r.pop("weights") for r in res], dim=1)  # (D+1)×T
         conv = readout[1]
-        theta = res.pop("weights")
         with torch.no_grad():
-            conv.weight.copy_(theta[:-1].view_as(conv.weight).to(conv.weight))
-            conv.bias.copy_(theta[-1:].to(conv.bias))
-        if res["at_edge"]:
-            log.warning("ridge: the cross-validated penalty %.2e lies at the edge of the grid tried (%g relative): "
-                        "the optimum may lie beyond it", res["lambda"], res["lambda_rel"])
-        histories.append([{"epoch": 1, "loss": res["train_loss"], "solver": "ridge", "lambda": res["lambda"],
-                           "lambda_rel": res["lambda_rel"], "val_loss": res["val_loss"], "cv": res["cv"],
-                           "lambdas_skipped": res["skipped"],
-                           "folds": folds, "weights": int(theta.numel()), "pass_s": round(t_pass, 3),
-                           "seconds": seconds}])
+            conv.weight.copy_(theta[:-1].t().reshape(conv.weight.shape).to(conv.weight))
+            conv.bias.copy_(theta[-1].to(conv.bias))
+        for r in res:
+            if r["at_edge"]:
+                log.warning("ridge: the cross-validated penalty %.2e lies at the edge of the grid tried (%g relative): "
+                            "the optimum may lie beyond it", r["lambda"], r["lambda_rel"])
+        histories.append([{"epoch": 1, "loss": _mean(res, "train_loss"), "solver": "ridge", **_each(res),
+                           "val_loss": _mean(res, "val_loss"), "folds": folds, "weights": int(theta.numel()),
+                           "pass_s": round(t_pass, 3), "seconds": seconds}])
     log.info("ridge: %d readout(s), %d weights each, normal equations %.1fs, solves %.1fs", len(readouts),
              histories[0][0]["weights"], t_pass, seconds - t_pass)
     return histories
+
+
+def _mean(res: list[dict], key: str) -> float:
+    """A readout's loss over its maps: their mean (the MSE over all its outputs, as SGD's loss)."""
+    return float(np.mean([r[key] for r in res]))
+
+
+def _each(res: list[dict]) -> dict:
+    """The penalty and its cross-validation curve: a value for one map, a list for several."""
+    keys = {"lambda": "lambda", "lambda_rel": "lambda_rel", "cv": "cv", "lambdas_skipped": "skipped"}
+    if len(res) == 1:
+        return {k: res[0][v] for k, v in keys.items()}
+    return {k: [r[v] for r in res] for k, v in keys.items()}
 
 
 def check(depth: int, kind) -> None:

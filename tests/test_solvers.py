@@ -288,3 +288,34 @@ def test_a_seed_free_ridge_cell_counts_once_and_a_random_backbone_keeps_its_seed
     assert len(seed_free_once(rows("none", backbone="posenet"))) == 1
     assert len(seed_free_once(rows("random"))) == 3  # each seed is another network
     assert len(seed_free_once(rows("/w/vgg16_imagenet.pth", solver="sgd"))) == 3
+
+
+def test_ridge_fits_xy_per_position_as_a_dense_least_squares_at_the_readouts_resolution():
+    """target=xy under readout.solver=ridge: two output maps (x, y) at the readout's own side, no
+    upsampling; each output equals an independent dense ridge solve of its coordinate on the
+    standardised features of every position, and the readout's conv holds both."""
+    from posinfo.kinds import XYKind
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(20, 3, 6, 6, dtype=torch.float64, generator=g)
+    x[:, 1] += torch.linspace(-1, 1, 6, dtype=torch.float64)[None, :]  # some x to find
+    kind = XYKind("xy", 96, 6)
+    goal = kind.goal().double()
+    assert goal.shape == (2, 6, 6)
+    readout = LinearReadout(3, 1, 0, outputs=2).double()
+    readout[0].fit([x])
+    hist = ridge.fit([readout], ArraySource(x), [goal], kernel=1, padding=0, feature_size=6, folds=4, batch_size=7,
+                     progress=False)[0][-1]
+    assert isinstance(hist["lambda"], list) and len(hist["lambda"]) == 2
+    with torch.no_grad():
+        pred = readout(x)
+    assert pred.shape == (20, 2, 6, 6)
+    a = torch.cat([torch.ones(20 * 36, 1, dtype=torch.float64),
+                   readout[0](x).permute(0, 2, 3, 1).reshape(-1, 3)], dim=1)  # positions × (1, features)
+    pen = torch.eye(4, dtype=torch.float64)
+    pen[0, 0] = 0
+    for o in range(2):
+        rhs = goal[o].reshape(-1).repeat(20)
+        theta = torch.linalg.solve(a.t() @ a / len(a) + hist["lambda"][o] * pen, a.t() @ rhs / len(a))
+        assert torch.allclose(pred[:, o].reshape(-1), a @ theta, atol=1e-8, rtol=0)
+    assert float(((pred - goal) ** 2).mean()) == pytest.approx(hist["loss"], rel=1e-9)
