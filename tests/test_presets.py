@@ -18,7 +18,7 @@ from conftest import CONF, run_sweep
 from posinfo.sweepgrid import expand as expand_grid
 
 PRESETS = ["quickstart", "table1", "table2a", "table2b", "table3", "table4", "table6", "canvas", "padding",
-           "vit_pos_embed", "modern_cnns", "bagnets", "mind_the_pad", "gapnet", "kayhan_4qi"]
+           "vit_pos_embed", "modern_cnns", "bagnets", "mind_the_pad", "gapnet", "kayhan_4qi", "vit_position"]
 PADDING_MODES = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 WEIGHTS = ["saliency_weights=/w/sod.pt", "segmentation_weights=/w/ss.pt"]
 TARGETS3 = ("hor", "gau", "horstp")
@@ -203,6 +203,19 @@ def test_mind_the_pad_grid_is_both_networks_at_every_size_with_probe_free_measur
                and c["input"]["kinds"] == ["natural"] for c in configs)
 
 
+def test_vit_position_grid_is_every_embedding_control_at_three_resolutions_with_a_probe_per_token():
+    jobs = {frozenset(job) for job in expand("vit_position")}
+    assert jobs == {frozenset({f"+experiment/vit_position={r}", f"backbone.pos_embed={m}", f"train.seed={s}"})
+                    for r in ("x1", "x1_5", "x2") for m in ("keep", "zero", "mean", "noise", "roll") for s in (0, 1, 2)}
+    configs = job_configs("vit_position", "backbone.pos_embed=keep", "train.seed=0")
+    # each resolution's image size goes with its token grid: one readout position per 16-px patch token
+    assert sorted((c["data"]["image_size"], c["readout"]["feature_size"]) for c in configs) == [(224, 14), (336, 21), (448, 28)]
+    assert all(c["backbone"]["model"] == "vit_tiny_patch16_224" and c["backbone"]["weights"] == "random"
+               and c["backbone"]["taps"] == list(range(12)) and c["target"]["name"] == "xy" and c["target"]["per_tap"]
+               and c["readout"]["kernel"] == 1 and c["readout"]["solver"] == "ridge" and c["analysis"]["probefree"]
+               and c["input"]["kinds"] == ["natural"] for c in configs)
+
+
 def test_mind_the_pad_without_weight_files_names_the_keys_to_set():
     from posinfo.schema import missing_values_error
 
@@ -263,6 +276,9 @@ E2E_EXTRA = {
     # the first two levels: VGG16 without padding keeps them at 32 px
     "gapnet": ["backbone.taps=[1,2]"],
     "kayhan_4qi": ["backbone.taps=[1,2]"],
+    # one resolution, two controls; 64 px: 4×4 tokens, one probe position each; 2 folds for 8 images
+    "vit_position": ["+experiment/vit_position=x1", "backbone.pos_embed=keep,roll", "data.image_size=64",
+                     "readout.feature_size=4", "readout.ridge_folds=2"],
 }
 # VGG16 without padding needs >= 196 px to keep f5 (Table 4's taps shrink to 2 px at 224).
 # BagNet-33's valid 3×3 convs need >= 41 px to keep a 1×1 layer4.
@@ -301,7 +317,9 @@ def test_preset_runs_end_to_end_and_analyzes(preset, tmp_path):
     df = read_results_csv(written["results.csv"])
     assert set(df.status) == {"ok"} and df.job_dir.nunique() == n_jobs
     assert "## " in (tmp_path / "analysis" / "tables.md").read_text()
-    if preset == "mind_the_pad":  # analysis.probefree=true: its measures, and their table
+    if preset == "vit_position":  # a closed-form probe per block, over depth
+        assert all(len(res["per_tap"]) == 12 and res["training"]["solver"] == "ridge" for res in results)
+    if preset in ("mind_the_pad", "vit_position"):  # analysis.probefree=true: its measures, and their table
         assert all(res["probefree"] for res in results)
         assert "left − right" in (tmp_path / "analysis" / "probefree.md").read_text()
 
