@@ -511,11 +511,14 @@ def _fit_group(readouts: list[torch.nn.Module], jobs: list[tuple[JobSpec, Plan]]
         if p.kind.pooled:  # posinfo.placement: the logistic readout of pooled features
             out[i] = placement.fit_readout(readouts[i], train, train.n, p.kind.labels_of["train"], p.kind.outputs,
                                            c.readout.ridge_folds, p.train_kwargs["batch_size"])
+    # One pass per geometry and target side: the normal equations carry the upsampling to the
+    # target's side (a map's image size; xy's own readout resolution, no upsampling).
     geometries: dict[tuple, list[int]] = {}
     for i, (c, p) in enumerate(jobs):
         if p.solver == "ridge" and not p.kind.pooled:
-            geometries.setdefault((c.readout.kernel, c.readout.padding, c.readout.ridge_folds), []).append(i)
-    for (kernel, padding, folds), idx in geometries.items():
+            side = int(p.kind.goal().shape[-1])
+            geometries.setdefault((c.readout.kernel, c.readout.padding, c.readout.ridge_folds, side), []).append(i)
+    for (kernel, padding, folds, _), idx in geometries.items():
         plan = jobs[idx[0]][1]
         hists = ridge.fit([readouts[i] for i in idx], train, [jobs[i][1].kind.goal().to(plan.device) for i in idx],
                           kernel=kernel, padding=padding, feature_size=plan.feature_size, folds=folds,

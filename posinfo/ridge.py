@@ -236,6 +236,8 @@ def fit(readouts: list[LinearReadout], source, maps: list[torch.Tensor], *, kern
                            f"data.num_train gives {n}: lower readout.ridge_folds (>= 2) or use more images")
     side = feature_size + 2 * padding - kernel + 1
     size = maps[0].shape[-1]
+    if any(m.shape[-1] != size for m in maps):
+        raise ValueError("ridge.fit: every map of one pass must have the same side (posinfo.job groups them so)")
     stacks = [m.reshape(-1, size, size) for m in maps]  # each readout's maps, T_i × S × S
     bar = tqdm(total=n, desc="ridge: normal equations", unit="img", leave=False, disable=None if progress else True)
     sums = moments(source.batches(np.arange(n), batch_size), fold_of(n, folds), folds, kernel, (side, side), size,

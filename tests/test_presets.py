@@ -18,7 +18,8 @@ from conftest import CONF, run_sweep
 from posinfo.sweepgrid import expand as expand_grid
 
 PRESETS = ["quickstart", "table1", "table2a", "table2b", "table3", "table4", "table6", "canvas", "padding",
-           "vit_pos_embed", "modern_cnns", "bagnets", "mind_the_pad", "gapnet", "kayhan_4qi", "vit_position"]
+           "vit_pos_embed", "modern_cnns", "bagnets", "mind_the_pad", "gapnet", "kayhan_4qi", "vit_position",
+           "imagenet_cnns"]
 PADDING_MODES = ("zeros", "none", "reflect", "replicate", "circular", "partial")
 WEIGHTS = ["saliency_weights=/w/sod.pt", "segmentation_weights=/w/ss.pt"]
 TARGETS3 = ("hor", "gau", "horstp")
@@ -216,6 +217,26 @@ def test_vit_position_grid_is_every_embedding_control_at_three_resolutions_with_
                and c["input"]["kinds"] == ["natural"] for c in configs)
 
 
+def test_imagenet_cnns_grid_is_both_trained_networks_and_their_random_twins_on_every_measure():
+    jobs = {frozenset(o for o in job if not o.startswith(("lite0_weights=", "vgg16_weights=")))
+            for job in expand("imagenet_cnns", *MTP_WEIGHTS)}
+    assert jobs == {frozenset({f"+experiment/imagenet_cnns={n}", f"target={t}", f"train.seed={s}"})
+                    for n in ("vgg16", "vgg16_random", "lite0", "lite0_random") for t in ("hor", "gau", "xy")
+                    for s in (0, 1, 2)}
+    configs = job_configs("imagenet_cnns", *MTP_WEIGHTS, "target=xy", "train.seed=0")
+    got = {(c["backbone"]["name"], c["backbone"]["model"], c["backbone"]["weights"], c["data"]["normalize"])
+           for c in configs}
+    assert got == {("vgg16", None, "/w/vgg16.pth", "none"), ("vgg16", None, "random", "none"),
+                   ("timm", "tf_efficientnet_lite0", "/w/lite0.pth", "model"),
+                   ("timm", "tf_efficientnet_lite0", "random", "model")}
+    assert all(c["readout"]["solver"] == "ridge" and c["readout"]["kernel"] == 1 and c["analysis"]["probefree"]
+               and c["target"]["per_tap"] and c["input"]["kinds"] == ["natural"] for c in configs)
+    from posinfo.schema import missing_values_error
+
+    assert missing_values_error(compose_preset("imagenet_cnns", MTP_WEIGHTS[0])) == (
+        "missing required value(s) vgg16_weights: set them on the command line, e.g. vgg16_weights=/path/to/...")
+
+
 def test_mind_the_pad_without_weight_files_names_the_keys_to_set():
     from posinfo.schema import missing_values_error
 
@@ -276,6 +297,8 @@ E2E_EXTRA = {
     # the first two levels: VGG16 without padding keeps them at 32 px
     "gapnet": ["backbone.taps=[1,2]"],
     "kayhan_4qi": ["backbone.taps=[1,2]"],
+    # every network (backbone.weights=random from TINY stands in for the two files), a map and the probe per position
+    "imagenet_cnns": [*MTP_WEIGHTS, "target=hor,xy", "readout.ridge_folds=2"],
     # one resolution, two controls; 64 px: 4×4 tokens, one probe position each; 2 folds for 8 images
     "vit_position": ["+experiment/vit_position=x1", "backbone.pos_embed=keep,roll", "data.image_size=64",
                      "readout.feature_size=4", "readout.ridge_folds=2"],
@@ -319,7 +342,7 @@ def test_preset_runs_end_to_end_and_analyzes(preset, tmp_path):
     assert "## " in (tmp_path / "analysis" / "tables.md").read_text()
     if preset == "vit_position":  # a closed-form probe per block, over depth
         assert all(len(res["per_tap"]) == 12 and res["training"]["solver"] == "ridge" for res in results)
-    if preset in ("mind_the_pad", "vit_position"):  # analysis.probefree=true: its measures, and their table
+    if preset in ("mind_the_pad", "vit_position", "imagenet_cnns"):  # analysis.probefree=true: its measures, and their table
         assert all(res["probefree"] for res in results)
         assert "left − right" in (tmp_path / "analysis" / "probefree.md").read_text()
 
