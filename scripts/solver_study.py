@@ -116,25 +116,42 @@ def backbone_label(row) -> str:
     return f"{arch} {kind}"
 
 
+def data_of(part: str) -> str:
+    """A part's images: the embedded set, or the photographs (data=photos)."""
+    return "photos" if part.startswith("photo") else "embedded"
+
+
 def cells_of(out: Path, names: list[str]):
     cells = load_cells(out, names)
     if cells.empty:
         return cells
     cells["label"] = [backbone_label(r) for _, r in cells.iterrows()]
     cells["variant"] = [p.split("_", 1)[1] for p in cells.part]
+    cells["images"] = [data_of(p) for p in cells.part]
     return cells
+
+
+def main_cells(cells, images: str = "embedded"):
+    """The solver comparison's cells on one image set: the learning curve and the controls part
+    (natural test images again, beside shuffled and rotated) have their own sections."""
+    return cells[(cells.images == images) & ~cells.part.str.startswith(("curve", "vgg16c"))]
 
 
 # ----------------------------------------------------------------------------- sections
 
 
-def section_main(cells, targets: list[str]) -> list[str]:
-    lines = ["## Both solvers on the same features", "",
+def section_main(cells, targets: list[str], images: str = "embedded") -> list[str]:
+    if main_cells(cells, images).empty:
+        return []
+    head = ("## Both solvers on the same features" if images == "embedded" else
+            "## Both solvers on photographs (`data=photos`: crops of 14 training and 4 test photographs)")
+    lines = [head, "",
              "SPC on natural test images, mean over seeds with its 95% interval (ᵇ: one run, the interval a bootstrap "
              "over test images: a ridge readout on trained weights has no seed). Random weights: three seeds, each "
              "its own network.", ""]
     for target in targets:
-        g = cells[(cells.target == target) & (cells.input == "natural") & ~cells.part.str.startswith("curve")]
+        g = main_cells(cells, images)
+        g = g[(g.target == target) & (g.input == "natural")]
         if g.empty:
             continue
         variants = [v for v in VARIANTS if v in set(g.variant)]
@@ -150,7 +167,7 @@ def section_main(cells, targets: list[str]) -> list[str]:
 
 
 def section_controls(cells) -> list[str]:
-    g = cells[(cells.variant == "ridge1") & ~cells.part.str.startswith("curve")]
+    g = cells[cells.part == "vgg16c_ridge1"]
     if g.empty or not {"shuffled", "rotated"} & set(g.input):
         return []
     rows = []
@@ -169,28 +186,30 @@ def section_controls(cells) -> list[str]:
 def conclusion_a(cells, targets: list[str]) -> list[str]:
     """(a) ImageNet against random weights, under the optimal readout: one comparison per architecture × target."""
     rows, counts = [], {"more": 0, "less": 0, "same": 0}
-    for arch in ("VGG16", "EfficientNet-Lite0"):
-        for target in targets:
-            for v in ("ridge3", "ridge1"):
-                a = pick(cells, label=f"{arch} ImageNet", target=target, input="natural", variant=v)
-                b = pick(cells, label=f"{arch} random", target=target, input="natural", variant=v)
-                if a is None or b is None:
-                    continue
-                d = diff(a, b)
-                word = verdict(d, "more", "less", "same")
-                counts[word] += 1
-                rows.append([arch, f"`{target}`", VARIANTS[v], ci(a), ci(b), fmt_diff(d), word])
-                break  # one comparison per architecture × target: the widest readout run on it
+    for images in ("embedded", "photos"):
+        g = main_cells(cells, images)
+        for arch in ("VGG16", "EfficientNet-Lite0"):
+            for target in targets:
+                for v in ("ridge3", "ridge1"):
+                    a = pick(g, label=f"{arch} ImageNet", target=target, input="natural", variant=v)
+                    b = pick(g, label=f"{arch} random", target=target, input="natural", variant=v)
+                    if a is None or b is None:
+                        continue
+                    d = diff(a, b)
+                    word = verdict(d, "more", "less", "same")
+                    counts[word] += 1
+                    rows.append([images, arch, f"`{target}`", VARIANTS[v], ci(a), ci(b), fmt_diff(d), word])
+                    break  # one comparison per images × architecture × target: the widest readout run on it
     if not rows:
         return []
     total = sum(counts.values())
     return ["### (a) Does ImageNet training add or remove linearly decodable position?", "",
-            f"Optimal readout, natural test images; one row per architecture × target (the 3×3 ridge where it ran, "
-            f"else the 1×1). ImageNet carries **less** than random weights in {counts['less']} of {total} "
-            f"comparisons, more in {counts['more']}, and the interval of the difference includes 0 in "
-            f"{counts['same']}.", "",
-            md_table(["architecture", "target", "readout", "ImageNet", "random (3 networks)", "ImageNet − random",
-                      "ImageNet carries"], rows), ""]
+            f"Optimal readout, natural test images; one row per image set × architecture × target (the 3×3 ridge "
+            f"where it ran, else the 1×1), each comparison counted once. ImageNet carries **less** than random "
+            f"weights in {counts['less']} of {total} comparisons, more in {counts['more']}, and the interval of the "
+            f"difference includes 0 in {counts['same']}.", "",
+            md_table(["images", "architecture", "target", "readout", "ImageNet", "random (3 networks)",
+                      "ImageNet − random", "ImageNet carries"], rows), ""]
 
 
 def _curve_points(cells, variant: str):
@@ -329,23 +348,26 @@ def _figure_curve(curves, ext, path: Path) -> None:
 def conclusion_c(cells, targets: list[str]) -> list[str]:
     """(c) What the SGD recipe misses, per backbone and target."""
     rows = []
-    g = cells[(cells.input == "natural") & ~cells.part.str.startswith("curve")]
-    for lab in dict.fromkeys(g.label):
-        for target in targets:
-            sgd = pick(g, label=lab, target=target, variant="sgd")
-            best = next((c for c in (pick(g, label=lab, target=target, variant=v) for v in ("ridge3", "ridge1"))
-                         if c is not None), None)
-            if sgd is None or best is None:
-                continue
-            std = pick(g, label=lab, target=target, variant="sgd_std")
-            rows.append([lab, f"`{target}`", ci(sgd), "–" if std is None else ci(std), ci(best),
-                         fmt_diff(diff(best, sgd))])
+    for images in ("embedded", "photos"):
+        g = main_cells(cells, images)
+        g = g[g.input == "natural"]
+        for lab in dict.fromkeys(g.label):
+            for target in targets:
+                sgd = pick(g, label=lab, target=target, variant="sgd")
+                best = next((c for c in (pick(g, label=lab, target=target, variant=v) for v in ("ridge3", "ridge1"))
+                             if c is not None), None)
+                if sgd is None or best is None:
+                    continue
+                std = pick(g, label=lab, target=target, variant="sgd_std")
+                rows.append([images, lab, f"`{target}`", ci(sgd), "–" if std is None else ci(std), ci(best),
+                             fmt_diff(diff(best, sgd))])
     if not rows:
         return []
     return ["### (c) What the SGD recipe misses", "",
             "Optimal readout (3×3 ridge where it ran, else 1×1) minus the paper's SGD recipe, natural test images; the "
             "interval covers seeds (and the network draw for random weights) or, for a one-run cell, its test images.",
-            "", md_table(["backbone", "target", "SGD (paper)", "SGD, standardised", "ridge", "ridge − SGD"], rows), ""]
+            "", md_table(["images", "backbone", "target", "SGD (paper)", "SGD, standardised", "ridge", "ridge − SGD"],
+                         rows), ""]
 
 
 def section_cost(out: Path, names: list[str]) -> list[str]:
@@ -403,7 +425,8 @@ def write_report(out: Path, doc: Path, s: Scale, smoke: bool, minutes: dict) -> 
             "1,472 channels it has 13,249 weights, whose 5-fold solve is about two hours on 2 CPU cores, so VGG16 "
             "rows have the 1×1 ridge readout only: a subset of the 3×3 family, so where it beats SGD's 3×3 the "
             "optimal 3×3 beats it by at least as much, and where it does not, it bounds nothing.", ""]
-    body = section_main(cells, targets) + ["## Conclusions, computed from the rows above", ""]
+    body = section_main(cells, targets) + section_main(cells, targets, "photos")
+    body += ["## Conclusions, computed from the rows above", ""]
     body += conclusion_a(cells, targets) + conclusion_b(cells, figs) + conclusion_c(cells, targets)
     body += section_controls(cells) + section_cost(out, names)
     body += ["## Parts", "", "Finished jobs per part (a part cut short resumes with `python scripts/solver_study.py`), and "
