@@ -496,3 +496,16 @@ def test_figure_labels_do_not_repeat_the_model_the_backbone_name_says(tmp_path, 
     labelled, fields = figures.label_cells(aggregate(collect([tmp_path / "s"])))
     assert sorted(labelled.config_label.unique()) == ["timm/convnext_atto", "timm/vit_tiny_patch16_224"]
     assert "backbone.model" in fields["x"]  # the tables keep their column
+
+
+def test_no_metric_aggregate_is_read_as_a_configuration_field():
+    """Aggregating a placement sweep adds accuracy_std, shuffled_accuracy_lo…: they are numbers
+    about the cell, not a field that tells configurations apart (a table column of floats)."""
+    import pandas as pd
+
+    from posinfo.kinds import EXTRA_METRICS
+    from posinfo.report.cells import config_fields
+
+    stats = [f"{m}_{e}" for m in ("spc", "mae", *EXTRA_METRICS) for e in ("std", "lo", "hi")]
+    df = pd.DataFrame(columns=["backbone", "backbone.padding", "train.seed", *stats])
+    assert config_fields(df) == ["backbone", "backbone.padding"]

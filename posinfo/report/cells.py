@@ -27,8 +27,8 @@ METRICS = ("spc", "mae", "n_images", "n_nan", "floor_mae", "converged", *INTERVA
 BORDER_PREFIX = "border_mae_"
 # Fields that distinguish replicates, not configurations.
 REPLICATE_FIELDS = ("train.seed",)
-_AGGREGATES = ("spc_std", "mae_std", "n_ok", "n_failed", "n_missing", "seeds", "job_dirs", "ci", "seed_spcs",
-               "unstable", "unconverged", "duplicate_dirs")
+_AGGREGATES = ("spc_std", "mae_std", *(f"{m}_{e}" for m in EXTRA_METRICS for e in ("std", "lo", "hi")), "n_ok", "n_failed", "n_missing", "seeds",
+               "job_dirs", "ci", "seed_spcs", "unstable", "unconverged", "duplicate_dirs")
 
 _SHORT = {"readout.kernel": "k", "readout.depth": "depth", "readout.padding": "pad", "backbone.padding": "backbone pad",
           "backbone.taps": "taps", "backbone.weights": "weights", "pretraining": "", "train.seed": "seed",
