@@ -113,6 +113,14 @@ def test_a_placement_job_names_the_cell_from_a_padded_cnn_and_not_from_the_image
     assert vgg["training"]["solver"] == "logistic" and vgg["training"]["gap_bound"] <= logistic.GAP_TOLERANCE
     rows = (tmp_path / "vgg" / "per_image.csv").read_text().splitlines()
     assert rows[0] == "input,image,accuracy,label,predicted" and len(rows) == 19
+    # analyze: a bar of each network's accuracy (its shuffled control beside it), and a table of the two
+    from posinfo.report import figures
+    from posinfo.report.cells import aggregate
+    from posinfo.report.collect import collect
+
+    cells = aggregate(collect([tmp_path / "posenet", tmp_path / "vgg"]))
+    names = [f.path.name for f in figures.draw_all(cells, tmp_path / "figs")]
+    assert any(n.endswith("_probe_bars.png") for n in names) and not any(n.endswith("_spc_bars.png") for n in names)
 
 
 @pytest.mark.parametrize("override, message", [

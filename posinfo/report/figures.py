@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from posinfo.report.cells import as_text, border_columns, label_cells, sort_key
+from posinfo.report.cells import as_text, border_columns, is_missing, label_cells, sort_key
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ def draw_all(cells: pd.DataFrame, out: str | Path) -> list[Figure]:
     figures = []
     for name, g in cells.groupby("experiment"):
         for suffix, draw in (("predictions", prediction_grid), ("spc_bars", spc_bars), ("grid_bars", grid_bars),
+                             ("probe_bars", probe_bars),
                              ("spc_vs_level", spc_vs_level),
                              ("border_profile", border_profile), ("spc_vs_border", spc_vs_border)):
             try:
@@ -233,6 +234,58 @@ def _bars(g: pd.DataFrame, path: Path, metric: str, name: str) -> Figure | None:
     if handles:
         ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=ncol if legend else 1,
                   frameon=False, handlelength=1.2, columnspacing=0.8, borderaxespad=0.2)
+    return _save(fig, path)
+
+
+# The kinds probe_bars draws: their headline on its own scale (accuracy, R²), chance as a line.
+_PROBE_KINDS = ("rowcol", "xy", "placement")
+
+
+def probe_bars(g: pd.DataFrame, path: Path) -> Figure | None:
+    """The per-position probes and the placement tasks: each kind's headline (rowcol accuracy, xy R²,
+    placement accuracy) per configuration, a panel per target, 95% intervals as error bars, its
+    chance or floor dashed; placement's channel-shuffled control as a hatched bar beside each."""
+    from posinfo.kinds import lookup
+
+    kinds = g.target.map(lambda t: getattr(lookup(t), "name", None))
+    g = g[kinds.isin(_PROBE_KINDS)]
+    kind = _main_input(g) if not g.empty else None
+    if kind is None:
+        return None
+    ok = g[(g.input == kind) & (g.n_ok > 0)]
+    targets = _ordered(ok.target_label, key=lambda t: t.split(" [")[0])
+    configs = _config_order(ok)
+    if ok.empty or not configs:
+        return None
+    plt = _plt()
+    width = min(FULL_WIDTH, max(COLUMN_WIDTH, 0.35 * len(configs) * len(targets) + 1.0))
+    fig, axes = plt.subplots(1, len(targets), figsize=(width, 2.6), squeeze=False)
+    colors = plt.get_cmap("tab10" if len(configs) <= 10 else "tab20")
+    for ax, t in zip(axes[0], targets):
+        sub = ok[ok.target_label == t].set_index("config_label")
+        k = lookup(sub.target.iloc[0])
+        metrics = [k.headline] + (["shuffled_accuracy"] if k.name == "placement" else [])
+        for j, c in enumerate(c for c in configs if c in sub.index):
+            row = sub.loc[c]
+            row = row.iloc[0] if isinstance(row, pd.DataFrame) else row
+            for m_i, m in enumerate(metrics):
+                if m not in row or is_missing(row[m]):
+                    continue
+                x = j + (m_i - (len(metrics) - 1) / 2) * 0.4
+                ax.bar(x, row[m], 0.38 if len(metrics) > 1 else 0.7, yerr=_interval_errors([row], m),
+                       color=colors(j % colors.N), hatch="///" if m_i else None, alpha=0.5 if m_i else 1.0,
+                       error_kw={"elinewidth": 0.6, "capsize": 1})
+        floor = k.floors.get(k.headline)
+        level = sub[floor].dropna().iloc[0] if isinstance(floor, str) and floor in sub and sub[floor].notna().any() else floor
+        if isinstance(level, (int, float)) and not is_missing(level):
+            ax.axhline(float(level), ls="--", lw=0.8, color="k")
+        shown = [c for c in configs if c in sub.index]
+        ax.set_xticks(range(len(shown)), [_wrap(c, 14) for c in shown], rotation=45 if len(shown) > 3 else 0,
+                      ha="right" if len(shown) > 3 else "center", fontsize=FONT - 2)
+        extra = " (hatched: channels shuffled)" if len(metrics) > 1 else ""
+        ax.set_title(f"{t}: {k.headline}{extra}; dashed: chance / floor", fontsize=FONT - 1)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
     return _save(fig, path)
 
 
