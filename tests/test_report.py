@@ -509,3 +509,11 @@ def test_no_metric_aggregate_is_read_as_a_configuration_field():
     stats = [f"{m}_{e}" for m in ("spc", "mae", *EXTRA_METRICS) for e in ("std", "lo", "hi")]
     df = pd.DataFrame(columns=["backbone", "backbone.padding", "train.seed", *stats])
     assert config_fields(df) == ["backbone", "backbone.padding"]
+
+
+def test_depth_curve_legends_name_what_differs_between_lines():
+    from posinfo.report.figures import _distinct_words
+
+    labels = ["vit taps=[0,1] backbone.pos_embed=keep", "vit taps=[0,1] backbone.pos_embed=zero"]
+    assert _distinct_words(labels) == {labels[0]: "backbone.pos_embed=keep", labels[1]: "backbone.pos_embed=zero"}
+    assert _distinct_words(["vgg16"]) == {"vgg16": "vgg16"}  # one line: its whole name

@@ -451,12 +451,16 @@ def depth_curve(df: pd.DataFrame, path: Path) -> Figure | None:
         return None
     plt = _plt()
     targets = list(dict.fromkeys(df.target_label))
-    fig, axes = plt.subplots(1, len(targets), figsize=(COLUMN_WIDTH * len(targets), 2.6), squeeze=False)
+    n_lines = df.groupby(["config_label", "input"]).ngroups
+    legend_h = 0.13 * (n_lines + 1)
+    fig, axes = plt.subplots(1, len(targets), figsize=(COLUMN_WIDTH * len(targets), 2.6 + legend_h), squeeze=False)
+    inputs = df.input.nunique() > 1
     for ax, t in zip(axes[0], targets):
         g = df[df.target_label == t]
+        names = _distinct_words(list(dict.fromkeys(g.config_label)))
         for (config, inp), r in g.groupby(["config_label", "input"], sort=False):
             r = r.sort_values("tap_index")
-            ax.plot(r.tap_index, r.value, marker="o", ms=2, lw=1, label=f"{config} ({inp})")
+            ax.plot(r.tap_index, r.value, marker="o", ms=2, lw=1, label=names[config] + (f" ({inp})" if inputs else ""))
             if r.n_runs.max() > 1:
                 ax.fill_between(r.tap_index, r.lo, r.hi, alpha=0.2)
         floor = g.floor.dropna()
@@ -467,6 +471,13 @@ def depth_curve(df: pd.DataFrame, path: Path) -> Figure | None:
         ax.set_title(t, fontsize=FONT)
         ax.set_ylabel(g.metric.iloc[0])
         ax.spines[["top", "right"]].set_visible(False)
-        ax.legend(fontsize=FONT - 2, frameon=False)
+        ax.legend(fontsize=FONT - 2, frameon=False, loc="upper left", bbox_to_anchor=(0, -0.3), ncol=1)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _distinct_words(labels: list[str]) -> dict[str, str]:
+    """Each label without the words every label shares (the model and taps of one sweep), so a
+    legend names what differs: "backbone.pos_embed=zero data.image_size=336"; "all" if nothing does."""
+    shared = set.intersection(*(set(lab.split()) for lab in labels)) if len(labels) > 1 else set()
+    return {lab: " ".join(w for w in lab.split() if w not in shared) or lab for lab in labels}
