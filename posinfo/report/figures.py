@@ -446,33 +446,43 @@ def spc_vs_border(g: pd.DataFrame, path: Path) -> Figure | None:
 
 def depth_curve(df: pd.DataFrame, path: Path) -> Figure | None:
     """target.per_tap (posinfo.report.depth): the kind's headline metric against the tap, a line per
-    configuration and input with its interval over seeds shaded, a panel per target; chance dashed."""
+    configuration and input with its interval over seeds shaded, a panel per target; chance dashed.
+    The legend, below the panels, names what differs between the lines."""
     if df.empty:
         return None
     plt = _plt()
     targets = list(dict.fromkeys(df.target_label))
-    n_lines = df.groupby(["config_label", "input"]).ngroups
-    legend_h = 0.13 * (n_lines + 1)
-    fig, axes = plt.subplots(1, len(targets), figsize=(COLUMN_WIDTH * len(targets), 2.6 + legend_h), squeeze=False)
+    lines = sorted({(c, i) for c, i in zip(df.config_label, df.input)}, key=lambda ci: (_natural(ci[0]), ci[1]))
+    colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
+    color = {ci: colors(k % colors.N) for k, ci in enumerate(lines)}
+    names = _distinct_words([c for c, _ in dict.fromkeys(lines)])
     inputs = df.input.nunique() > 1
+    width, legend_h = COLUMN_WIDTH * len(targets), 0.105 * (len(lines) + 1)
+    height = 2.3 + legend_h
+    fig, axes = plt.subplots(1, len(targets), figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=0.55 / width, right=1 - 0.1 / width, top=1 - 0.25 / height,
+                        bottom=(legend_h + 0.55) / height, wspace=0.35)
     for ax, t in zip(axes[0], targets):
         g = df[df.target_label == t]
-        names = _distinct_words(list(dict.fromkeys(g.config_label)))
-        for (config, inp), r in g.groupby(["config_label", "input"], sort=False):
-            r = r.sort_values("tap_index")
-            ax.plot(r.tap_index, r.value, marker="o", ms=2, lw=1, label=names[config] + (f" ({inp})" if inputs else ""))
+        for ci in lines:
+            r = g[(g.config_label == ci[0]) & (g.input == ci[1])].sort_values("tap_index")
+            if r.empty:
+                continue
+            ax.plot(r.tap_index, r.value, marker="o", ms=2, lw=1, color=color[ci],
+                    label=names[ci[0]] + (f" ({ci[1]})" if inputs else ""))
             if r.n_runs.max() > 1:
-                ax.fill_between(r.tap_index, r.lo, r.hi, alpha=0.2)
+                ax.fill_between(r.tap_index, r.lo, r.hi, alpha=0.15, color=color[ci], lw=0)
         floor = g.floor.dropna()
         if len(floor):
             ax.axhline(float(floor.iloc[0]), ls="--", lw=0.8, color="k", label="chance / floor")
         ticks = g.drop_duplicates("tap_index").sort_values("tap_index")
-        ax.set_xticks(ticks.tap_index, ticks.tap, rotation=45, fontsize=FONT - 1)
+        ax.set_xticks(ticks.tap_index, ticks.tap, rotation=45, ha="right", fontsize=FONT - 2)
         ax.set_title(t, fontsize=FONT)
         ax.set_ylabel(g.metric.iloc[0])
         ax.spines[["top", "right"]].set_visible(False)
-        ax.legend(fontsize=FONT - 2, frameon=False, loc="upper left", bbox_to_anchor=(0, -0.3), ncol=1)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.02, 0.0), fontsize=FONT - 2, frameon=False,
+               ncol=1, handlelength=1.5, borderaxespad=0.2)
     return _save(fig, path)
 
 
