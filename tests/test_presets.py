@@ -345,6 +345,7 @@ def test_preset_runs_end_to_end_and_analyzes(preset, tmp_path):
     if preset in ("mind_the_pad", "vit_position", "imagenet_cnns"):  # analysis.probefree=true: its measures, and their table
         assert all(res["probefree"] for res in results)
         assert "left − right" in (tmp_path / "analysis" / "probefree.md").read_text()
+        assert f"{preset}_probefree.png" in written
 
 
 @pytest.mark.slow

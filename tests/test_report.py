@@ -517,3 +517,22 @@ def test_depth_curve_legends_name_what_differs_between_lines():
     labels = ["vit taps=[0,1] backbone.pos_embed=keep", "vit taps=[0,1] backbone.pos_embed=zero"]
     assert _distinct_words(labels) == {labels[0]: "backbone.pos_embed=keep", labels[1]: "backbone.pos_embed=zero"}
     assert _distinct_words(["vgg16"]) == {"vgg16": "vgg16"}  # one line: its whole name
+
+
+def test_probefree_figure_follows_the_input_size_where_it_varies(tmp_path):
+    """mind_the_pad's rows (a network × size × tap) are drawn against the size, a line per network and
+    tap (first and last); rows that differ in something else, against the tap."""
+    import pandas as pd
+
+    from posinfo.report.figures import probefree_curves
+    from posinfo.report.probefree import label_fields
+
+    rows = pd.DataFrame([{"backbone": b, "data.image_size": size, "tap": tap, "channels": 8, "n": 1,
+                          "interval": "images", "share": 0.1, "left_right": -0.01 * (size % 2),
+                          "left_right_lo": -0.02, "left_right_hi": 0.0}
+                         for b in ("timm", "vgg16") for size in (222, 223, 224) for tap in ("t1", "t2", "t3")])
+    assert label_fields(rows) == ["backbone", "data.image_size"]
+    fig = probefree_curves(rows, label_fields(rows), tmp_path / "by_size.png")
+    assert fig is not None and fig.path.is_file() and fig.path.with_suffix(".pdf").is_file()
+    one = rows[rows["data.image_size"] == 224]
+    assert probefree_curves(one, label_fields(one), tmp_path / "by_tap.png").path.is_file()

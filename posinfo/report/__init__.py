@@ -26,14 +26,23 @@ from posinfo.report.cells import aggregate
 from posinfo.report.collect import collect
 from posinfo.report.depth import per_tap
 from posinfo.report.depth import to_markdown as depth_markdown
-from posinfo.report.figures import depth_curve, draw_all
-from posinfo.report.probefree import probefree_rows
+from posinfo.report.figures import depth_curve, draw_all, probefree_curves
+from posinfo.report.probefree import label_fields, probefree_rows
 from posinfo.report.probefree import to_markdown as probefree_markdown
 from posinfo.report.tables import make_tables, to_latex, to_markdown
 from posinfo.errors import PosinfoError
 from posinfo.io import atomic_path
 
 __all__ = ["write_report"]
+
+
+def probefree_figures(pf, out: Path) -> list:
+    """``<experiment>_probefree.png`` per experiment whose jobs ran analysis.probefree=true."""
+    if pf.empty:
+        return []
+    groups = pf.groupby("experiment", sort=False) if "experiment" in pf else [("jobs", pf)]
+    figs = [probefree_curves(g, label_fields(g), out / f"{exp}_probefree.png") for exp, g in groups]
+    return [f for f in figs if f is not None]
 
 
 def write_report(dirs: Iterable[str | Path], out: str | Path | None = None, figures: bool = True,
@@ -79,6 +88,7 @@ def write_report(dirs: Iterable[str | Path], out: str | Path | None = None, figu
     if figures:
         figs = draw_all(cells, out) + [f for exp, g in taps.groupby("experiment")
                                         if (f := depth_curve(g, out / f"{exp}_depth.png")) is not None]
+        figs += probefree_figures(pf, out)
         for fig in figs:
             written[fig.path.name] = fig.path
             written[fig.path.with_suffix(".pdf").name] = fig.path.with_suffix(".pdf")

@@ -486,6 +486,53 @@ def depth_curve(df: pd.DataFrame, path: Path) -> Figure | None:
     return _save(fig, path)
 
 
+def probefree_curves(rows: pd.DataFrame, label: list[str], path: Path) -> Figure | None:
+    """analysis.probefree (posinfo.report.probefree rows of one experiment): the input-independent
+    share and the mean bias map's left − right asymmetry (95% interval shaded), a line per set of
+    features named by ``label`` (the fields that tell them apart), against the tap; where the
+    input size is what varies (mind_the_pad), against the size instead, one line per tap."""
+    if rows.empty:
+        return None
+    plt = _plt()
+    by_size = "data.image_size" in label and rows["data.image_size"].nunique() > 2
+    series = [f for f in label if f != "data.image_size"] if by_size else label
+    groups = list(rows.groupby(series, sort=False)) if series else [((), rows)]
+    lines = []
+    for key, g in groups:
+        name = " ".join(f"{f.split('.')[-1]}={v}" for f, v in zip(series, key if isinstance(key, tuple) else (key,)))
+        if by_size:
+            taps = list(dict.fromkeys(g.tap))
+            for tap in dict.fromkeys([taps[0], taps[-1]]):
+                lines.append((f"{name} {tap}".strip(), g[g.tap == tap].sort_values("data.image_size"), "data.image_size"))
+        else:
+            lines.append((name or "all", g.assign(_x=range(len(g))), "_x"))
+    colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
+    ncol = 2 if len(lines) > 8 else 1
+    width, legend_h = FULL_WIDTH, 0.105 * (math.ceil(len(lines) / ncol) + 1)
+    height = 2.2 + legend_h
+    fig, axes = plt.subplots(1, 2, figsize=(width, height))
+    fig.subplots_adjust(left=0.45 / width, right=1 - 0.1 / width, top=1 - 0.25 / height,
+                        bottom=(legend_h + (0.4 if by_size else 0.55)) / height, wspace=0.3)
+    for k, (name, g, x) in enumerate(lines):
+        for ax, m in zip(axes, ("share", "left_right")):
+            ax.plot(g[x], g[m], marker="o", ms=2, lw=1, color=colors(k % colors.N), label=name)
+            if f"{m}_lo" in g and g[f"{m}_lo"].notna().any():
+                ax.fill_between(g[x], g[f"{m}_lo"], g[f"{m}_hi"], alpha=0.15, color=colors(k % colors.N), lw=0)
+    for ax, title in zip(axes, ("input-independent share of the variance", "mean bias map: left − right (std units)")):
+        ax.set_title(title, fontsize=FONT - 1)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.spines[["top", "right"]].set_visible(False)
+        if by_size:
+            ax.set_xlabel("input size (px)")
+        else:
+            longest = max(lines, key=lambda ln: len(ln[1]))[1]
+            ax.set_xticks(range(len(longest)), longest.tap, rotation=45, ha="right", fontsize=FONT - 2)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.02, 0.0), fontsize=FONT - 2, frameon=False,
+               ncol=ncol, handlelength=1.5, borderaxespad=0.2)
+    return _save(fig, path)
+
+
 def _distinct_words(labels: list[str]) -> dict[str, str]:
     """Each label without the words every label shares (the model and taps of one sweep), so a
     legend names what differs: "backbone.pos_embed=zero data.image_size=336"; "all" if nothing does."""

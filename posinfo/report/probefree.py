@@ -110,10 +110,15 @@ def _distinguishing(rows: pd.DataFrame, fields: list[str]) -> list[str]:
     return kept
 
 
+def label_fields(rows: pd.DataFrame) -> list[str]:
+    """The fields that tell the rows' sets of features apart (a table's first columns, a figure's lines)."""
+    fields = [f for f in rows.columns if f not in _ROW_COLUMNS and not f.startswith(MEASURES)]
+    return _distinguishing(rows, [f for f in fields if n_values(rows[f]) > 1]) or ["backbone"]
+
+
 def to_markdown(rows: pd.DataFrame) -> str:
     """The table: what tells the features apart, the tap, and each measure (with its interval)."""
-    fields = [f for f in rows.columns if f not in _ROW_COLUMNS and not f.startswith(MEASURES)]
-    label = _distinguishing(rows, [f for f in fields if n_values(rows[f]) > 1]) or ["backbone"]
+    label = label_fields(rows)
     rows = rows.sort_values(label, key=lambda s: s.map(sort_key), kind="stable")
     head = [*label, "tap", "channels", "input-independent share", "left − right", "top − bottom",
             "similarity at 1 step", "permuted", "similarity far", "interval"]
