@@ -80,19 +80,34 @@ def test_xy_scores_on_hand_built_outputs():
     assert rows[2][0] == pytest.approx(1 - 16 * 0.0625 / sst)
 
 
-def test_ridge_refuses_the_per_position_probes_with_one_line(make_cfg, tmp_path):
+def test_ridge_refuses_the_row_column_classifier_with_one_line(make_cfg, tmp_path):
     from posinfo.errors import PosinfoError
     from posinfo.job import run
 
-    for target in ("rowcol", "xy"):
-        with pytest.raises(PosinfoError, match=f"readout.solver=ridge with target={target}: .*use readout.solver=sgd"):
-            run(make_cfg("backbone=posenet", "readout.solver=ridge", f"target={target}"), tmp_path / target)
+    with pytest.raises(PosinfoError, match="readout.solver=ridge with target=rowcol: .*use readout.solver=sgd"):
+        run(make_cfg("backbone=posenet", "readout.solver=ridge", "target=rowcol"), tmp_path / "rowcol")
 
 
 VIT = ["backbone=timm", "backbone.model=vit_tiny_patch16_224", "backbone.weights=random", "backbone.taps=[0]",
        "data.image_size=112", "data.num_train=96", "data.num_test=8", "target=rowcol", "target.per_tap=false",
        "readout.kernel=1", "readout.feature_size=7", "readout.standardize=channel", "train.epochs=6",
        "train.lr_milestones=[5]", "train.batch_size=16", "input=natural"]
+
+
+def test_xy_in_closed_form_finds_each_tokens_position_with_its_embedding_and_none_without(make_cfg, tmp_path):
+    """target=xy with readout.solver=ridge (the optimal per-position probe): a random ViT-Tiny's tokens
+    give their position away with the learned embedding kept, and nothing with it zeroed."""
+    from posinfo.job import run
+
+    xy = [o for o in VIT if not o.startswith(("target=", "readout.standardize", "train."))]
+    out = {}
+    for pe in ("keep", "zero"):
+        res = run(make_cfg(*xy, "target=xy", "readout.solver=ridge", f"backbone.pos_embed={pe}"), tmp_path / pe,
+                  progress=False)
+        assert res["training"]["solver"] == "ridge" and len(res["training"]["lambda"]) == 2  # x and y
+        out[pe] = res["metrics"]["natural"]
+    assert out["keep"]["r2"] > 0.1 and abs(out["zero"]["r2"]) < 0.02
+    assert out["keep"]["distance_px"] < out["zero"]["distance_px"]
 
 
 def test_rowcol_decodes_a_vit_tokens_position_with_its_embedding_and_not_without(make_cfg, tmp_path):
