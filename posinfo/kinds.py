@@ -60,6 +60,8 @@ class Kind:
     # Read from globally pooled features by the convex logistic readout (posinfo.placement), one
     # label per image; False: a readout over positions, trained by readout.solver.
     pooled: ClassVar[bool] = False
+    # analyze's probe_bars draws its headline per configuration (the kinds with no SPC or grid bars).
+    probe_bars: ClassVar[bool] = False
 
     def __init__(self, target: str, size: int, out_size: int):
         self.target, self.size, self.out_size = target, size, out_size
@@ -274,6 +276,7 @@ class RowColKind(Kind):
     mean grid distance (cells) between the position named and the true one."""
 
     name = "rowcol"
+    probe_bars = True
     columns = ("accuracy", "row_accuracy", "col_accuracy", "distance")
     metrics = (*columns, "chance", "chance_line", "chance_distance")
     shown, labels, headline = ("accuracy", "distance"), ("acc", "dist"), "accuracy"
@@ -352,6 +355,7 @@ class XYKind(Kind):
     image between the position predicted and the true one."""
 
     name = "xy"
+    probe_bars = True
     columns = ("r2", "distance_px")
     metrics = (*columns, "floor_px")
     shown, labels, headline = ("r2", "distance_px"), ("R²", "px"), "r2"
@@ -423,6 +427,7 @@ class PlacementKind(Kind):
     Per image: whether the cell is named right; the channel-shuffle control beside it."""
 
     name = "placement"
+    probe_bars = True
     columns = ("accuracy", "label", "predicted")
     metrics = ("accuracy", "chance", "shuffled_accuracy")
     shown, labels, headline = ("accuracy", "shuffled_accuracy"), ("acc", "shuffled"), "accuracy"

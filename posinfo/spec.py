@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, MissingMandatoryValue, ValidationError
 
 from posinfo.errors import PosinfoError
 from posinfo.schema import (GROUPS, AnalysisConfig, BackboneConfig, CacheConfig, DataConfig, InputConfig,
@@ -46,9 +46,12 @@ def typed(cfg: DictConfig) -> JobSpec:
         # A group composed from the schema is typed already; a plain one (a result's config) is
         # merged onto its schema, so both give the same object.
         try:
-            node = OmegaConf.merge(OmegaConf.structured(cls), cfg[group]) if group in cfg else OmegaConf.structured(cls)
+            # The group resolved against the whole config first: a preset's ${vgg16_weights} names a
+            # top-level key, which a group merged on its own would no longer see.
+            given = OmegaConf.to_container(cfg[group], resolve=True) if group in cfg else None
+            node = OmegaConf.merge(OmegaConf.structured(cls), given) if given is not None else OmegaConf.structured(cls)
             groups[group] = OmegaConf.to_object(node)
-        except (ConfigKeyError, MissingMandatoryValue, ValidationError) as e:
+        except (ConfigKeyError, MissingMandatoryValue, ValidationError, InterpolationResolutionError) as e:
             raise PosinfoError(_problem(group, e)) from None
     return JobSpec(**groups, device=cfg.device, force=cfg.force)
 
@@ -58,6 +61,8 @@ def _problem(group: str, e: Exception) -> str:
     key = f"{group}.{getattr(e, 'full_key', None) or getattr(e, 'key', '')}"
     if isinstance(e, ConfigKeyError):
         return f"{key}: no such key in the schema: drop it (the keys of {group} are {', '.join(group_keys(group))})"
+    if isinstance(e, InterpolationResolutionError):
+        return f"{key}: {str(e).splitlines()[0]}: set the key it names on the command line, e.g. KEY=/path/to/..."
     if isinstance(e, MissingMandatoryValue):
         return f"{key}: a required value is not set: set it, e.g. {key}=..."
     return f"{key}: {str(e).splitlines()[0]}: give a value of the schema's type (posinfo.schema)"

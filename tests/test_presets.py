@@ -237,6 +237,21 @@ def test_imagenet_cnns_grid_is_both_trained_networks_and_their_random_twins_on_e
         "missing required value(s) vgg16_weights: set them on the command line, e.g. vgg16_weights=/path/to/...")
 
 
+@pytest.mark.parametrize("preset, cli, group, weights", [
+    ("mind_the_pad", [*MTP_WEIGHTS, "+experiment/mind_the_pad=lite0"], "backbone", "/w/lite0.pth"),
+    ("imagenet_cnns", [*MTP_WEIGHTS, "+experiment/imagenet_cnns=vgg16"], "backbone", "/w/vgg16.pth"),
+    ("table6", [*WEIGHTS, "pretraining=saliency"], "backbone", "/w/sod.pt"),
+])
+def test_a_presets_weight_keys_reach_the_job_as_paths(preset, cli, group, weights):
+    """The weight files of mind_the_pad, imagenet_cnns and table6 are top-level keys that the
+    backbone group interpolates (${vgg16_weights}): the job's typed spec must resolve them against
+    the whole config, not the group alone (the end-to-end runs override them with random weights)."""
+    from posinfo.spec import job_spec
+
+    spec = job_spec(compose_preset(preset, *cli))
+    assert getattr(spec, group).weights == weights
+
+
 def test_mind_the_pad_without_weight_files_names_the_keys_to_set():
     from posinfo.schema import missing_values_error
 

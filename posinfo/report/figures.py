@@ -237,18 +237,13 @@ def _bars(g: pd.DataFrame, path: Path, metric: str, name: str) -> Figure | None:
     return _save(fig, path)
 
 
-# The kinds probe_bars draws: their headline on its own scale (accuracy, R²), chance as a line.
-_PROBE_KINDS = ("rowcol", "xy", "placement")
-
-
 def probe_bars(g: pd.DataFrame, path: Path) -> Figure | None:
     """The per-position probes and the placement tasks: each kind's headline (rowcol accuracy, xy R²,
     placement accuracy) per configuration, a panel per target, 95% intervals as error bars, its
     chance or floor dashed; placement's channel-shuffled control as a hatched bar beside each."""
     from posinfo.kinds import lookup
 
-    kinds = g.target.map(lambda t: getattr(lookup(t), "name", None))
-    g = g[kinds.isin(_PROBE_KINDS)]
+    g = g[g.target.map(lambda t: bool(getattr(lookup(t), "probe_bars", False)))]
     kind = _main_input(g) if not g.empty else None
     if kind is None:
         return None
