@@ -46,11 +46,13 @@ echo "exit $?"
 
 echo "== 5. per-position probes, random ViT-Tiny, 4 blocks, 100 + 25 images: GPU, then CPU =="
 VIT="backbone=timm backbone.model=vit_tiny_patch16_224 backbone.weights=random backbone.taps=[0,3,7,11]
-     readout.kernel=1 readout.feature_size=14 input=natural data.num_train=100 data.num_test=25 cache.enabled=false"
+     readout.kernel=1 readout.feature_size=14 input=natural data.num_train=100 data.num_test=25"
 for dev in cuda cpu; do
   for probe in "target=rowcol readout.standardize=channel train.lr=0.01" "target=xy readout.solver=ridge"; do
     name="probe_${dev}_${probe%% *}"; name="${name/=/_}"
-    timeout $([ $dev = cuda ] && echo 15 || echo 45) python sweep.py $VIT $probe device=$dev hydra.run.dir="$OUT/$name" > "$OUT/$name.log" 2>&1
+    # a fresh feature cache per device: rowcol extracts (and times) the features, xy reads them
+    timeout $([ $dev = cuda ] && echo 15 || echo 45) python sweep.py $VIT $probe device=$dev cache.dir="$OUT/probe_cache_$dev" \
+      hydra.run.dir="$OUT/$name" > "$OUT/$name.log" 2>&1
     echo "exit $? $name"
     python - "$OUT/$name/result.json" <<'PY' || true
 import json, sys
