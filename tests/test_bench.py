@@ -116,3 +116,19 @@ def test_bench_precision_compares_bfloat16_with_float32_features_and_numbers(tmp
     assert all(float(r["d_spc"]) == pytest.approx(float(r["spc"]) - float(next(
         f for f in rows if f["precision"] == "float32" and f["input"] == r["input"])["spc"])) for r in bf
                if r["spc"] not in ("", "None"))
+
+
+def test_gpu_checks_fit_their_device_budget_and_parse():
+    """bench/gpu_checks.sh runs on a lent GPU machine with minutes of device time: its steps' time
+    limits must add up to under 8 minutes, and the script must at least parse."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_checks.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    fixed = sum(int(v) for v in re.findall(r"^timeout (\d+) ", text, flags=re.M))
+    per_probe = re.search(r"echo (\d+) \|\| echo (\d+)", text)  # step 5: GPU and CPU limits, two probes each
+    total = fixed + 2 * (int(per_probe.group(1)) + int(per_probe.group(2)))
+    assert total <= 480, f"the time limits add up to {total} s"
