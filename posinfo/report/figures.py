@@ -464,14 +464,13 @@ def depth_curve(df: pd.DataFrame, path: Path) -> Figure | None:
             if r.empty:
                 continue
             ax.plot(r.tap_index, r.value, marker="o", ms=2, lw=1, color=color[ci],
-                    label=names[ci[0]] + (f" ({ci[1]})" if inputs else ""))
+                    label=_wrap(names[ci[0]] + (f" ({ci[1]})" if inputs else ""), 70))
             if r.n_runs.max() > 1:
                 ax.fill_between(r.tap_index, r.lo, r.hi, alpha=0.15, color=color[ci], lw=0)
         floor = g.floor.dropna()
         if len(floor):
             ax.axhline(float(floor.iloc[0]), ls="--", lw=0.8, color="k", label="chance / floor")
-        ticks = g.drop_duplicates("tap_index").sort_values("tap_index")
-        ax.set_xticks(ticks.tap_index, ticks.tap, rotation=45, ha="right", fontsize=FONT - 2)
+        _tap_ticks(ax, g.tap_index, g.tap)
         ax.set_title(t, fontsize=FONT)
         ax.set_ylabel(g.metric.iloc[0])
         ax.spines[["top", "right"]].set_visible(False)
@@ -520,12 +519,23 @@ def probefree_curves(rows: pd.DataFrame, label: list[str], path: Path) -> Figure
         if by_size:
             ax.set_xlabel("input size (px)")
         else:
-            longest = max(lines, key=lambda ln: len(ln[1]))[1]
-            ax.set_xticks(range(len(longest)), longest.tap, rotation=45, ha="right", fontsize=FONT - 2)
+            _tap_ticks(ax, pd.concat([g[x] for _, g, x in lines]), pd.concat([g.tap for _, g, _ in lines]))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.02, 0.0), fontsize=FONT - 2, frameon=False,
                ncol=ncol, handlelength=1.5, borderaxespad=0.2)
     return _save(fig, path)
+
+
+def _tap_ticks(ax, index: pd.Series, names: pd.Series) -> None:
+    """The x ticks of a curve over taps: their names where every line's tap at an index has the
+    same name; else (networks with taps of their own: f1… against blocks.0…) the index, first to last."""
+    per = pd.DataFrame({"i": list(index), "name": list(names)}).drop_duplicates()
+    ticks = sorted(per.i.unique())
+    if per.groupby("i").name.nunique().max() == 1:
+        ax.set_xticks(ticks, [per[per.i == i].name.iloc[0] for i in ticks], rotation=45, ha="right", fontsize=FONT - 2)
+    else:
+        ax.set_xticks(ticks, [str(i + 1) for i in ticks], fontsize=FONT - 1)
+        ax.set_xlabel("tap, first to last (each network's own)", fontsize=FONT - 1)
 
 
 def _distinct_words(labels: list[str]) -> dict[str, str]:
