@@ -536,3 +536,20 @@ def test_probefree_figure_follows_the_input_size_where_it_varies(tmp_path):
     assert fig is not None and fig.path.is_file() and fig.path.with_suffix(".pdf").is_file()
     one = rows[rows["data.image_size"] == 224]
     assert probefree_curves(one, label_fields(one), tmp_path / "by_tap.png").path.is_file()
+
+
+def test_taps_of_different_networks_are_labelled_by_position_not_by_one_networks_names():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from posinfo.report.figures import _tap_ticks
+
+    fig, (a, b) = plt.subplots(1, 2)
+    _tap_ticks(a, pd.Series([0, 1, 0, 1]), pd.Series(["f1", "f2", "f1", "f2"]))
+    _tap_ticks(b, pd.Series([0, 1, 0, 1]), pd.Series(["f1", "f2", "blocks.0", "blocks.1"]))
+    assert [t.get_text() for t in a.get_xticklabels()] == ["f1", "f2"]
+    assert [t.get_text() for t in b.get_xticklabels()] == ["1", "2"] and "first to last" in b.get_xlabel()
+    plt.close(fig)
