@@ -452,12 +452,8 @@ def depth_curve(df: pd.DataFrame, path: Path) -> Figure | None:
     color = {ci: colors(k % colors.N) for k, ci in enumerate(lines)}
     names = _distinct_words([c for c, _ in dict.fromkeys(lines)])
     inputs = df.input.nunique() > 1
-    width, legend_h = COLUMN_WIDTH * len(targets), 0.105 * (len(lines) + 1)
-    height = 2.3 + legend_h
-    fig, axes = plt.subplots(1, len(targets), figsize=(width, height), squeeze=False)
-    fig.subplots_adjust(left=0.55 / width, right=1 - 0.1 / width, top=1 - 0.25 / height,
-                        bottom=(legend_h + 0.55) / height, wspace=0.35)
-    for ax, t in zip(axes[0], targets):
+    fig, axes = _legend_below_panels(plt, len(targets), COLUMN_WIDTH * len(targets), len(lines), 1)
+    for ax, t in zip(axes, targets):
         g = df[df.target_label == t]
         for ci in lines:
             r = g[(g.config_label == ci[0]) & (g.input == ci[1])].sort_values("tap_index")
@@ -474,10 +470,7 @@ def depth_curve(df: pd.DataFrame, path: Path) -> Figure | None:
         ax.set_title(t, fontsize=FONT)
         ax.set_ylabel(g.metric.iloc[0])
         ax.spines[["top", "right"]].set_visible(False)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.02, 0.0), fontsize=FONT - 2, frameon=False,
-               ncol=1, handlelength=1.5, borderaxespad=0.2)
-    return _save(fig, path)
+    return _save_legend_below(fig, axes[0], 1, path)
 
 
 def probefree_curves(rows: pd.DataFrame, label: list[str], path: Path) -> Figure | None:
@@ -502,11 +495,8 @@ def probefree_curves(rows: pd.DataFrame, label: list[str], path: Path) -> Figure
             lines.append((name or "all", g.assign(_x=range(len(g))), "_x"))
     colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
     ncol = 2 if len(lines) > 8 else 1
-    width, legend_h = FULL_WIDTH, 0.105 * (math.ceil(len(lines) / ncol) + 1)
-    height = 2.2 + legend_h
-    fig, axes = plt.subplots(1, 2, figsize=(width, height))
-    fig.subplots_adjust(left=0.45 / width, right=1 - 0.1 / width, top=1 - 0.25 / height,
-                        bottom=(legend_h + (0.4 if by_size else 0.55)) / height, wspace=0.3)
+    fig, axes = _legend_below_panels(plt, 2, FULL_WIDTH, len(lines), ncol, base=2.2, left=0.45,
+                                     ticks=0.4 if by_size else 0.55, wspace=0.3)
     for k, (name, g, x) in enumerate(lines):
         for ax, m in zip(axes, ("share", "left_right")):
             ax.plot(g[x], g[m], marker="o", ms=2, lw=1, color=colors(k % colors.N), label=name)
@@ -520,7 +510,25 @@ def probefree_curves(rows: pd.DataFrame, label: list[str], path: Path) -> Figure
             ax.set_xlabel("input size (px)")
         else:
             _tap_ticks(ax, pd.concat([g[x] for _, g, x in lines]), pd.concat([g.tap for _, g, _ in lines]))
-    handles, labels = axes[0].get_legend_handles_labels()
+    return _save_legend_below(fig, axes[0], ncol, path)
+
+
+def _legend_below_panels(plt, n_panels: int, width: float, n_entries: int, ncol: int, *, base: float = 2.3,
+                         left: float = 0.55, ticks: float = 0.55, wspace: float = 0.35):
+    """A row of panels (inches: ``base`` high for the axes, ``left`` for the y labels, ``ticks``
+    below the axes for their tick labels) above the room a legend of ``n_entries`` in ``ncol``
+    columns needs; the panels as a flat array."""
+    legend_h = 0.105 * (math.ceil(n_entries / ncol) + 1)
+    height = base + legend_h
+    fig, axes = plt.subplots(1, n_panels, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=left / width, right=1 - 0.1 / width, top=1 - 0.25 / height,
+                        bottom=(legend_h + ticks) / height, wspace=wspace)
+    return fig, axes[0]
+
+
+def _save_legend_below(fig, ax, ncol: int, path: Path) -> Figure:
+    """``ax``'s legend in the room :func:`_legend_below_panels` left under the panels, then save."""
+    handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.02, 0.0), fontsize=FONT - 2, frameon=False,
                ncol=ncol, handlelength=1.5, borderaxespad=0.2)
     return _save(fig, path)
