@@ -54,14 +54,15 @@ class Scale:
     targets: str = "hor,gau"
     n_train: int = 500
     n_test: int = 100
-    n_curve: str = "1000,500,250"  # largest first: its features serve the smaller sets (and the main parts' 500)
+    n_curve: str = "2000,1000,500,250"  # largest first: its features serve the smaller sets (and the main parts' 500)
+    n_curve3: str = "500,250"  # the 3×3 optimum on VGG16's width (about an hour and 17.6 GB per fit here)
     inputs: str = "natural"  # controls: natural, shuffled, rotated (3× the test extraction)
     control_targets: str = "hor,gau,horstp"  # the controls part: the optimal readout on every input
     n_photos: int = 240  # crops of the 14 training photographs (data=photos; its 60 test crops)
     extra: tuple[str, ...] = ()
 
 
-SMOKE = Scale(seeds="0,1", targets="hor", n_train=12, n_test=4, n_curve="12,8", inputs="controls",
+SMOKE = Scale(seeds="0,1", targets="hor", n_train=12, n_test=4, n_curve="12,8", n_curve3="12,8", inputs="controls",
               control_targets="hor,horstp", n_photos=8,
               extra=("data.image_size=64", "train.epochs=2", "train.batch_size=4", "train.lr_milestones=[1]",
                      "readout.ridge_folds=2", "device=cpu"))
@@ -83,8 +84,8 @@ def parts(w: Path, s: Scale) -> list[Part]:
     out += [Part(f"posenet_{v}", f"PosENet readout padding 2, {VARIANTS[v]}",
                  ["backbone=posenet", "readout.padding=2", *common, *_OVERRIDES[v]]) for v in ("sgd", "ridge3")]
     # Last: five VGG16 feature sets (three random networks), the study's largest extraction, then the 3×3
-    # optimum on VGG16's width at the curve's smallest size (13,249 weights: the normal equations' solves
-    # dominate, about 45 Cholesky factorisations).
+    # optimum on VGG16's width at the sizes of n_curve3 (13,249 weights: the pass over the features and
+    # about 45 Cholesky factorisations, each about as long).
     out += [Part(f"vgg16_{v}", f"VGG16 ImageNet/edge/random, {VARIANTS[v]}", [*vgg, *common, *_OVERRIDES[v]])
             for v in ("ridge1", "sgd", "sgd_std")]
     # The controls under the optimal readout (every target, natural / shuffled / rotated), and the
@@ -97,9 +98,9 @@ def parts(w: Path, s: Scale) -> list[Part]:
                  [*vgg, *photos, *_OVERRIDES[v]]) for v in ("ridge1", "sgd")]
     out += [Part(f"photolite0_{v}", f"photographs: EfficientNet-Lite0 ImageNet/random, {VARIANTS[v]}",
                  [*eff, *photos, *_OVERRIDES[v]]) for v in ("ridge1", "ridge3", "sgd")]
-    smallest = s.n_curve.split(",")[-1]
-    out.append(Part("curve_ridge3", f"ImageNet VGG16, hor, N = {smallest}, {VARIANTS['ridge3']}",
-                    [*curve[:4], f"data.num_train={smallest}", *curve[5:], *_OVERRIDES["ridge3"]]))
+    sizes3 = " and ".join(s.n_curve3.split(","))
+    out.append(Part("curve_ridge3", f"ImageNet VGG16, hor, N = {sizes3}, {VARIANTS['ridge3']}",
+                    [*curve[:4], f"data.num_train={s.n_curve3}", *curve[5:], *_OVERRIDES["ridge3"]]))
     return out
 
 
@@ -133,8 +134,14 @@ def cells_of(out: Path, names: list[str]):
 
 def main_cells(cells, images: str = "embedded"):
     """The solver comparison's cells on one image set: the learning curve and the controls part
-    (natural test images again, beside shuffled and rotated) have their own sections."""
-    return cells[(cells.images == images) & ~cells.part.str.startswith(("curve", "vgg16c"))]
+    (natural test images again, beside shuffled and rotated) have their own sections, except the
+    3×3 optimum's curve point at the main parts' training-set size, which is the main table's cell."""
+    own = (cells.images == images) & ~cells.part.str.startswith(("curve", "vgg16c"))
+    sizes = cells.loc[own, "data.num_train"].dropna()
+    if sizes.empty:
+        return cells[own]
+    at_main = (cells.part == "curve_ridge3") & (cells["data.num_train"] == sizes.mode().iloc[0])
+    return cells[own | (at_main & (cells.images == images))]
 
 
 # ----------------------------------------------------------------------------- sections
@@ -307,26 +314,28 @@ def conclusion_b(cells, figs: Path) -> list[str]:
 
 
 def _recipe_cost(curves, ext, g) -> str:
-    """What the 3×3 optimum (the SGD recipe's own family) says at the size it ran at: the recipe's
+    """What the 3×3 optimum (the SGD recipe's own family) says at each size it ran at: the recipe's
     cost on the same features, with its interval, and how many images the fitted SGD curve needs
     to reach it."""
-    n3, y3, _ = curves["ridge3"][0]
-    r3 = pick(g, part="curve_ridge3", **{"data.num_train": n3})
-    s3 = pick(g, part="curve_sgd", **{"data.num_train": n3})
-    if r3 is None or s3 is None:
-        return ""
-    out = (f"The 3×3 optimum itself, at N = {n3}: {y3:.3f} against SGD's {s3['spc']:.3f} on the same features and "
-           f"readout family, so **the recipe costs {fmt_diff(diff(r3, s3))}** there.")
-    e = ext.get("sgd")
-    if e is not None:
-        a, b, c = e[3]
-        if a > y3:
-            need = (b / (a - y3)) ** (1 / c)
-            out += (f" The fitted SGD curve reaches {y3:.3f} only at N ≈ {need:,.0f} training images "
-                    f"({need / n3:.0f}× as many).")
-        else:
-            out += f" The fitted SGD curve never reaches it (its limit a = {a:.3f})."
-    return out
+    parts = []
+    for n3, y3, _ in curves["ridge3"]:
+        r3 = pick(g, part="curve_ridge3", **{"data.num_train": n3})
+        s3 = pick(g, part="curve_sgd", **{"data.num_train": n3})
+        if r3 is None or s3 is None:
+            continue
+        out = (f"The 3×3 optimum itself, at N = {n3}: {y3:.3f} against SGD's {s3['spc']:.3f} on the same features "
+               f"and readout family, so **the recipe costs {fmt_diff(diff(r3, s3))}** there.")
+        e = ext.get("sgd")
+        if e is not None:
+            a, b, c = e[3]
+            if a > y3:
+                need = (b / (a - y3)) ** (1 / c)
+                out += (f" The fitted SGD curve reaches {y3:.3f} only at N ≈ {need:,.0f} training images "
+                        f"({need / n3:.0f}× as many).")
+            else:
+                out += f" The fitted SGD curve never reaches it (its limit a = {a:.3f})."
+        parts.append(out)
+    return " ".join(parts)
 
 
 def _recipe_sentence(n: int, rid, sgd) -> str:
@@ -440,8 +449,10 @@ def write_report(out: Path, doc: Path, s: Scale, smoke: bool, minutes: dict) -> 
             "linear readout on channel-standardised features, its penalty chosen by 5-fold cross-validation over "
             "training images (docs/method.md, \"The closed-form readout\"). The 3×3 ridge readout ran where its "
             "normal equations fit this machine's time (PosENet, EfficientNet-Lite0: 4,249 weights); on VGG16's "
-            "1,472 channels it has 13,249 weights, one fit of 250 images took 36 min and 17.6 GB here, so it ran "
-            "once, for the learning curve (b); the other VGG16 rows have the 1×1 ridge readout: a subset of the "
+            f"1,472 channels it has 13,249 weights (each fit's time in the cost table below; 17.6 GB of memory "
+            f"here), so it ran for ImageNet VGG16 `hor` only, at N = {' and '.join(s.n_curve3.split(','))} (the "
+            f"learning curve (b), and that row's cell at N = {s.n_train}); the other VGG16 rows have the 1×1 ridge "
+            "readout: a subset of the "
             "3×3 family, so where it beats SGD's 3×3 the optimal 3×3 beats it by at least as much, and where it "
             "does not, it bounds nothing.", ""]
     body = section_main(cells, targets) + section_main(cells, targets, "photos")
