@@ -36,6 +36,7 @@ import csv
 import datetime as dt
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -138,6 +139,59 @@ def authors_pass_s(backbone: str, weights: str, device: str, batches: int) -> fl
     return min(times)
 
 
+# --------------------------------------------------------------------------- full scale, projected
+
+
+def cache_bytes(cache_dir: Path) -> dict[str, int]:
+    """Bytes of feature cache the sweep wrote, per backbone (train, test and synthetic inputs' entries)."""
+    out: dict[str, int] = {}
+    for meta in cache_dir.glob("*.json"):
+        try:
+            m = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        b = (m.get("fields") or {}).get("backbone")
+        if b:
+            out[b] = out.get(b, 0) + int(m.get("size_bytes") or 0)
+    return out
+
+
+def projection(t: dict, outside_s: float, ips_decode: float, ok: list[dict], n_train: int, n_test: int,
+               scale: float, cache_dir: Path) -> list[dict]:
+    """The sweep at full DUTS scale (10,553 + 850 images), projected from this run: every per-image
+    phase (decoding, the backbone's passes, readout training: epochs × images, evaluation, the cache's
+    bytes) scales with 1/``scale``; start-up, imports and Hydra do not. Decoding is the one-process
+    rate of 2. times the images each extraction decodes: a share of the jobs' feature stage (an upper
+    bound where loader workers decode while the backbone runs)."""
+    if not ok or scale <= 0:
+        return []
+    extractions = {(j["config"]["backbone"]["name"], str(j["config"]["backbone"].get("weights")),
+                    j["config"]["train"]["seed"] if j["config"]["backbone"].get("weights") == "random" else 0)
+                   for j in ok}
+    decode = len(extractions) * (n_train + n_test) / ips_decode
+    f = 1.0 / scale
+    parts = [("decode JPEGs (one process, in features)", decode),
+             ("backbone passes and cache writes", max(0.0, t["features_s"] - decode)),
+             ("readout training (cache reads included)", t["train_s"]),
+             ("evaluation", t["eval_s"])]
+    rows = [{"phase": f"full scale, projected: {name}", "wall_s": s * f} for name, s in parts]
+    rows.append({"phase": "full scale, projected: outside jobs (fixed)", "wall_s": outside_s})
+    total = sum(s for _, s in parts) * f + outside_s
+    rows.append({"phase": "full scale, projected: the Table 1 sweep", "wall_s": total,
+                 "note": f"{DUTS_TRAIN:,} + {DUTS_TEST} images: this run's per-image phases × {f:g}, "
+                         f"{len(extractions)} extraction(s); a projection, not a run"})
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 0
+    free = shutil.disk_usage(cache_dir if cache_dir.exists() else cache_dir.parent).free
+    for b, nbytes in sorted(cache_bytes(cache_dir).items()):
+        rows.append({"phase": f"full scale, projected: cache {b}", "note":
+                     f"{nbytes / 1e9:.2f} GB here, {nbytes * f / 1e9:.1f} GB at full scale (this machine: "
+                     f"{ram / 1e9:.0f} GB RAM, {free / 1e9:.0f} GB free disk){'; exceeds RAM: training epochs read it from disk' if nbytes * f > ram > 0 else ''}"})
+    return rows
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -214,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                   "steps_per_s": steps / t["train_s"] if t["train_s"] else None},
                  {"phase": "jobs: evaluation (sum)", "wall_s": t["eval_s"]},
                  {"phase": "outside jobs (start, imports, Hydra)", "wall_s": r["wall_s"] - t["total_s"]}]
+
+        rows += projection(t, r["wall_s"] - t["total_s"], ips_decode, ok, n_train, n_test, a.scale, tmp / "cache")
 
         print("running analyze.py ...", flush=True)
         ra = run_child([sys.executable, str(ROOT / "analyze.py"), str(sweep_dir), "--out", str(tmp / "analysis")],

@@ -92,6 +92,14 @@ def test_bench_protocol_runs_the_table1_grid_on_its_standin_data_and_writes_its_
     assert float(rows["jobs: readout training (sum)"]["steps_per_s"]) > 0
     assert float(rows["decode (PIL, 1 process)"]["images_per_s"]) > 0
     assert float(rows["authors' design, estimated (sum)"]["wall_s"]) > 0
+    # full scale, projected: each per-image phase × 1/scale (1000 here), the fixed costs once, and they add up
+    proj = {k.split(": ", 1)[1]: float(v["wall_s"]) for k, v in rows.items()
+            if k.startswith("full scale, projected") and v["wall_s"]}
+    total = proj.pop("the Table 1 sweep")
+    assert total == pytest.approx(sum(proj.values()), rel=2e-3)
+    assert proj["readout training (cache reads included)"] == pytest.approx(
+        1000 * float(rows["jobs: readout training (sum)"]["wall_s"]), rel=2e-3)
+    assert proj["outside jobs (fixed)"] < total and "a projection, not a run" in proc.stdout
 
 
 @pytest.mark.slow
