@@ -317,25 +317,27 @@ def _recipe_cost(curves, ext, g) -> str:
     """What the 3×3 optimum (the SGD recipe's own family) says at each size it ran at: the recipe's
     cost on the same features, with its interval, and how many images the fitted SGD curve needs
     to reach it."""
-    parts = []
+    costs, reach = [], []
+    e = ext.get("sgd")
     for n3, y3, _ in curves["ridge3"]:
         r3 = pick(g, part="curve_ridge3", **{"data.num_train": n3})
         s3 = pick(g, part="curve_sgd", **{"data.num_train": n3})
         if r3 is None or s3 is None:
             continue
-        out = (f"The 3×3 optimum itself, at N = {n3}: {y3:.3f} against SGD's {s3['spc']:.3f} on the same features "
-               f"and readout family, so **the recipe costs {fmt_diff(diff(r3, s3))}** there.")
-        e = ext.get("sgd")
-        if e is not None:
+        costs.append(f"at N = {n3}, {y3:.3f} against SGD's {s3['spc']:.3f}, so **the recipe costs "
+                     f"{fmt_diff(diff(r3, s3))}** there")
+        if e is not None and e[3][0] > y3:
             a, b, c = e[3]
-            if a > y3:
-                need = (b / (a - y3)) ** (1 / c)
-                out += (f" The fitted SGD curve reaches {y3:.3f} only at N ≈ {need:,.0f} training images "
-                        f"({need / n3:.0f}× as many).")
-            else:
-                out += f" The fitted SGD curve never reaches it (its limit a = {a:.3f})."
-        parts.append(out)
-    return " ".join(parts)
+            need = (b / (a - y3)) ** (1 / c)
+            reach.append(f"{y3:.3f} only at N ≈ {need:,.0f} training images ({need / n3:.0f}× as many)")
+    if not costs:
+        return ""
+    out = "The 3×3 optimum itself, on the same features and readout family: " + "; ".join(costs) + "."
+    if e is not None:
+        out += (f" The fitted SGD curve reaches {'; '.join(reach)}." if reach else
+                f" The fitted SGD curve reaches {'neither' if len(costs) == 2 else 'none of them' if len(costs) > 2 else 'it'} "
+                f"(its limit a = {e[3][0]:.3f}).")
+    return out
 
 
 def _optimum_against_paper(curves, sgd_ext) -> str:

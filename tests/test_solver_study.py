@@ -71,8 +71,12 @@ def test_the_3x3_optimum_at_the_main_size_is_the_main_tables_cell_and_each_size_
     # (c) takes the widest optimum that ran: the 3×3 one, +.230 over SGD
     assert "+0.230" in "\n".join(st.conclusion_c(cells, ["hor"]))
     cost = st._recipe_cost({"ridge3": st._curve_points(cells, "ridge3")}, {}, cells)
-    assert "at N = 250: 0.670 against SGD's 0.440" in cost and "at N = 500: 0.720 against SGD's 0.500" in cost
+    assert "at N = 250, 0.670 against SGD's 0.440" in cost and "at N = 500, 0.720 against SGD's 0.500" in cost
     assert cost.count("the recipe costs") == 2 and "+0.230" in cost and "+0.220" in cost
+    # the SGD curve's limit below both optima: said once
+    cost = st._recipe_cost({"ridge3": st._curve_points(cells, "ridge3")}, {"sgd": (0.6, 0.58, 0.62, (0.64, 1.0, 0.5))},
+                           cells)
+    assert cost.count("reaches neither (its limit a = 0.640)") == 1
     # against the paper: the largest-N optimum, the SGD curve's value at the paper's size, the paper's number
     text = st._optimum_against_paper({"ridge3": [(250, 0.669, []), (500, 0.723, [])]}, (0.697, 0.67, 0.72, None))
     assert "on 500 images (0.723) extracts more than" in text and f"{st.PAPER_HOR - 0.723:.3f} below" in text
