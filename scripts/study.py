@@ -640,6 +640,22 @@ def diff_sign(text: str) -> int:
     return 1 if lo > 0 else -1 if hi < 0 else 0
 
 
+# The header's word on whose answer this page gives (the SGD recipe's) and where the features' is.
+RECIPE_NOTE = (
+    "**Every number on this page is the paper's SGD recipe's**, and it answers what that recipe extracts, "
+    "not what the features encode: on a random VGG16 the readout's seed alone moves a cell by more than most "
+    "differences below. **The study's conclusions about the features rest on the optimal linear readout** "
+    "(`readout.solver=ridge`), in [solvers.md](solvers.md) (`python scripts/solver_study.py`): both solvers "
+    "side by side on the same features, three random networks per random cell, EfficientNet-Lite0 beside "
+    "VGG16, embedded images and photographs. There, conclusion 2 below holds in every comparison, each "
+    "counted once (its (a)); the recipe's share of conclusion 1's gap is measured against the 3×3 optimum, "
+    "the recipe's own readout family (its (b)); what the recipe misses is given per backbone (its (c)); and "
+    "conclusion 3's controls are rerun under the optimal readout for the three VGG16s on embedded images. "
+    "The conclusions below are the recipe's, "
+    "kept to reproduce the paper."
+)
+
+
 def write_report(out: Path, doc: Path, w: Path, s: Scale, smoke: bool, scale_rows: list[list[str]] | None,
                  note: str = "") -> None:
     names = list(dict.fromkeys([p.name for p in parts(w, s)] + [p.name for p in lean_parts(w, s)]))
@@ -675,17 +691,7 @@ def write_report(out: Path, doc: Path, w: Path, s: Scale, smoke: bool, scale_row
         "`vgg16_imagenet.pth` (the original ImageNet VGG16), `vgg16_hed.pth` (VGG16 fine-tuned for edge "
         "detection), torchvision's random initialisation (seeded), PosENet (no encoder: the readout sees the "
         "28×28 image).", "",
-        "**Every number on this page is the paper's SGD recipe's**, and it answers what that recipe extracts, "
-        "not what the features encode: on a random VGG16 the readout's seed alone moves a cell by more than most "
-        "differences below. **The study's conclusions about the features rest on the optimal linear readout** "
-        "(`readout.solver=ridge`), in [solvers.md](solvers.md) (`python scripts/solver_study.py`): both solvers "
-        "side by side on the same features, three random networks per random cell, EfficientNet-Lite0 beside "
-        "VGG16, embedded images and photographs. There, conclusion 2 below holds in every comparison, each "
-        "counted once (its (a)); the recipe's share of conclusion 1's gap is measured against the 3×3 optimum, "
-        "the recipe's own readout family (its (b)); what the recipe misses is given per backbone (its (c)); and "
-        "conclusion 3's controls are rerun under the optimal readout for the three VGG16s on embedded images. "
-        "The conclusions below are the recipe's, "
-        "kept to reproduce the paper.", "",
+        RECIPE_NOTE, "",
     ]
     lines += conclusions(cells, s)
     lines += ["## Tables", ""]
