@@ -212,7 +212,7 @@ def conclusion_a(cells, targets: list[str]) -> list[str]:
     total = sum(counts.values())
     return ["### (a) Does ImageNet training add or remove linearly decodable position?", "",
             f"Optimal readout, natural test images; one row per image set × architecture × target (the 3×3 ridge "
-            f"where it ran, else the 1×1), each comparison counted once. ImageNet carries **less** than random "
+            f"where it ran for both weights, else the 1×1), each comparison counted once. ImageNet carries **less** than random "
             f"weights in {counts['less']} of {total} comparisons, more in {counts['more']}, and the interval of the "
             f"difference includes 0 in {counts['same']}.", "",
             md_table(["images", "architecture", "target", "readout", "ImageNet", "random (3 networks)",
