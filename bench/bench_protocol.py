@@ -144,15 +144,13 @@ def authors_pass_s(backbone: str, weights: str, device: str, batches: int) -> fl
 
 def cache_bytes(cache_dir: Path) -> dict[str, int]:
     """Bytes of feature cache the sweep wrote, per backbone (train, test and synthetic inputs' entries)."""
+    from posinfo.cache import list_entries
+
     out: dict[str, int] = {}
-    for meta in cache_dir.glob("*.json"):
-        try:
-            m = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            continue
-        b = (m.get("fields") or {}).get("backbone")
+    for e in list_entries(cache_dir):
+        b = (e.meta.get("fields") or {}).get("backbone")
         if b:
-            out[b] = out.get(b, 0) + int(m.get("size_bytes") or 0)
+            out[b] = out.get(b, 0) + e.size_bytes
     return out
 
 
@@ -165,9 +163,9 @@ def projection(t: dict, outside_s: float, ips_decode: float, ok: list[dict], n_t
     bound where loader workers decode while the backbone runs)."""
     if not ok or scale <= 0:
         return []
-    extractions = {(j["config"]["backbone"]["name"], str(j["config"]["backbone"].get("weights")),
-                    j["config"]["train"]["seed"] if j["config"]["backbone"].get("weights") == "random" else 0)
-                   for j in ok}
+    backbone = [j["config"]["backbone"] for j in ok]
+    extractions = {(b["name"], str(b.get("weights")), j["config"]["train"]["seed"] if b.get("weights") == "random" else 0)
+                   for b, j in zip(backbone, ok)}
     decode = len(extractions) * (n_train + n_test) / ips_decode
     f = 1.0 / scale
     parts = [("decode JPEGs (one process, in features)", decode),
